@@ -1,0 +1,434 @@
+"""The emulator: a local Discord (REST + gateway) on loopback, with a control API.
+
+Use it in-process (``async with Emulator(EmulatorConfig(...)) as emu``) or as a program
+(``shardline emulator``), where the same control API is served as JSON over HTTP under
+``/_emulator/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from websockets.asyncio.server import Server, serve
+
+from emulator.gateway import GatewayRules, GatewayServer, Received, Session, _frame
+from emulator.http import HttpRequest, HttpResponse, HttpServer, json_response
+from emulator.world import DEFAULT_TOKEN, World, WorldConfig
+
+__all__ = ["Emulator", "EmulatorConfig"]
+
+
+@dataclass
+class EmulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # REST and control API; 0 picks a free port
+    gateway_port: int = 0
+    token: str = DEFAULT_TOKEN
+    guilds: int = 10
+    shards: int = 0  # recommended shard count in /gateway/bot; 0 = one per 1000 guilds
+    max_concurrency: int = 1
+    identify_interval: float = 5.0
+    heartbeat_interval_ms: int = 41_250
+    seed: int = 0
+    large_share: float = 0.05
+    large_members: int = 5000
+    rules: GatewayRules | None = None  # overrides the fields above when given
+    world: WorldConfig | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def gateway_rules(self) -> GatewayRules:
+        if self.rules is not None:
+            return self.rules
+        return GatewayRules(
+            token=self.token,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            identify_interval=self.identify_interval,
+            max_concurrency=self.max_concurrency,
+        )
+
+    def world_config(self) -> WorldConfig:
+        if self.world is not None:
+            return self.world
+        return WorldConfig(
+            guilds=self.guilds,
+            seed=self.seed,
+            large_share=self.large_share,
+            large_members=self.large_members,
+        )
+
+
+class Emulator:
+    """A running emulator. Every control method is safe to call while clients are connected."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.world = World(self.config.world_config())
+        recommended = self.config.shards or max(1, math.ceil(len(self.world.guild_ids) / 1000))
+        self.gateway = GatewayServer(
+            self.config.gateway_rules(), self.world, recommended_shards=recommended
+        )
+        self.rules = self.gateway.rules
+        self._http = HttpServer(self._route)
+        self._ws_server: Server | None = None
+        self._streams: set[asyncio.Task[int]] = set()
+        self.rest_port = 0
+        self.gateway_port = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        host = self.config.host
+        self._ws_server = await serve(
+            self.gateway.handle,
+            host,
+            self.config.gateway_port,
+            compression=None,
+            max_size=2**20,
+            ping_interval=None,
+        )
+        self.gateway_port = int(next(iter(self._ws_server.sockets)).getsockname()[1])
+        self.rest_port = await self._http.start(host, self.config.port)
+        self.gateway.url = f"ws://{host}:{self.gateway_port}"
+        self.gateway.voice_endpoint = f"{host}:{self.rest_port}"
+        return self
+
+    async def close(self) -> None:
+        for task in list(self._streams):
+            task.cancel()
+        await asyncio.gather(*self._streams, return_exceptions=True)
+        if self._ws_server is not None:
+            self._ws_server.close()
+            await self._ws_server.wait_closed()
+        await self._http.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.config.host}:{self.rest_port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return self.gateway.url
+
+    def ready_line(self) -> str:
+        return f"emulator ready rest={self.rest_url} gateway={self.gateway_url}"
+
+    # -- control API ----------------------------------------------------------------------
+
+    async def inject(
+        self, t: str, d: Any, *, shard: int | None = None, guild_id: int | None = None
+    ) -> list[int]:
+        """Dispatch ``t`` with body ``d`` to the live sessions of ``shard``, or to the shard
+        that owns ``guild_id`` (``guild_id=None`` and ``shard=None``: a DM, shard 0).
+        Returns the seqs given. Detached sessions keep it for replay on resume."""
+        if shard is not None:
+            sessions = self.gateway.live_sessions(shard)
+        else:
+            sessions = self.gateway.sessions_for_guild(guild_id)
+        return [await self.gateway.dispatch(s, t, d) for s in sessions]
+
+    async def message(
+        self, guild_id: int | None = None, content: str | None = None, *, size: int = 1024
+    ) -> list[int]:
+        """Inject a realistic MESSAGE_CREATE in ``guild_id`` (None: a DM)."""
+        data = self.world.message(guild_id, content, size=size)
+        return await self.inject("MESSAGE_CREATE", data, guild_id=guild_id)
+
+    def stream(
+        self,
+        shard: int,
+        *,
+        rate: float,
+        count: int,
+        t: str = "MESSAGE_CREATE",
+        size: int = 1024,
+    ) -> asyncio.Task[int]:
+        """Send ``count`` dispatches to ``shard`` at ``rate`` per second (absolute schedule,
+        so rate holds on average). The task's result is how many were sent."""
+        task = asyncio.create_task(self._stream(shard, rate, count, t, size))
+        self._streams.add(task)
+        task.add_done_callback(self._streams.discard)
+        return task
+
+    async def _stream(self, shard: int, rate: float, count: int, t: str, size: int) -> int:
+        sessions = self.gateway.live_sessions(shard)
+        if not sessions:
+            raise LookupError(f"no live session for shard {shard}")
+        session = sessions[-1]
+        guilds: list[int | None] = [*self.gateway.guilds_on(session.shard_id, session.shard_count)]
+        guilds = guilds or [None]
+        start = time.monotonic()
+        sent = 0
+        while sent < count:
+            due = min(count, int((time.monotonic() - start) * rate) + 1)
+            while sent < due:
+                guild = guilds[sent % len(guilds)]
+                body = self.world.message(guild, size=size) if t == "MESSAGE_CREATE" else {}
+                await self.gateway.dispatch(session, t, body)
+                sent += 1
+            if sent < count:
+                await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
+        return sent
+
+    def zombie(self, shard: int, enabled: bool = True) -> int:
+        """Stop (or resume) ACKing heartbeats on the shard's current connections."""
+        conns = self.gateway.connections_for(shard)
+        for conn in conns:
+            conn.zombie = enabled
+        return len(conns)
+
+    async def send_raw(self, shard: int, payload: bytes) -> int:
+        """Send a payload as is (through the connection's compression) to the shard."""
+        conns = self.gateway.connections_for(shard)
+        for conn in conns:
+            await conn.send(payload)
+        return len(conns)
+
+    async def reconnect(self, shard: int) -> int:
+        """Send op 7 RECONNECT."""
+        return await self.send_raw(shard, _frame(7))
+
+    async def request_heartbeat(self, shard: int) -> int:
+        """Send op 1: the client must heartbeat at once."""
+        return await self.send_raw(shard, _frame(1))
+
+    async def invalid_session(self, shard: int, resumable: bool) -> int:
+        """Send op 9; when not resumable, the session ends."""
+        conns = self.gateway.connections_for(shard)
+        for conn in conns:
+            if not resumable and conn.session is not None:
+                conn.session.invalid = True
+            await conn.send(_frame(9, resumable))
+        return len(conns)
+
+    async def close_shard(self, shard: int, code: int, reason: str | None = None) -> int:
+        """Close the shard's connections with ``code``."""
+        conns = self.gateway.connections_for(shard)
+        for conn in conns:
+            await conn.close(code, reason)
+        return len(conns)
+
+    def drop(self, shard: int) -> int:
+        """Cut the shard's TCP connections without a close frame."""
+        conns = self.gateway.connections_for(shard)
+        for conn in conns:
+            conn.closed = True
+            transport = conn.ws.transport
+            transport.abort()
+        return len(conns)
+
+    def received(self, shard: int | None = None, op: int | None = None) -> list[Received]:
+        """Payloads clients sent, oldest first."""
+        return [
+            r
+            for r in self.gateway.received
+            if (shard is None or r.shard_id == shard) and (op is None or r.op == op)
+        ]
+
+    def sessions(self, shard: int | None = None) -> list[Session]:
+        return [s for s in self.gateway.sessions.values() if shard is None or s.shard_id == shard]
+
+    async def wait_until(self, predicate: Any, timeout: float = 10.0) -> None:
+        await self.gateway.wait_until(predicate, timeout)
+
+    def state(self) -> dict[str, Any]:
+        """A JSON-ready summary: sessions, connections, identify budget and log."""
+        rules = self.rules
+        return {
+            "rest": self.rest_url,
+            "gateway": self.gateway_url,
+            "guilds": len(self.world.guild_ids),
+            "session_start_limit": {
+                "total": rules.session_start_total,
+                "remaining": rules.session_start_remaining,
+                "reset_after": rules.session_start_reset_after_ms,
+                "max_concurrency": rules.max_concurrency,
+            },
+            "sessions": [
+                {
+                    "id": s.id,
+                    "shard": [s.shard_id, s.shard_count],
+                    "seq": s.seq,
+                    "connected": s.connection is not None,
+                    "invalid": s.invalid,
+                }
+                for s in self.gateway.sessions.values()
+            ],
+            "connections": [
+                {
+                    "number": c.number,
+                    "shard": c.identified_shard,
+                    "path": c.path,
+                    "zombie": c.zombie,
+                }
+                for c in self.gateway.connections
+            ],
+            "identifies": [
+                {
+                    "shard": [r.shard_id, r.shard_count],
+                    "bucket": r.bucket,
+                    "at": r.at,
+                    "outcome": r.outcome,
+                }
+                for r in self.gateway.identifies
+            ],
+        }
+
+    # -- HTTP: REST routes and the JSON control API --------------------------------------
+
+    async def _route(self, request: HttpRequest) -> HttpResponse:
+        path = request.path
+        if path.startswith("/_emulator/"):
+            return await self._control(request, path.removeprefix("/_emulator/"))
+        if path.startswith("/api/"):
+            return self._rest(request, path)
+        return json_response(404, {"message": "404: Not Found", "code": 0})
+
+    def _authorized(self, request: HttpRequest) -> bool:
+        return request.headers.get("authorization") == f"Bot {self.rules.token}"
+
+    def _rest(self, request: HttpRequest, path: str) -> HttpResponse:
+        # /api/v10/gateway/bot -> ["gateway", "bot"]; the version segment is optional.
+        parts = [p for p in path.split("/")[2:] if p]
+        if parts and parts[0].startswith("v") and parts[0][1:].isdigit():
+            parts = parts[1:]
+        route = "/".join(parts)
+        if request.method != "GET":
+            return json_response(405, {"message": "405: Method Not Allowed", "code": 0})
+        if route == "gateway":
+            return json_response(200, {"url": self.gateway_url})
+        if not self._authorized(request):
+            return json_response(401, {"message": "401: Unauthorized", "code": 0})
+        if route == "gateway/bot":
+            rules = self.rules
+            return json_response(
+                200,
+                {
+                    "url": self.gateway_url,
+                    "shards": self.gateway.recommended_shards,
+                    "session_start_limit": {
+                        "total": rules.session_start_total,
+                        "remaining": rules.session_start_remaining,
+                        "reset_after": rules.session_start_reset_after_ms,
+                        "max_concurrency": rules.max_concurrency,
+                    },
+                },
+            )
+        if route == "users/@me":
+            return json_response(200, self.world.bot_user())
+        if route in ("oauth2/applications/@me", "applications/@me"):
+            return json_response(200, self._application())
+        return json_response(404, {"message": "404: Not Found", "code": 0})
+
+    def _application(self) -> dict[str, Any]:
+        bot = self.world.bot_user()
+        return {
+            "id": str(self.world.application_id),
+            "name": bot["username"],
+            "icon": None,
+            "description": "",
+            "summary": "",
+            "type": None,
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "verify_key": "0" * 64,
+            "flags": 0,
+            "owner": {**self.world.user(self.world.bot_id + 1)},
+            "team": None,
+            "bot": bot,
+            "hook": True,
+            "integration_types_config": {"0": {}},
+            "tags": [],
+            "redirect_uris": [],
+            "interactions_endpoint_url": None,
+            "rpc_origins": [],
+        }
+
+    async def _control(self, request: HttpRequest, action: str) -> HttpResponse:
+        if request.method == "GET" and action == "state":
+            return json_response(200, self.state())
+        if request.method == "GET" and action == "received":
+            shard = request.query.get("shard", [None])[0]
+            rows = self.received(None if shard is None else int(shard))
+            return json_response(
+                200,
+                [
+                    {"connection": r.connection, "shard": r.shard_id, "op": r.op, "d": r.d}
+                    for r in rows
+                ],
+            )
+        if request.method != "POST":
+            return json_response(405, {"message": f"use POST for /_emulator/{action}"})
+        try:
+            body = request.json()
+        except ValueError as exc:
+            return json_response(400, {"message": f"body is not JSON: {exc}"})
+        try:
+            result = await self._control_action(action, body)
+        except (KeyError, TypeError, ValueError, LookupError) as exc:
+            return json_response(400, {"message": f"/_emulator/{action}: {exc!r}"})
+        if result is None:
+            return json_response(404, {"message": f"unknown control action {action!r}"})
+        return json_response(200, result)
+
+    async def _control_action(self, action: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        shard_value = body.get("shard")
+        shard = 0 if shard_value is None else int(shard_value)
+        if action == "inject":
+            seqs = await self.inject(
+                body["t"],
+                body.get("d", {}),
+                shard=None if shard_value is None else shard,
+                guild_id=_opt_int(body.get("guild_id")),
+            )
+            return {"seqs": seqs}
+        if action == "message":
+            seqs = await self.message(_opt_int(body.get("guild_id")), body.get("content"))
+            return {"seqs": seqs}
+        if action == "stream":
+            self.stream(
+                shard,
+                rate=float(body["rate"]),
+                count=int(body["count"]),
+                t=body.get("t", "MESSAGE_CREATE"),
+            )
+            return {"started": True}
+        if action == "zombie":
+            return {"connections": self.zombie(shard, bool(body.get("enabled", True)))}
+        if action == "reconnect":
+            return {"connections": await self.reconnect(shard)}
+        if action == "heartbeat":
+            return {"connections": await self.request_heartbeat(shard)}
+        if action == "invalid_session":
+            resumable = bool(body.get("resumable", False))
+            return {"connections": await self.invalid_session(shard, resumable)}
+        if action == "close":
+            code = int(body["code"])
+            return {"connections": await self.close_shard(shard, code, body.get("reason"))}
+        if action == "drop":
+            return {"connections": self.drop(shard)}
+        return None
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+async def run_forever(config: EmulatorConfig, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set; prints the ready line once listening."""
+    async with Emulator(config) as emu:
+        print(emu.ready_line(), flush=True)
+        await stop.wait()
+        with contextlib.suppress(Exception):
+            for s in list(emu.gateway.connections):
+                await s.close(4000, "Emulator shutting down.")

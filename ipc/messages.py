@@ -1,0 +1,165 @@
+"""The message classes everything else derives from, and the one registry that knows them all.
+
+Every concrete message declares what it is with class attributes, the way arikawa's
+``Event { Op(); EventType() }`` does: ``type_name`` always, and ``op`` for gateway payloads.
+Declaring the class registers it; a user adds a custom event or command by declaring a
+subclass, with no string maps and no edits to this package.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from ipc.fields import Struct
+
+__all__ = [
+    "REGISTRY",
+    "Command",
+    "DispatchEvent",
+    "Event",
+    "GatewayCommand",
+    "GatewayEvent",
+    "Message",
+    "Registry",
+    "RegistryConflictError",
+    "UnknownDispatch",
+    "UnknownGatewayEvent",
+]
+
+Kind = Literal["event", "command"]
+
+
+class RegistryConflictError(TypeError):
+    """Two unrelated classes declared the same type name (or gateway op and type)."""
+
+
+class Registry:
+    """Maps declared names to classes: ``type_name`` for events and commands separately, and
+    ``(op, t)`` for events received from the gateway."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[tuple[Kind, str], type[Message]] = {}
+        self._gateway: dict[tuple[int, str | None], type[GatewayEvent]] = {}
+
+    def register(self, cls: type[Message]) -> None:
+        kind: Kind = "command" if issubclass(cls, Command) else "event"
+        key = (kind, cls.type_name)
+        self._check_conflict(self._by_name.get(key), cls, f"{kind} type_name {cls.type_name!r}")
+        self._by_name[key] = cls
+        if issubclass(cls, GatewayEvent):
+            gkey = cls.gateway_key()
+            self._check_conflict(self._gateway.get(gkey), cls, f"gateway (op, t) {gkey!r}")
+            self._gateway[gkey] = cls
+
+    @staticmethod
+    def _check_conflict(existing: type[Message] | None, cls: type[Message], what: str) -> None:
+        # A subclass may take over its parent's name (to add fields); anything else is a clash.
+        if existing is not None and not issubclass(cls, existing):
+            raise RegistryConflictError(
+                f"{what} is already declared by {existing.__module__}.{existing.__qualname__}; "
+                f"{cls.__module__}.{cls.__qualname__} must subclass it or pick another name"
+            )
+
+    def event(self, type_name: str) -> type[Event] | None:
+        cls = self._by_name.get(("event", type_name))
+        return cls if cls is None or issubclass(cls, Event) else None
+
+    def command(self, type_name: str) -> type[Command] | None:
+        cls = self._by_name.get(("command", type_name))
+        return cls if cls is None or issubclass(cls, Command) else None
+
+    def gateway_table(self) -> dict[tuple[int, str | None], type[GatewayEvent]]:
+        """The live ``(op, t) -> class`` table (``t`` is None for op != 0), for hot paths."""
+        return self._gateway
+
+    def gateway_event(self, op: int, t: str | None) -> type[GatewayEvent] | None:
+        return self._gateway.get((op, t if op == 0 else None))
+
+    def names(self, kind: Kind) -> list[str]:
+        return sorted(name for (k, name) in self._by_name if k == kind)
+
+
+REGISTRY = Registry()
+
+
+class Message(Struct):
+    """Anything that crosses a process boundary."""
+
+    __slots__ = ()
+
+    type_name: ClassVar[str]
+    op: ClassVar[int | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "type_name" in cls.__dict__:
+            REGISTRY.register(cls)
+
+
+class Event(Message):
+    """Something that happened: received from Discord or produced by shardline."""
+
+    __slots__ = ()
+
+
+class Command(Message):
+    """Something a bot asks for: sent to Discord or to shardline."""
+
+    __slots__ = ()
+
+
+class GatewayEvent(Event):
+    """A payload received from the gateway; ``raw`` is its ``d``."""
+
+    __slots__ = ()
+
+    op: ClassVar[int]
+
+    @classmethod
+    def gateway_key(cls) -> tuple[int, str | None]:
+        return (cls.op, cls.type_name if cls.op == 0 else None)
+
+
+class DispatchEvent(GatewayEvent):
+    """An op 0 dispatch; ``type_name`` is its ``t``."""
+
+    __slots__ = ()
+
+    op = 0
+
+
+class UnknownDispatch(DispatchEvent):
+    """A dispatch whose ``t`` no class declares: kept whole, never dropped."""
+
+    __slots__ = ("event_type",)
+
+    def __init__(self, event_type: str, data: Any) -> None:
+        self.event_type = event_type
+        self.raw = data
+
+    def __repr__(self) -> str:
+        return f"UnknownDispatch(event_type={self.event_type!r}, raw={self.raw!r})"
+
+
+class UnknownGatewayEvent(GatewayEvent):
+    """A payload with an opcode no class declares."""
+
+    __slots__ = ("unknown_op",)
+
+    def __init__(self, op: int, data: Any) -> None:
+        self.unknown_op = op
+        self.raw = data
+
+    def __repr__(self) -> str:
+        return f"UnknownGatewayEvent(op={self.unknown_op!r}, raw={self.raw!r})"
+
+
+class GatewayCommand(Command):
+    """A payload the shard sends to the gateway: ``{"op": op, "d": raw}``."""
+
+    __slots__ = ()
+
+    op: ClassVar[int]
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"op": self.op, "d": self.raw}

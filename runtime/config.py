@@ -1,0 +1,364 @@
+"""shardline's configuration: TOML in, validated dataclasses out.
+
+Every validation error names the key, the value found and what was expected. The token is
+never read from a file: only from the environment variable the config names
+(``DISCORD_TOKEN`` by default), and it is never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipc.intents import INTENTS, intents_from_names
+
+__all__ = [
+    "COMPRESSIONS",
+    "Config",
+    "ConfigError",
+    "DiscordConfig",
+    "IpcConfig",
+    "LogConfig",
+    "RestartConfig",
+    "ShardsConfig",
+    "load_config",
+    "parse_config",
+    "parse_shard_ids",
+]
+
+COMPRESSIONS = ("zlib-stream", "zstd-stream", "none")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+DEFAULT_REST_URL = "https://discord.com/api/v10"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key, the value and what was expected."""
+
+    def __init__(self, key: str, value: Any, expected: str, source: str = "") -> None:
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key} = {value!r}: expected {expected}")
+        self.key = key
+        self.value = value
+        self.expected = expected
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    token_env: str = "DISCORD_TOKEN"
+    rest_url: str = DEFAULT_REST_URL
+    gateway_url: str = ""  # empty: ask GET /gateway/bot
+    ca_file: str = ""  # extra CA bundle to trust (wss to a private voice server)
+
+    def token(self) -> str | None:
+        """The token from the environment, or None when the variable is unset or empty."""
+        return os.environ.get(self.token_env) or None
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    count: int | None = None  # None = "auto": Discord's recommendation
+    ids: tuple[int, ...] | None = None  # None = all shards
+    intents: int = INTENTS["guilds"] | INTENTS["guild_messages"] | INTENTS["guild_voice_states"]
+    intent_names: tuple[str, ...] = ("guilds", "guild_messages", "guild_voice_states")
+    compression: str = "zlib-stream"
+    large_threshold: int = 250
+
+
+@dataclass(frozen=True)
+class IpcConfig:
+    runtime_dir: str = ""  # empty: $XDG_RUNTIME_DIR/shardline or /tmp/shardline-$UID
+    events: str = ""  # application-side event endpoint (XPUB); empty: ipc:// in runtime_dir
+    commands: str = ""  # application-side command endpoint (ROUTER)
+    curve_public_key: str = ""  # required for tcp:// endpoints
+    curve_secret_key: str = ""
+
+    def resolved_runtime_dir(self) -> Path:
+        if self.runtime_dir:
+            return Path(os.path.expandvars(os.path.expanduser(self.runtime_dir)))
+        base = os.environ.get("XDG_RUNTIME_DIR")
+        if base:
+            return Path(base) / "shardline"
+        return Path(f"/tmp/shardline-{os.getuid()}")
+
+
+@dataclass(frozen=True)
+class RestartConfig:
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    hang_timeout: float = 30.0  # no status from a worker for this long: kill and respawn
+    max_restarts: int = 10  # within restart_window, then the worker is given up on
+    restart_window: float = 600.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    ipc: IpcConfig = field(default_factory=IpcConfig)
+    restart: RestartConfig = field(default_factory=RestartConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "<defaults>"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("<file>", source, f"a readable TOML file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("<file>", source, f"valid TOML ({exc})") from None
+    return parse_config(data, source)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate an already-parsed TOML document."""
+    reader = _Reader(data, source)
+    token_line = (
+        data.get("discord", {}).get("token") if isinstance(data.get("discord"), dict) else None
+    )
+    if token_line is not None:
+        raise ConfigError(
+            "discord.token",
+            "<hidden>",
+            "no token in files: set the DISCORD_TOKEN environment variable "
+            "(or name another variable with discord.token_env)",
+            source,
+        )
+    discord = DiscordConfig(
+        token_env=reader.get("discord.token_env", DiscordConfig.token_env, _identifier),
+        rest_url=reader.get("discord.rest_url", DEFAULT_REST_URL, _url(("http", "https"))),
+        gateway_url=reader.get("discord.gateway_url", "", _url(("ws", "wss"), allow_empty=True)),
+        ca_file=reader.get("discord.ca_file", "", _string),
+    )
+    names = reader.get("shards.intents", list(ShardsConfig.intent_names), _intent_list)
+    shards = ShardsConfig(
+        count=reader.get("shards.count", None, _shard_count),
+        ids=reader.get("shards.ids", None, _shard_ids),
+        intents=intents_from_names(names),
+        intent_names=tuple(names),
+        compression=reader.get("shards.compression", "zlib-stream", _choice(COMPRESSIONS)),
+        large_threshold=reader.get("shards.large_threshold", 250, _int_range(50, 250)),
+    )
+    if shards.count is not None and shards.ids is not None:
+        too_big = [i for i in shards.ids if i >= shards.count]
+        if too_big:
+            raise ConfigError(
+                "shards.ids",
+                data["shards"]["ids"],
+                f"shard ids below shards.count ({shards.count}); {too_big[0]} is not",
+                source,
+            )
+    ipc = IpcConfig(
+        runtime_dir=reader.get("ipc.runtime_dir", "", _string),
+        events=reader.get("ipc.events", "", _endpoint),
+        commands=reader.get("ipc.commands", "", _endpoint),
+        curve_public_key=reader.get("ipc.curve_public_key", "", _curve_key),
+        curve_secret_key=reader.get("ipc.curve_secret_key", "", _curve_key),
+    )
+    for key in ("events", "commands"):
+        endpoint = getattr(ipc, key)
+        if endpoint.startswith("tcp://") and not (ipc.curve_public_key and ipc.curve_secret_key):
+            raise ConfigError(
+                f"ipc.{key}",
+                endpoint,
+                "ipc.curve_public_key and ipc.curve_secret_key to be set for a tcp:// endpoint "
+                "(generate them with `python -c 'import zmq; print(zmq.curve_keypair())'`)",
+                source,
+            )
+    restart = RestartConfig(
+        backoff_initial=reader.get("restart.backoff_initial", 1.0, _positive_float),
+        backoff_max=reader.get("restart.backoff_max", 60.0, _positive_float),
+        hang_timeout=reader.get("restart.hang_timeout", 30.0, _positive_float),
+        max_restarts=reader.get("restart.max_restarts", 10, _int_range(0, 1_000_000)),
+        restart_window=reader.get("restart.restart_window", 600.0, _positive_float),
+    )
+    log = LogConfig(
+        level=reader.get("log.level", "info", _choice(LOG_LEVELS)),
+        format=reader.get("log.format", "text", _choice(LOG_FORMATS)),
+    )
+    reader.reject_unknown()
+    return Config(discord, shards, ipc, restart, log, source)
+
+
+def parse_shard_ids(text: str) -> tuple[int, ...]:
+    """``"0-3,8,10-11"`` -> (0, 1, 2, 3, 8, 10, 11). Raises ValueError with the bad part."""
+    ids: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        if "-" in part:
+            lo_text, hi_text = part.split("-", 1)
+            lo, hi = int(lo_text), int(hi_text)
+            if lo > hi or lo < 0:
+                raise ValueError(f"range {part!r} is empty or negative")
+            ids.update(range(lo, hi + 1))
+        else:
+            value = int(part)
+            if value < 0:
+                raise ValueError(f"shard id {part!r} is negative")
+            ids.add(value)
+    if not ids:
+        raise ValueError("no shard ids")
+    return tuple(sorted(ids))
+
+
+# -- the reader and per-key validators --------------------------------------------------------
+
+Validator = Callable[[Any], Any]
+
+
+class _Invalid(Exception):
+    def __init__(self, expected: str) -> None:
+        self.expected = expected
+
+
+class _Reader:
+    """Reads dotted keys from the document, remembering which were read."""
+
+    def __init__(self, data: dict[str, Any], source: str) -> None:
+        self.data = data
+        self.source = source
+        self.seen: set[str] = set()
+
+    def get(self, dotted: str, default: Any, validate: Validator) -> Any:
+        section, key = dotted.split(".", 1)
+        self.seen.add(dotted)
+        table = self.data.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, table, "a table ([section])", self.source)
+        if key not in table:
+            return default
+        try:
+            return validate(table[key])
+        except _Invalid as exc:
+            raise ConfigError(dotted, table[key], exc.expected, self.source) from None
+
+    def reject_unknown(self) -> None:
+        sections = {k.split(".")[0] for k in self.seen}
+        for section, table in self.data.items():
+            if section not in sections:
+                raise ConfigError(
+                    section,
+                    "...",
+                    f"one of the sections {', '.join(sorted(sections))}",
+                    self.source,
+                )
+            for key in table:
+                if f"{section}.{key}" not in self.seen:
+                    known = sorted(
+                        k.split(".", 1)[1] for k in self.seen if k.startswith(section + ".")
+                    )
+                    raise ConfigError(
+                        f"{section}.{key}",
+                        table[key],
+                        f"a known key of [{section}] ({', '.join(known)})",
+                        self.source,
+                    )
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("a string")
+    return value
+
+
+def _identifier(value: Any) -> str:
+    if not isinstance(value, str) or not value.replace("_", "").isalnum():
+        raise _Invalid("the name of an environment variable, like DISCORD_TOKEN")
+    return value
+
+
+def _url(schemes: tuple[str, ...], allow_empty: bool = False) -> Validator:
+    def check(value: Any) -> str:
+        if allow_empty and value == "":
+            return ""
+        if not isinstance(value, str) or not any(value.startswith(s + "://") for s in schemes):
+            raise _Invalid(f"a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value.rstrip("/")
+
+    return check
+
+
+def _shard_count(value: Any) -> int | None:
+    if value == "auto":
+        return None
+    if type(value) is int and value >= 1:
+        return value
+    raise _Invalid("'auto' or a positive integer")
+
+
+def _shard_ids(value: Any) -> tuple[int, ...] | None:
+    if value == "all":
+        return None
+    if isinstance(value, list) and all(type(v) is int and v >= 0 for v in value) and value:
+        return tuple(sorted(set(value)))
+    if isinstance(value, str):
+        try:
+            return parse_shard_ids(value)
+        except ValueError as exc:
+            raise _Invalid(f'\'all\', or ids and ranges like "0-15" or "0-3,8" ({exc})') from None
+    raise _Invalid('\'all\', or ids and ranges like "0-15" or "0-3,8"')
+
+
+def _intent_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid('a list of intent names, like ["guilds", "guild_messages"]')
+    unknown = [v for v in value if v.strip().lower() not in INTENTS]
+    if unknown:
+        raise _Invalid(f"intent names from: {', '.join(INTENTS)} ({unknown[0]!r} is not one)")
+    return [v.strip().lower() for v in value]
+
+
+def _choice(options: tuple[str, ...]) -> Validator:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise _Invalid("one of " + ", ".join(repr(o) for o in options))
+        return str(value)
+
+    return check
+
+
+def _int_range(lo: int, hi: int) -> Validator:
+    def check(value: Any) -> int:
+        if type(value) is not int or not lo <= value <= hi:
+            raise _Invalid(f"an integer from {lo} to {hi}")
+        return value
+
+    return check
+
+
+def _positive_float(value: Any) -> float:
+    if type(value) not in (int, float) or value <= 0:
+        raise _Invalid("a positive number of seconds")
+    return float(value)
+
+
+def _endpoint(value: Any) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not value.startswith(("ipc://", "tcp://")):
+        raise _Invalid("an endpoint like ipc:///path/to/socket or tcp://host:port")
+    return value
+
+
+def _curve_key(value: Any) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or len(value) != 40:
+        raise _Invalid("a 40-character Z85 CURVE key (from zmq.curve_keypair())")
+    return value

@@ -1,0 +1,399 @@
+"""The emulator's gateway rules, one by one, driven by a plain websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+import orjson
+import pytest
+from backports.zstd import ZstdDecompressor
+
+from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig, shard_for
+from tests.emulator.client import TOKEN, PlainClient
+
+GUILDS = 1 << 0
+GUILD_MEMBERS = 1 << 1
+GUILD_PRESENCES = 1 << 8
+
+
+def config(**rules: object) -> EmulatorConfig:
+    world = WorldConfig(guilds=int(rules.pop("guilds", 12)), large_share=0.0)  # type: ignore[call-overload]
+    return EmulatorConfig(rules=GatewayRules(identify_interval=0.0, **rules), world=world)  # type: ignore[arg-type]
+
+
+async def test_hello_then_ready_then_guild_creates_for_this_shard_only() -> None:
+    async with Emulator(config(guilds=30)) as emu:
+        seen: dict[int, set[int]] = {}
+        for shard in range(3):
+            client = await PlainClient.open(emu.gateway_url, compress="zlib-stream")
+            ready = await client.hello_and_ready((shard, 3))
+            d = ready["d"]
+            assert d["session_id"] and d["resume_gateway_url"].startswith("ws://")
+            assert d["shard"] == [shard, 3]
+            assert ready["s"] == 1
+            expected = {g for g in emu.world.guild_ids if shard_for(g, 3) == shard}
+            assert {int(g["id"]) for g in d["guilds"]} == expected
+            got = set()
+            for seq in range(2, 2 + len(expected)):
+                payload = await client.recv()
+                assert (payload["op"], payload["t"], payload["s"]) == (0, "GUILD_CREATE", seq)
+                got.add(int(payload["d"]["id"]))
+            assert got == expected
+            seen[shard] = got
+            await client.close()
+        assert set().union(*seen.values()) == set(emu.world.guild_ids)
+        assert sum(len(v) for v in seen.values()) == 30
+
+
+async def test_guild_create_carries_the_full_shape() -> None:
+    cfg = EmulatorConfig(
+        rules=GatewayRules(identify_interval=0.0),
+        world=WorldConfig(guilds=4, large_share=0.5, large_members=400),
+    )
+    async with Emulator(cfg) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        await client.hello_and_ready((0, 1), intents=GUILDS | GUILD_PRESENCES, large_threshold=250)
+        large_seen = small_seen = False
+        for _ in range(4):
+            d = (await client.recv())["d"]
+            for key in (
+                "roles",
+                "channels",
+                "members",
+                "voice_states",
+                "presences",
+                "threads",
+                "stage_instances",
+                "guild_scheduled_events",
+                "soundboard_sounds",
+                "emojis",
+                "stickers",
+                "features",
+                "joined_at",
+                "member_count",
+                "owner_id",
+                "afk_timeout",
+                "verification_level",
+                "premium_tier",
+                "nsfw_level",
+                "preferred_locale",
+                "system_channel_flags",
+                "mfa_level",
+            ):
+                assert key in d, key
+            assert d["roles"][0]["id"] == d["id"]  # @everyone shares the guild's id
+            assert all(isinstance(m["user"]["id"], str) for m in d["members"])
+            if d["large"]:
+                large_seen = True
+                assert d["member_count"] == 401
+                assert 1 < len(d["members"]) < 401  # online members only
+                assert len(d["presences"]) == len(d["members"]) - 1
+            else:
+                small_seen = True
+                assert len(d["members"]) == d["member_count"]
+        assert large_seen and small_seen
+
+
+@pytest.mark.parametrize(
+    ("identify", "rules", "code"),
+    [
+        ({"token": "wrong"}, {}, 4004),
+        ({"shard": [2, 2]}, {}, 4010),
+        ({"shard": [0, 0]}, {}, 4010),
+        ({"intents": 1 << 30}, {}, 4013),
+        ({"intents": GUILDS | GUILD_MEMBERS}, {"enabled_privileged_intents": 0}, 4014),
+        ({"shard": [0, 1]}, {"max_guilds_per_shard": 5}, 4011),
+    ],
+)
+async def test_identify_validation_close_codes(
+    identify: dict[str, object], rules: dict[str, object], code: int
+) -> None:
+    async with Emulator(config(**rules)) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        await client.recv()
+        d = {"token": TOKEN, "intents": GUILDS, "properties": {}, "shard": [0, 1], **identify}
+        await client.send(2, d)
+        assert await client.close_code() == code
+
+
+async def test_disallowed_intents_reason_names_the_intent() -> None:
+    async with Emulator(config(enabled_privileged_intents=0)) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        await client.recv()
+        await client.identify(intents=GUILDS | (1 << 15))
+        await client.close_code()
+        assert client.ws.close_reason is not None and "MESSAGE_CONTENT" in client.ws.close_reason
+
+
+@pytest.mark.parametrize(
+    ("query", "code"), [("v=9&encoding=json", 4012), ("v=10&encoding=etf", 4002)]
+)
+async def test_connection_query_is_checked(query: str, code: int) -> None:
+    async with Emulator(config()) as emu:
+        client = await PlainClient.open(emu.gateway_url, query=query)
+        assert await client.close_code() == code
+
+
+async def test_protocol_violations_close_with_their_codes() -> None:
+    async with Emulator(config()) as emu:
+        cases = [
+            (lambda c: c.send(99, None), 4001),
+            (lambda c: c.ws.send("{not json"), 4002),
+            (lambda c: c.send(3, {"status": "online", "pad": "x" * 5000}), 4002),
+            (lambda c: c.send(4, {"guild_id": "1", "channel_id": None}), 4003),
+        ]
+        for action, code in cases:
+            client = await PlainClient.open(emu.gateway_url)
+            await client.recv()
+            await action(client)
+            assert await client.close_code() == code
+        client = await PlainClient.open(emu.gateway_url)
+        await client.hello_and_ready()
+        await client.identify()
+        assert await client.close_code() == 4005
+
+
+async def test_send_limit_closes_4008() -> None:
+    async with Emulator(config(send_limit=5, send_window=60.0)) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        await client.hello_and_ready()
+        for _ in range(5):  # identify was the first of six
+            await client.send(1, None)
+        assert await client.close_code() == 4008
+        assert len(emu.received()) == 5  # the sixth was refused, not processed
+
+
+async def test_heartbeats_are_acked_and_zombie_mode_stops_acks() -> None:
+    async with Emulator(config()) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        await client.hello_and_ready(intents=0)
+        await client.send(1, 1)
+        assert (await client.recv())["op"] == 11
+        assert emu.zombie(0) == 1
+        await client.send(1, 1)
+        await emu.request_heartbeat(0)  # the next frame is the op 1, not an ACK
+        assert (await client.recv())["op"] == 1
+
+
+async def test_missing_heartbeats_close_4009() -> None:
+    async with Emulator(config(heartbeat_interval_ms=200)) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        await client.recv()
+        assert await client.close_code() == 4009
+
+
+async def test_resume_replays_missed_dispatches_then_resumed() -> None:
+    async with Emulator(config(guilds=3)) as emu:
+        client = await PlainClient.open(emu.gateway_url, compress="zlib-stream")
+        ready = await client.hello_and_ready()
+        last = ready["s"]
+        for _ in range(3):
+            last = (await client.recv())["s"]
+        session_id = ready["d"]["session_id"]
+        await client.close(4000)
+        await emu.wait_until(lambda: not emu.sessions(0)[0].connection)
+        for _ in range(4):
+            await emu.message(emu.world.guild_ids[0], "missed")
+        resumed = await PlainClient.open(ready["d"]["resume_gateway_url"], compress="zlib-stream")
+        await resumed.recv()
+        await resumed.send(6, {"token": TOKEN, "session_id": session_id, "seq": last})
+        got = await resumed.recv_until("RESUMED")
+        assert [p["s"] for p in got] == list(range(last + 1, last + 6))
+        assert [p["t"] for p in got] == ["MESSAGE_CREATE"] * 4 + ["RESUMED"]
+        assert emu.state()["connections"][0]["path"].startswith("/resume")
+
+
+async def test_resume_failures() -> None:
+    async with Emulator(config()) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        ready = await client.hello_and_ready()
+        session_id = ready["d"]["session_id"]
+        await client.close(4000)
+        await emu.wait_until(lambda: not emu.sessions(0)[0].connection)
+        # a seq the session never reached: 4007, and the session is gone
+        bad = await PlainClient.open(emu.gateway_url)
+        await bad.recv()
+        await bad.send(6, {"token": TOKEN, "session_id": session_id, "seq": 10_000})
+        assert await bad.close_code() == 4007
+        again = await PlainClient.open(emu.gateway_url)
+        await again.recv()
+        await again.send(6, {"token": TOKEN, "session_id": session_id, "seq": 1})
+        assert await again.recv() == {"op": 9, "d": False, "s": None, "t": None}
+        # an unknown session: op 9 false
+        unknown = await PlainClient.open(emu.gateway_url)
+        await unknown.recv()
+        await unknown.send(6, {"token": TOKEN, "session_id": "nope", "seq": 1})
+        assert (await unknown.recv())["d"] is False
+
+
+async def test_close_1000_ends_the_session() -> None:
+    async with Emulator(config()) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        ready = await client.hello_and_ready()
+        await client.close(1000)
+        await emu.wait_until(lambda: emu.sessions(0)[0].invalid)
+        again = await PlainClient.open(emu.gateway_url)
+        await again.recv()
+        await again.send(6, {"token": TOKEN, "session_id": ready["d"]["session_id"], "seq": 1})
+        assert (await again.recv())["op"] == 9
+
+
+async def test_identify_buckets_and_session_start_budget() -> None:
+    rules = GatewayRules(identify_interval=0.4, max_concurrency=2, session_start_remaining=10)
+    async with Emulator(EmulatorConfig(rules=rules, world=WorldConfig(guilds=4))) as emu:
+        clients = []
+        for shard in (0, 1):  # two buckets: both at once
+            client = await PlainClient.open(emu.gateway_url)
+            await client.hello_and_ready((shard, 4), intents=0)
+            clients.append(client)
+        late = await PlainClient.open(emu.gateway_url)
+        await late.recv()
+        await late.identify((2, 4), intents=0)  # bucket 0 again, too soon
+        assert await late.recv() == {"op": 9, "d": False, "s": None, "t": None}
+        assert [r.outcome for r in emu.gateway.identifies] == ["ready", "ready", "rate_limited"]
+        assert emu.rules.session_start_remaining == 8
+        # The rule under test is time itself: after the interval, bucket 0 opens again.
+        await asyncio.sleep(0.4)
+        await late.identify((2, 4), intents=0)
+        assert (await late.recv())["t"] == "READY"
+        ready_times = [r.at for r in emu.gateway.identifies if r.bucket == 0 and r.accepted]
+        assert ready_times[1] - ready_times[0] >= 0.4
+        assert emu.rules.session_start_remaining == 7
+
+
+async def test_exhausted_session_start_limit_fails_authentication() -> None:
+    rules = GatewayRules(identify_interval=0.0, session_start_remaining=1)
+    async with Emulator(EmulatorConfig(rules=rules)) as emu:
+        first = await PlainClient.open(emu.gateway_url)
+        await first.hello_and_ready()
+        second = await PlainClient.open(emu.gateway_url)
+        await second.recv()
+        await second.identify()
+        assert await second.close_code() == 4004
+
+
+async def test_zlib_stream_framing_uses_one_context_and_sync_flush() -> None:
+    async with Emulator(config(guilds=5)) as emu:
+        client = await PlainClient.open(emu.gateway_url, compress="zlib-stream")
+        await client.hello_and_ready()
+        for _ in range(5):
+            await client.recv()
+        assert len(client.raw_messages) == 7
+        assert all(m.endswith(b"\x00\x00\xff\xff") for m in client.raw_messages)
+        # A second context cannot read a later message alone: the context spans the stream.
+        with pytest.raises(zlib.error):
+            zlib.decompressobj().decompress(client.raw_messages[-1])
+
+
+async def test_zstd_stream_one_payload_per_message() -> None:
+    async with Emulator(config(guilds=5)) as emu:
+        client = await PlainClient.open(emu.gateway_url, compress="zstd-stream")
+        await client.hello_and_ready()
+        for _ in range(5):
+            await client.recv()
+        decoder = ZstdDecompressor()
+        payloads = [orjson.loads(decoder.decompress(m)) for m in client.raw_messages]
+        assert [p["op"] for p in payloads] == [10, 0, 0, 0, 0, 0, 0]
+
+
+async def test_member_chunks_nonce_and_rate_limit() -> None:
+    cfg = EmulatorConfig(
+        rules=GatewayRules(identify_interval=0.0),
+        world=WorldConfig(guilds=1, large_share=1.0, large_members=2500),
+    )
+    async with Emulator(cfg) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        await client.hello_and_ready(intents=GUILDS | GUILD_MEMBERS)
+        guild = await client.recv()
+        gid = guild["d"]["id"]
+        await client.send(8, {"guild_id": gid, "query": "", "limit": 0, "nonce": "n1"})
+        chunks = [await client.recv() for _ in range(3)]
+        assert [c["d"]["chunk_index"] for c in chunks] == [0, 1, 2]
+        assert {c["d"]["chunk_count"] for c in chunks} == {3}
+        assert {c["d"]["nonce"] for c in chunks} == {"n1"}
+        assert sum(len(c["d"]["members"]) for c in chunks) == 2501
+        await client.send(8, {"guild_id": gid, "query": "", "limit": 0, "nonce": "n2"})
+        limited = await client.recv()
+        assert limited["t"] == "RATE_LIMITED"
+        assert limited["d"]["opcode"] == 8 and limited["d"]["meta"]["nonce"] == "n2"
+        assert limited["d"]["retry_after"] > 0
+        known = chunks[0]["d"]["members"][5]["user"]["id"]
+        await client.send(8, {"guild_id": gid, "user_ids": [known, "42"], "nonce": "n3"})
+        by_id = (await client.recv())["d"]
+        assert [m["user"]["id"] for m in by_id["members"]] == [known]
+        assert by_id["not_found"] == ["42"]
+
+
+async def test_voice_state_update_is_answered_with_both_events() -> None:
+    async with Emulator(config(guilds=1)) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        await client.hello_and_ready()
+        gid = emu.world.guild_ids[0]
+        await client.recv()  # GUILD_CREATE
+        channel = emu.world.voice_channel_id(gid)
+        await client.send(
+            4,
+            {
+                "guild_id": str(gid),
+                "channel_id": str(channel),
+                "self_mute": False,
+                "self_deaf": True,
+            },
+        )
+        state, server = await client.recv(), await client.recv()
+        assert state["t"] == "VOICE_STATE_UPDATE"
+        assert state["d"]["channel_id"] == str(channel) and state["d"]["self_deaf"] is True
+        assert state["d"]["user_id"] == str(emu.world.bot_id) and state["d"]["session_id"]
+        assert server["t"] == "VOICE_SERVER_UPDATE"
+        assert server["d"]["guild_id"] == str(gid) and server["d"]["token"]
+        assert server["d"]["endpoint"]
+        await client.send(4, {"guild_id": str(gid), "channel_id": None})
+        leave = await client.recv()
+        assert leave["t"] == "VOICE_STATE_UPDATE" and leave["d"]["channel_id"] is None
+
+
+async def test_dms_go_to_shard_zero_and_guild_messages_to_their_shard() -> None:
+    async with Emulator(config(guilds=8)) as emu:
+        clients = []
+        for shard in (0, 1):
+            client = await PlainClient.open(emu.gateway_url)
+            await client.hello_and_ready((shard, 2), intents=0)
+            clients.append(client)
+        await emu.message(None, "a dm")
+        target = next(g for g in emu.world.guild_ids if shard_for(g, 2) == 1)
+        await emu.message(target, "to shard one")
+        dm = await clients[0].recv()
+        assert dm["d"]["content"] == "a dm" and "guild_id" not in dm["d"]
+        msg = await clients[1].recv()
+        assert msg["d"]["content"] == "to shard one" and msg["d"]["guild_id"] == str(target)
+        assert [s for s, t in emu.sessions(0)[0].sent] == [1, 2]  # READY, the DM
+        assert [t for s, t in emu.sessions(1)[0].sent] == ["READY", "MESSAGE_CREATE"]
+
+
+async def test_control_reconnect_invalid_session_close_and_drop() -> None:
+    async with Emulator(config()) as emu:
+        client = await PlainClient.open(emu.gateway_url)
+        await client.hello_and_ready(intents=0)
+        assert await emu.reconnect(0) == 1
+        assert (await client.recv())["op"] == 7
+        await emu.invalid_session(0, resumable=True)
+        assert await client.recv() == {"op": 9, "d": True, "s": None, "t": None}
+        await emu.close_shard(0, 4000, "test")
+        assert await client.close_code() == 4000
+        other = await PlainClient.open(emu.gateway_url)
+        await other.hello_and_ready(intents=0)
+        assert emu.drop(0) == 1
+        assert await other.close_code() is None  # no close frame: the TCP connection died
+        assert [r.op for r in emu.received(0)] == [2, 2]
+
+
+async def test_stream_sends_count_dispatches() -> None:
+    async with Emulator(config(guilds=2)) as emu:
+        client = await PlainClient.open(emu.gateway_url, compress="zlib-stream")
+        await client.hello_and_ready(intents=0)
+        sent = await emu.stream(0, rate=5000, count=200)
+        got = [await client.recv() for _ in range(200)]
+        assert sent == 200
+        assert [p["s"] for p in got] == list(range(2, 202))
+        assert all(900 <= len(orjson.dumps(p["d"])) <= 1200 for p in got)

@@ -1,0 +1,102 @@
+"""Config validation: every error names the key, the value and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.config import ConfigError, load_config, parse_config, parse_shard_ids
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_configs_are_valid() -> None:
+    default = load_config(ROOT / "config/shardline.toml")
+    assert default.shards.count is None and default.shards.ids is None
+    example = load_config(ROOT / "config/production.example.toml")
+    assert "message_content" in example.shards.intent_names
+    assert example.shards.intents & (1 << 15)
+
+
+def test_values_are_parsed() -> None:
+    config = parse_config(
+        {
+            "discord": {"rest_url": "http://127.0.0.1:9000/api/v10/", "gateway_url": "ws://x:1"},
+            "shards": {
+                "count": 16,
+                "ids": "0-3,8",
+                "intents": ["guilds", "Guild_Messages"],
+                "compression": "zstd-stream",
+            },
+            "log": {"format": "json"},
+        }
+    )
+    assert config.discord.rest_url == "http://127.0.0.1:9000/api/v10"
+    assert config.shards.count == 16 and config.shards.ids == (0, 1, 2, 3, 8)
+    assert config.shards.intents == 1 | 1 << 9
+    assert config.shards.compression == "zstd-stream" and config.log.format == "json"
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "expected"),
+    [
+        ({"shards": {"count": "lots"}}, "shards.count", "'auto' or a positive integer"),
+        ({"shards": {"count": 0}}, "shards.count", "'auto' or a positive integer"),
+        ({"shards": {"ids": "0-x"}}, "shards.ids", "ranges like"),
+        ({"shards": {"count": 4, "ids": "0-7"}}, "shards.ids", "below shards.count (4)"),
+        (
+            {"shards": {"intents": ["guilds", "guild_mesages"]}},
+            "shards.intents",
+            "'guild_mesages' is not one",
+        ),
+        ({"shards": {"compression": "gzip"}}, "shards.compression", "'zlib-stream'"),
+        ({"shards": {"large_threshold": 500}}, "shards.large_threshold", "from 50 to 250"),
+        ({"discord": {"rest_url": "discord.com"}}, "discord.rest_url", "http://"),
+        ({"discord": {"gateway_url": "http://x"}}, "discord.gateway_url", "ws://"),
+        ({"ipc": {"events": "tcp://0.0.0.0:5555"}}, "ipc.events", "curve_public_key"),
+        ({"ipc": {"curve_public_key": "short"}}, "ipc.curve_public_key", "40-character"),
+        ({"log": {"level": "loud"}}, "log.level", "'debug'"),
+        ({"restart": {"backoff_max": -1}}, "restart.backoff_max", "positive number"),
+        ({"shards": {"cuont": 3}}, "shards.cuont", "a known key of [shards]"),
+        ({"shard": {}}, "shard", "one of the sections"),
+    ],
+)
+def test_errors_name_key_value_and_expectation(data: dict, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "test.toml")
+    message = str(info.value)
+    assert info.value.key == key
+    assert message.startswith(f"test.toml: {key} = ")
+    assert expected in message
+
+
+def test_a_token_in_a_file_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"discord": {"token": "super.secret.token"}})
+    assert "super.secret" not in str(info.value)
+    assert "DISCORD_TOKEN" in str(info.value)
+
+
+def test_token_comes_from_the_named_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config({"discord": {"token_env": "MY_BOT_TOKEN"}})
+    monkeypatch.delenv("MY_BOT_TOKEN", raising=False)
+    assert config.discord.token() is None
+    monkeypatch.setenv("MY_BOT_TOKEN", "abc")
+    assert config.discord.token() == "abc"
+    assert "abc" not in repr(config)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="readable TOML file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[shards\ncount = 1\n")
+    with pytest.raises(ConfigError, match="valid TOML"):
+        load_config(bad)
+
+
+def test_shard_id_ranges() -> None:
+    assert parse_shard_ids("0-2, 5,7-8") == (0, 1, 2, 5, 7, 8)
+    with pytest.raises(ValueError, match="empty or negative"):
+        parse_shard_ids("5-2")
