@@ -10,7 +10,6 @@ Candidates, each given the same bytes:
 Run: .venv/bin/python bench/decode.py [--seconds 1.0]
 """
 
-
 import argparse
 import sys
 import time
@@ -23,13 +22,13 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emulator.world import World, WorldConfig  # noqa: E402
-from ipc.codec import decode_gateway_event  # noqa: E402
+from emulator.world import World, WorldConfig
+from ipc.codec import decode_gateway_event
 
 
 def payloads() -> dict[str, list[bytes]]:
     world = World(WorldConfig(guilds=20, large_share=0.1, large_members=5000))
-    small = [g for g in world.guild_ids if g not in world.large_guilds][0]
+    small = next(g for g in world.guild_ids if g not in world.large_guilds)
     large = next(iter(world.large_guilds))
 
     def frame(t: str, d: Any, s: int) -> bytes:

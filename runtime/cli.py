@@ -85,6 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emu.add_argument("--seed", type=int, default=0, help="seed for the generated guilds")
     emu.set_defaults(func=_cmd_emulator)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run shardline against the embedded emulator (no token needed) until Ctrl-C",
+        description=(
+            "Start the emulator in this process and a shard process connected to it, inject a "
+            "message every few seconds, and print the events that reach the event bus. "
+            "Ctrl-C stops the shard (it closes resumably) and then everything else."
+        ),
+    )
+    demo.add_argument("--guilds", type=int, default=12, help="guilds in the emulator (default 12)")
+    demo.add_argument(
+        "--message-every",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="inject a MESSAGE_CREATE this often (default 2)",
+    )
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -138,6 +157,18 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         print(f"shardline emulator: cannot listen on {args.host}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from runtime.demo import run_demo
+
+    result: list[int] = []
+
+    async def go(stop: asyncio.Event) -> None:
+        result.append(await run_demo(stop, guilds=args.guilds, message_every=args.message_every))
+
+    _run_until_signal(go)
+    return result[0] if result else 1
 
 
 if __name__ == "__main__":

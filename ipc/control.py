@@ -1,0 +1,88 @@
+"""Messages between a worker process (shard or voice) and the supervisor's control socket.
+
+Worker -> supervisor messages are events, supervisor -> worker messages are commands. On the
+wire each is ``[type_name, body]`` (the supervisor's ROUTER adds the worker's identity).
+:class:`SessionCheckpoint` also travels on the event bus, in order with the dispatches it
+vouches for: when the bus has the checkpoint for seq N, it has every dispatch up to N.
+"""
+
+from __future__ import annotations
+
+from ipc.fields import integer, number, optional_string, raw, string
+from ipc.messages import Command, Event
+
+__all__ = [
+    "GatewayForward",
+    "IdentifyPermit",
+    "IdentifyRequest",
+    "SessionCheckpoint",
+    "ShardStatus",
+    "Shutdown",
+    "WorkerHello",
+]
+
+
+class WorkerHello(Event):
+    __slots__ = ()
+    type_name = "control.hello"
+    kind = string()  # "shard" or "voice"
+    worker_id = string()  # "3" for shard 3, the guild id for voice
+    pid = integer()
+
+
+class ShardStatus(Event):
+    """Sent every second; ``state`` is one of connecting, identifying, ready, resuming,
+    backing off, fatal, stopped."""
+
+    __slots__ = ()
+    type_name = "control.shard_status"
+    shard = integer()
+    state = string()
+    latency_ms = raw()
+    seq = raw()
+    session = optional_string()
+    guilds = integer(default=0)
+    dispatch_rate = number(default=0.0)
+    reconnects = integer(default=0)
+    dropped = integer(default=0)  # bus messages dropped at the high-water mark
+    queued_commands = integer(default=0)
+
+
+class SessionCheckpoint(Event):
+    """Everything needed to RESUME this shard's session from another process."""
+
+    __slots__ = ()
+    type_name = "shardline.checkpoint"
+    shard = integer()
+    session_id = string()
+    seq = integer()
+    resume_url = string()
+
+
+class IdentifyRequest(Event):
+    __slots__ = ()
+    type_name = "control.identify_request"
+    shard = integer()
+
+
+class GatewayForward(Event):
+    """A dispatch the supervisor needs (the bot's voice state, voice server updates);
+    ``payload`` is the gateway payload as received."""
+
+    __slots__ = ()
+    type_name = "control.forward"
+    shard = integer()
+    t = string()
+    payload = string()
+
+
+class IdentifyPermit(Command):
+    __slots__ = ()
+    type_name = "control.identify_permit"
+
+
+class Shutdown(Command):
+    """Close resumably, checkpoint, exit."""
+
+    __slots__ = ()
+    type_name = "control.shutdown"

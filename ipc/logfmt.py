@@ -1,0 +1,55 @@
+"""One log line format for every shardline process: ``ts level kind=shard id=3 msg=... k=v``
+(``text``) or one JSON object per line (``json``). Set up once per process with
+:func:`setup_logging`; pass fields with ``log.info("msg", extra={"fields": {...}})``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+__all__ = ["KeyValueFormatter", "setup_logging"]
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\n'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    def __init__(self, kind: str, ident: str, fmt: str = "text") -> None:
+        super().__init__()
+        self.kind = kind
+        self.ident = ident
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "kind": self.kind,
+            "id": self.ident,
+            "msg": record.getMessage(),
+        }
+        fields.update(getattr(record, "fields", {}) or {})
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        if self.json:
+            return orjson.dumps(fields, default=str).decode()
+        return " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
+
+
+def setup_logging(kind: str, ident: str, level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter(kind, ident, fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # websockets logs every frame at debug, tokens included: keep it quiet whatever the level.
+    logging.getLogger("websockets").setLevel(logging.WARNING)

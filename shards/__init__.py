@@ -1,0 +1,1 @@
+"""The gateway shard process: one connection, one loop (see shards/loop.py)."""

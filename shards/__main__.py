@@ -1,0 +1,153 @@
+"""``python -m shards``: one gateway shard as a process (normally started by the supervisor).
+
+The token comes from the environment (never the command line, where ``ps`` would show it).
+Exit status: 0 stopped (SIGTERM/shutdown), 3 a fatal close code (do not respawn), 1 a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+
+import orjson
+
+from ipc.intents import UnknownIntentError, intents_from_names
+from ipc.logfmt import setup_logging
+from shards.links import ControlLink, EventPublisher, NullPublisher
+from shards.loop import LocalIdentifyBucket, ShardRunner
+from shards.protocol import ShardSettings, ShardState
+
+EXIT_STOPPED = 0
+EXIT_CRASH = 1
+EXIT_USAGE = 2
+EXIT_FATAL = 3
+
+log = logging.getLogger("shardline.shard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m shards",
+        description="Run one Discord gateway shard. The token is read from the environment "
+        "variable named by --token-env. Exit status: 0 stopped, 3 fatal close code, 1 crash.",
+    )
+    p.add_argument("--shard-id", type=int, required=True)
+    p.add_argument("--shard-count", type=int, required=True)
+    p.add_argument(
+        "--gateway", required=True, help="gateway base URL, e.g. wss://gateway.discord.gg"
+    )
+    p.add_argument("--token-env", default="DISCORD_TOKEN", help="variable holding the token")
+    p.add_argument(
+        "--intents",
+        default="guilds,guild_messages,guild_voice_states",
+        help="comma-separated intent names, or a number (default: %(default)s)",
+    )
+    p.add_argument(
+        "--compression", default="zlib-stream", choices=["zlib-stream", "zstd-stream", "none"]
+    )
+    p.add_argument("--large-threshold", type=int, default=250)
+    p.add_argument(
+        "--events", help="event bus endpoint to publish to (XSUB side); none: publish nowhere"
+    )
+    p.add_argument("--control", help="supervisor control endpoint (ROUTER); none: standalone")
+    p.add_argument(
+        "--resume",
+        metavar="JSON",
+        help='checkpoint to resume: {"session_id": ..., "seq": ..., "resume_url": ...}',
+    )
+    p.add_argument(
+        "--identify-interval",
+        type=float,
+        default=5.0,
+        help="standalone only: seconds between identifies (default 5)",
+    )
+    p.add_argument("--backoff-base", type=float, default=1.0, help="first reconnect delay (s)")
+    p.add_argument("--ca-file", help="extra CA bundle (PEM) to trust for wss://")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+    return p
+
+
+def parse_intents(text: str) -> int:
+    if text.strip().isdigit():
+        return int(text)
+    return intents_from_names(n for n in text.split(",") if n.strip())
+
+
+async def amain(args: argparse.Namespace) -> int:
+    token = os.environ.get(args.token_env)
+    if not token:
+        log.error(f"no token: set the {args.token_env} environment variable")
+        return EXIT_USAGE
+    settings = ShardSettings(
+        token=token,
+        shard_id=args.shard_id,
+        shard_count=args.shard_count,
+        intents=parse_intents(args.intents),
+        compression=args.compression,
+        large_threshold=args.large_threshold,
+        backoff_base=args.backoff_base,
+    )
+    source = f"shard:{args.shard_id}"
+    publisher = EventPublisher(args.events, source) if args.events else NullPublisher(source)
+    control = ControlLink(args.control, source) if args.control else None
+    context = None
+    if args.ca_file:
+        context = ssl.create_default_context()
+        context.load_verify_locations(args.ca_file)
+    runner = ShardRunner(
+        settings,
+        args.gateway,
+        publisher=publisher,
+        control=control,
+        ssl_context=context,
+        identify_bucket=LocalIdentifyBucket(args.identify_interval),
+    )
+    if args.resume:
+        checkpoint = orjson.loads(args.resume)
+        runner.protocol.restore(
+            str(checkpoint["session_id"]), int(checkpoint["seq"]), str(checkpoint["resume_url"])
+        )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stop)
+    if args.events and not await publisher.wait_subscribed(timeout=30.0):
+        log.error(f"the event bus at {args.events} never subscribed; is the supervisor running?")
+        return EXIT_CRASH
+    try:
+        state = await runner.run()
+    finally:
+        publisher.close()
+        if control is not None:
+            control.close()
+    return EXIT_FATAL if state is ShardState.FATAL else EXIT_STOPPED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("shard", str(args.shard_id), args.log_level, args.log_format)
+    try:
+        parse_intents(args.intents)
+    except UnknownIntentError as exc:
+        log.error(str(exc))
+        return EXIT_USAGE
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run  # type: ignore[assignment]
+    try:
+        return runner(amain(args))
+    except Exception:
+        log.exception("shard crashed")
+        return EXIT_CRASH
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The shard's two ZeroMQ links: the event bus (publish, never block) and the control socket.
+
+The publisher is an XPUB that connects to the bus; it waits for the bus to subscribe before
+the shard connects to Discord, so nothing is published into the void at start-up. Sends are
+non-blocking: at the high-water mark a message is dropped and counted, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ipc.codec import Envelope, decode_command, encode_bus_event, encode_command, topic_for
+from ipc.control import WorkerHello
+from ipc.messages import Command, Event
+
+__all__ = ["ControlLink", "EventPublisher", "NullPublisher"]
+
+_ctx: zmq.Context[Any] | None = None
+
+
+def context() -> zmq.Context[Any]:
+    global _ctx
+    if _ctx is None:
+        _ctx = zmq.Context.instance()
+    return _ctx
+
+
+class NullPublisher:
+    """Publishes nowhere (a shard run by hand without a bus); counts what it was given."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.published = 0
+        self.dropped = 0
+        self.on_event: Callable[[Event], None] | None = None
+
+    async def wait_subscribed(self, timeout: float) -> bool:
+        return True
+
+    def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> None:
+        self.published += 1
+
+    def event(self, event: Event) -> None:
+        self.published += 1
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def close(self, linger: float = 1.0) -> None:
+        pass
+
+
+class EventPublisher(NullPublisher):
+    """XPUB connected to the bus's XSUB (or a test's SUB)."""
+
+    def __init__(self, endpoint: str, source: str, *, hwm: int = 100_000) -> None:
+        super().__init__(source)
+        sock = context().socket(zmq.XPUB)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.XPUB_NODROP, 1)  # full: send raises Again, so drops are counted
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(endpoint)
+        self.sock = sock
+        self._topics: dict[str, bytes] = {}
+        self._source_bytes = source
+
+    async def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until a subscriber has subscribed (the bus, or a test). False on timeout."""
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while time.monotonic() < deadline:
+            if poller.poll(0):
+                msg = self.sock.recv()
+                if msg[:1] == b"\x01":
+                    return True
+                continue
+            await asyncio.sleep(0.01)
+        return False
+
+    def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> None:
+        topic = self._topics.get(t)
+        if topic is None:
+            topic = self._topics[t] = topic_for(t, self.source)
+        envelope = Envelope(self.source, "dispatch", session, seq, time.time_ns()).encode()
+        try:
+            self.sock.send_multipart((topic, envelope, raw), flags=zmq.NOBLOCK, copy=False)
+            self.published += 1
+        except zmq.Again:
+            self.dropped += 1
+
+    def event(self, event: Event) -> None:
+        try:
+            self.sock.send_multipart(
+                encode_bus_event(event, self.source, time.time_ns()), flags=zmq.NOBLOCK
+            )
+            self.published += 1
+        except zmq.Again:
+            self.dropped += 1
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def close(self, linger: float = 1.0) -> None:
+        self.sock.close(linger=int(linger * 1000))
+
+
+class ControlLink:
+    """DEALER to the supervisor's control ROUTER; identity ``shard:N`` / ``voice:GUILD``."""
+
+    def __init__(self, endpoint: str, identity: str) -> None:
+        self.actx = zmq.asyncio.Context.shadow(context())
+        sock = self.actx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.connect(endpoint)
+        self.sock = sock
+        self.identity = identity
+
+    def send(self, message: Event | Command) -> bool:
+        """Non-blocking; False when the supervisor is not keeping up (message dropped)."""
+        frames = (
+            encode_command(message)
+            if isinstance(message, Command)
+            else [
+                message.type_name.encode(),
+                _event_body(message),
+            ]
+        )
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def hello(self, kind: str, worker_id: str) -> None:
+        self.send(WorkerHello(kind=kind, worker_id=worker_id, pid=os.getpid()))
+
+    async def receive(self) -> Command:
+        """The next command from the supervisor (raises CodecError on a bad one)."""
+        frames = await self.sock.recv_multipart()
+        return decode_command(list(frames))
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.close(linger=1000)
+
+
+def _event_body(event: Event) -> bytes:
+    import orjson
+
+    return orjson.dumps(event.raw)

@@ -1,0 +1,385 @@
+"""The shard's one loop: it owns the websocket and is its only writer.
+
+Everything that can change the connection arrives through one inbox (frames from the
+transport, the close notice, commands, identify permits, stop) and is handed to the sans-I/O
+:class:`~shards.protocol.GatewayProtocol`; the actions it returns are performed here, in
+order. The heartbeat is a deadline of this loop, not a task, so a heartbeat-driven reconnect
+can never race a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ipc.codec import CodecError
+from ipc.control import (
+    GatewayForward,
+    IdentifyPermit,
+    IdentifyRequest,
+    SessionCheckpoint,
+    ShardStatus,
+    Shutdown,
+)
+from ipc.errors import ErrorEvent
+from ipc.messages import Command, GatewayCommand
+from shards.links import ControlLink, NullPublisher
+from shards.protocol import (
+    Action,
+    Checkpoint,
+    Close,
+    Emit,
+    Forward,
+    GatewayProtocol,
+    Publish,
+    RequestPermit,
+    Send,
+    ShardSettings,
+    ShardState,
+)
+from shards.transport import ClosedInfo, TransportError, WebSocketTransport
+
+__all__ = ["LocalIdentifyBucket", "ShardRunner"]
+
+log = logging.getLogger("shardline.shard")
+
+IDENTIFY_INTERVAL = 5.0  # seconds between identifies of one bucket (Discord's rule)
+
+
+class _Permit:
+    __slots__ = ()
+
+
+class _Stop:
+    __slots__ = ()
+
+
+class _Closed:
+    __slots__ = ("info", "transport")
+
+    def __init__(self, transport: WebSocketTransport, info: ClosedInfo) -> None:
+        self.transport = transport
+        self.info = info
+
+
+class LocalIdentifyBucket:
+    """Standalone mode (no supervisor): at most one identify per ``interval`` seconds."""
+
+    def __init__(self, interval: float = IDENTIFY_INTERVAL) -> None:
+        self.interval = interval
+        self.last: float | None = None
+
+    def grant_at(self, now: float) -> float:
+        at = now if self.last is None else max(now, self.last + self.interval)
+        self.last = at
+        return at
+
+
+class ShardRunner:
+    """Runs one shard until it is stopped or a fatal close code ends it."""
+
+    def __init__(
+        self,
+        settings: ShardSettings,
+        gateway_url: str,
+        *,
+        publisher: NullPublisher | None = None,
+        control: ControlLink | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        status_interval: float = 1.0,
+        identify_bucket: LocalIdentifyBucket | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.protocol = GatewayProtocol(settings)
+        self.settings = settings
+        self.gateway_url = gateway_url
+        self.publisher = publisher or NullPublisher(f"shard:{settings.shard_id}")
+        self.control = control
+        self.ssl_context = ssl_context
+        self.status_interval = status_interval
+        self.bucket = identify_bucket or LocalIdentifyBucket()
+        self.clock = clock
+        self.ws: WebSocketTransport | None = None
+        self.inbox: deque[Any] = deque()
+        self._wakeup = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._next_status = 0.0
+        self._rate_mark = (0.0, 0)
+        self.dispatch_rate = 0.0
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self.errors: list[ErrorEvent] = []  # recent error events, for tests and status
+        self.on_status: Callable[[dict[str, Any]], None] | None = None
+
+    # -- the inbox: everything enters here ------------------------------------------------
+
+    def _put(self, item: Any) -> None:
+        self.inbox.append(item)
+        self._wakeup.set()
+
+    def submit(self, command: GatewayCommand) -> None:
+        """Queue a command for the gateway (thread: the loop's own)."""
+        self._put(command)
+
+    def grant_permit(self) -> None:
+        self._put(_Permit())
+
+    def stop(self) -> None:
+        """Close resumably, checkpoint, and return from :meth:`run`."""
+        self._put(_Stop())
+
+    def _on_message(self, message: bytes | str) -> None:
+        self.inbox.append(message)
+        self._wakeup.set()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> ShardState:
+        """Returns the final state: ``stopped`` or ``fatal``."""
+        control_task = None
+        if self.control is not None:
+            self.control.hello("shard", str(self.settings.shard_id))
+            control_task = asyncio.get_running_loop().create_task(self._read_control())
+        try:
+            await self._spin()
+        finally:
+            if control_task is not None:
+                control_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await control_task
+            if self.ws is not None:
+                self.ws.abort()
+            self._send_status()
+        return self.protocol.state
+
+    async def _spin(self) -> None:
+        proto = self.protocol
+        while True:
+            now = self.clock()
+            if proto.state in (ShardState.FATAL, ShardState.STOPPED):
+                # Let a closing connection finish its close handshake, briefly.
+                if self.ws is None or now >= self._stop_deadline:
+                    return
+                await self._wait(self._stop_deadline)
+                self._drain_inbox()
+                continue
+            if self.ws is None and not self._stopping:
+                if proto.state is ShardState.BACKING_OFF and proto.reconnect_at is not None:
+                    if now < proto.reconnect_at:
+                        await self._wait(proto.reconnect_at)
+                        self._drain_inbox()
+                        continue
+                await self._open()
+                continue
+            deadline = proto.next_deadline()
+            await self._wait(deadline)
+            self._drain_inbox()
+            if self.ws is not None:
+                self._execute(proto.poll(self.clock()))
+
+    async def _open(self) -> None:
+        proto = self.protocol
+        now = self.clock()
+        proto.on_connecting(now)
+        url = proto.connect_url(self.gateway_url)
+        log.info(
+            "connecting", extra={"fields": {"url": url.split("?")[0], "resume": proto.resumable}}
+        )
+        try:
+            ws = await WebSocketTransport.connect(
+                url, self._on_message, self._on_transport_closed, ssl_context=self.ssl_context
+            )
+        except TransportError as exc:
+            self._execute(proto.on_connect_failed(self.clock(), str(exc)))
+            return
+        self.ws = ws
+        proto.on_connected(self.clock())
+
+    def _on_transport_closed(self, transport: WebSocketTransport, info: ClosedInfo) -> None:
+        self._put(_Closed(transport, info))
+
+    async def _wait(self, until: float | None) -> None:
+        """Sleep until ``until`` (monotonic), the status tick, or anything in the inbox."""
+        if self.inbox:
+            return
+        now = self.clock()
+        if self._next_status <= now:
+            self._send_status()
+            self._next_status = now + self.status_interval
+        target = self._next_status if until is None else min(until, self._next_status)
+        delay = target - now
+        if delay <= 0:
+            await asyncio.sleep(0)  # due now: still let the transport's callbacks run
+            return
+        self._wakeup.clear()
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(delay, self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
+
+    def _drain_inbox(self) -> None:
+        proto = self.protocol
+        inbox = self.inbox
+        while inbox:
+            item = inbox.popleft()
+            if item.__class__ is bytes or item.__class__ is str:
+                if self.ws is not None:
+                    self._execute(proto.receive(item, self.clock()))
+            elif isinstance(item, GatewayCommand):
+                self._execute(proto.submit(item, self.clock()))
+            elif isinstance(item, _Closed):
+                if item.transport is not self.ws:
+                    continue  # a connection that never opened, already accounted for
+                self.ws = None
+                info = item.info
+                log.info(
+                    "connection closed",
+                    extra={"fields": {"code": info.code, "reason": info.reason}},
+                )
+                self._execute(proto.on_closed(info.code, info.reason, self.clock(), info.handshake))
+            elif isinstance(item, _Permit):
+                self._execute(proto.on_permit(self.clock()))
+            elif isinstance(item, _Stop):
+                self._begin_stop()
+        self._wakeup.clear()
+
+    def _begin_stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_deadline = self.clock() + 5.0
+        log.info("stopping: closing resumably after a final checkpoint")
+        self._execute(self.protocol.stop())
+
+    # -- actions --------------------------------------------------------------------------
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            cls = action.__class__
+            if cls is Publish:
+                self.publisher.dispatch(action.t, action.raw, action.seq, self.protocol.session_id)  # type: ignore[union-attr]
+            elif cls is Send:
+                self._send(action)  # type: ignore[arg-type]
+            elif cls is Emit:
+                self._emit(action.event)  # type: ignore[union-attr]
+            elif cls is Close:
+                if self.ws is not None:
+                    self.ws.close(action.code, action.reason)  # type: ignore[union-attr]
+            elif cls is Checkpoint:
+                self._checkpoint(action)  # type: ignore[arg-type]
+            elif cls is RequestPermit:
+                self._request_permit()
+            elif cls is Forward:
+                self._forward(action)  # type: ignore[arg-type]
+
+    def _send(self, action: Send) -> None:
+        ws = self.ws
+        if ws is None or not ws.open:
+            self.protocol.on_send_failed(action)
+            return
+        try:
+            ws.send(action.data)
+        except ConnectionError:
+            self.protocol.on_send_failed(action)
+            return
+        self.protocol.on_sent(action)
+
+    def _emit(self, event: ErrorEvent) -> None:
+        self.errors.append(event)
+        del self.errors[:-100]
+        level = (
+            logging.ERROR if event.type_name == "shardline.error.fatal_close" else logging.WARNING
+        )
+        log.log(level, event.message, extra={"fields": {"event": event.type_name}})
+        self.publisher.event(event)
+
+    def _checkpoint(self, action: Checkpoint) -> None:
+        checkpoint = SessionCheckpoint(
+            shard=self.settings.shard_id,
+            session_id=action.session_id,
+            seq=action.seq,
+            resume_url=action.resume_url,
+        )
+        self.publisher.event(checkpoint)  # in order with the dispatches it covers
+        if self.control is not None:
+            self.control.send(checkpoint)
+
+    def _request_permit(self) -> None:
+        if self.control is not None:
+            self.control.send(IdentifyRequest(shard=self.settings.shard_id))
+            return
+        now = self.clock()
+        at = self.bucket.grant_at(now)
+        asyncio.get_running_loop().call_later(max(0.0, at - now), self.grant_permit)
+
+    def _forward(self, action: Forward) -> None:
+        if self.control is not None:
+            self.control.send(
+                GatewayForward(
+                    shard=self.settings.shard_id, t=action.t, payload=action.raw.decode()
+                )
+            )
+
+    # -- periodic status and the checkpoint that rides with it ----------------------------
+
+    def _send_status(self) -> None:
+        proto = self.protocol
+        now = self.clock()
+        mark_time, mark_count = self._rate_mark
+        if mark_time:
+            self.dispatch_rate = (proto.dispatches - mark_count) / max(now - mark_time, 1e-9)
+        self._rate_mark = (now, proto.dispatches)
+        status = proto.status()
+        status.update(
+            dispatch_rate=round(self.dispatch_rate, 1),
+            dropped=self.publisher.dropped,
+        )
+        if self.on_status is not None:
+            self.on_status(status)
+        if proto.resumable and proto.state is ShardState.READY:
+            assert proto.session_id is not None and proto.seq is not None
+            self._checkpoint(Checkpoint(proto.session_id, proto.seq, proto.resume_url or ""))
+        if self.control is not None:
+            self.control.send(
+                ShardStatus(
+                    shard=status["shard"],
+                    state=status["state"],
+                    latency_ms=status["latency_ms"],
+                    seq=status["seq"],
+                    session=status["session"],
+                    guilds=status["guilds"],
+                    dispatch_rate=status["dispatch_rate"],
+                    reconnects=status["reconnects"],
+                    dropped=status["dropped"],
+                    queued_commands=status["queued_commands"],
+                )
+            )
+
+    # -- commands from the supervisor -----------------------------------------------------
+
+    async def _read_control(self) -> None:
+        assert self.control is not None
+        while True:
+            try:
+                command: Command = await self.control.receive()
+            except CodecError as exc:
+                log.warning("bad control message", extra={"fields": {"error": str(exc)}})
+                continue
+            if isinstance(command, IdentifyPermit):
+                self.grant_permit()
+            elif isinstance(command, Shutdown):
+                self.stop()
+            elif isinstance(command, GatewayCommand):
+                self.submit(command)
+            else:
+                log.warning(
+                    "unexpected control command", extra={"fields": {"type": command.type_name}}
+                )

@@ -1,0 +1,634 @@
+"""The gateway protocol for one shard, without I/O.
+
+:class:`GatewayProtocol` takes websocket messages, elapsed time, identify permits and commands,
+and returns :data:`Action` objects: what to send, when to close, what to publish. The loop in
+``shards/loop.py`` performs them; nothing here touches a socket or a clock, so every rule is
+tested by feeding payloads and times (tests/shards/test_protocol.py).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from ipc.codec import MAX_GATEWAY_PAYLOAD, encode_gateway_command
+from ipc.commands import Heartbeat, Identify, Resume
+from ipc.errors import (
+    CommandFailed,
+    ConnectionLost,
+    DecodeError,
+    ErrorEvent,
+    FatalClose,
+    PayloadTooLarge,
+    ProtocolError,
+)
+from ipc.intents import PRIVILEGED, names_from_bits
+from ipc.messages import GatewayCommand
+from shards.closecodes import CloseAction, policy_for
+from shards.inflate import InflateError, Inflator, make_inflator
+from shards.ratelimit import SendLimiter
+
+__all__ = [
+    "RESUMABLE_CLOSE",
+    "Action",
+    "Checkpoint",
+    "Close",
+    "Emit",
+    "Forward",
+    "GatewayProtocol",
+    "Publish",
+    "RequestPermit",
+    "Send",
+    "ShardSettings",
+    "ShardState",
+]
+
+# The code we close with when the session must survive (1000/1001 would end it).
+RESUMABLE_CLOSE = 3000
+FORWARDED_DISPATCHES = ("VOICE_STATE_UPDATE", "VOICE_SERVER_UPDATE")
+
+
+class ShardState(Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"  # socket opening, or open and waiting for HELLO
+    IDENTIFYING = "identifying"  # waiting for a permit, or for READY
+    RESUMING = "resuming"  # RESUME sent, waiting for RESUMED
+    READY = "ready"
+    BACKING_OFF = "backing off"
+    FATAL = "fatal"
+    STOPPED = "stopped"
+
+
+_S = ShardState
+# Legal transitions (h11-style): anything else is a bug in this module, not in the peer.
+TRANSITIONS: dict[ShardState, set[ShardState]] = {
+    _S.DISCONNECTED: {_S.CONNECTING, _S.BACKING_OFF, _S.STOPPED, _S.FATAL},
+    _S.CONNECTING: {_S.IDENTIFYING, _S.RESUMING, _S.BACKING_OFF, _S.FATAL, _S.STOPPED},
+    _S.IDENTIFYING: {_S.READY, _S.BACKING_OFF, _S.FATAL, _S.STOPPED, _S.IDENTIFYING},
+    _S.RESUMING: {_S.READY, _S.IDENTIFYING, _S.BACKING_OFF, _S.FATAL, _S.STOPPED},
+    _S.READY: {_S.IDENTIFYING, _S.BACKING_OFF, _S.FATAL, _S.STOPPED},
+    _S.BACKING_OFF: {_S.CONNECTING, _S.BACKING_OFF, _S.FATAL, _S.STOPPED},
+    _S.FATAL: {_S.STOPPED},
+    _S.STOPPED: set(),
+}
+
+
+# -- actions --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Send:
+    """Write ``data`` to the websocket. ``command`` is set for commands submitted by the bot."""
+
+    data: bytes
+    kind: str  # "heartbeat", "identify", "resume", "command"
+    command: GatewayCommand | None = None
+
+
+@dataclass(slots=True)
+class Close:
+    """Close the websocket with ``code``; the loop then calls :meth:`on_closed`."""
+
+    code: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Publish:
+    """Put a dispatch on the event bus, body unchanged."""
+
+    t: str
+    raw: bytes
+    seq: int | None
+
+
+@dataclass(slots=True)
+class Emit:
+    """Publish a shardline event (an error, mostly) on the bus."""
+
+    event: ErrorEvent
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """The session can be resumed from here: tell the supervisor."""
+
+    session_id: str
+    seq: int
+    resume_url: str
+
+
+@dataclass(slots=True)
+class RequestPermit:
+    """Ask for an identify permit (the supervisor's scheduler, or the local bucket)."""
+
+
+@dataclass(slots=True)
+class Forward:
+    """Hand a dispatch to the supervisor (voice credentials)."""
+
+    t: str
+    raw: bytes
+
+
+Action = Send | Close | Publish | Emit | Checkpoint | RequestPermit | Forward
+
+
+@dataclass
+class ShardSettings:
+    token: str
+    shard_id: int
+    shard_count: int
+    intents: int
+    compression: str = "zlib-stream"
+    large_threshold: int = 250
+    presence: dict[str, Any] | None = None
+    properties: dict[str, str] = field(
+        default_factory=lambda: {"os": "linux", "browser": "shardline", "device": "shardline"}
+    )
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    send_limit: int = 120
+    send_window: float = 60.0
+    heartbeat_reserve: int = 5
+
+    def __repr__(self) -> str:  # never show the token
+        return (
+            f"ShardSettings(shard={self.shard_id}/{self.shard_count}, intents={self.intents}, "
+            f"compression={self.compression!r})"
+        )
+
+
+class GatewayProtocol:
+    """One shard's gateway session across connections. See the module docstring."""
+
+    def __init__(self, settings: ShardSettings, rng: Callable[[], float] = random.random) -> None:
+        self.settings = settings
+        self.rng = rng
+        self.source = f"shard:{settings.shard_id}"
+        self.state = ShardState.DISCONNECTED
+        # the session (survives connections)
+        self.session_id: str | None = None
+        self.resume_url: str | None = None
+        self.seq: int | None = None
+        self.user_id: str | None = None
+        self.guilds: set[str] = set()
+        # per connection
+        self.inflator: Inflator = make_inflator(settings.compression)
+        self.limiter = SendLimiter(
+            settings.send_limit, settings.send_window, settings.heartbeat_reserve
+        )
+        self.heartbeat_interval: float | None = None
+        self.next_heartbeat: float | None = None
+        self.awaiting_ack = False
+        self.heartbeat_sent_at: float | None = None
+        self.identify_sent = False
+        self.permit_requested = False
+        self.reidentify_at: float | None = None
+        self._closing: tuple[int, CloseAction] | None = None  # we asked to close: why
+        # across connections
+        self.latency: float | None = None
+        self.reconnects = 0
+        self.attempts = 0  # failures since the last READY/RESUMED
+        self.reconnect_at: float | None = None
+        self.queue: deque[tuple[GatewayCommand, bytes]] = deque()
+        self.in_flight: list[GatewayCommand] = []  # sent, not yet confirmed by a heartbeat ACK
+        self._confirm_mark: int | None = None
+        self.dispatches = 0
+        self.fatal: FatalClose | None = None
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _set_state(self, new: ShardState) -> None:
+        if new is not self.state and new not in TRANSITIONS[self.state]:
+            raise AssertionError(f"illegal shard transition {self.state.value} -> {new.value}")
+        self.state = new
+
+    @property
+    def resumable(self) -> bool:
+        return self.session_id is not None and self.seq is not None
+
+    def restore(self, session_id: str, seq: int, resume_url: str) -> None:
+        """Start from a checkpoint: the first connection RESUMEs instead of identifying."""
+        self.session_id, self.seq, self.resume_url = session_id, seq, resume_url
+
+    def connect_url(self, gateway_url: str) -> str:
+        """Where the next connection goes: the resume URL when resuming."""
+        base = self.resume_url if self.resumable and self.resume_url else gateway_url
+        query = "v=10&encoding=json"
+        if self.settings.compression not in ("none", ""):
+            query += f"&compress={self.settings.compression}"
+        return f"{base.rstrip('/')}/?{query}"
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def on_connecting(self, now: float) -> None:
+        self._set_state(ShardState.CONNECTING)
+        self.reconnect_at = None
+
+    def on_connected(self, now: float) -> None:
+        """A fresh websocket is open: reset everything that belongs to one connection."""
+        self.inflator = make_inflator(self.settings.compression)
+        self.limiter.reset()
+        self.heartbeat_interval = None
+        self.next_heartbeat = None
+        self.awaiting_ack = False
+        self.identify_sent = False
+        self.permit_requested = False
+        self.reidentify_at = None
+        self._closing = None
+
+    def on_connect_failed(self, now: float, error: str) -> list[Action]:
+        """The websocket could not be opened: back off and try again."""
+        self.attempts += 1
+        self._backoff(now, planned=False)
+        return [Emit(ConnectionLost(message=f"cannot connect: {error}", source=self.source))]
+
+    def on_closed(self, code: int | None, reason: str, now: float, handshake: bool) -> list[Action]:
+        """The websocket closed (``code`` None: no close frame). Decide what comes next.
+        ``handshake`` is True when the close handshake completed."""
+        actions: list[Action] = []
+        ours = self._closing
+        self._closing = None
+        if ours is not None and handshake:
+            self.in_flight.clear()  # the peer read everything up to our close frame
+        elif self.in_flight:
+            for command in self.in_flight:
+                actions.append(
+                    Emit(
+                        CommandFailed(
+                            message=(
+                                f"{command.type_name} was sent but the connection closed before "
+                                "the gateway confirmed it; it may or may not have been applied"
+                            ),
+                            source=self.source,
+                            command=command.type_name,
+                            detail=command.raw,
+                        )
+                    )
+                )
+            self.in_flight.clear()
+        self._confirm_mark = None
+        self.heartbeat_interval = self.next_heartbeat = None
+        if self.state in (ShardState.STOPPED, ShardState.FATAL):
+            return actions
+        if ours is not None:
+            action = ours[1]
+            planned = True
+        else:
+            policy = policy_for(code)
+            action = policy.action
+            planned = False
+            if action is CloseAction.FATAL:
+                advice = policy.advice
+                if code == 4014:
+                    wanted = [n for n in names_from_bits(self.settings.intents) if n in PRIVILEGED]
+                    advice = advice.format(privileged=", ".join(wanted) or "the privileged intents")
+                self.fatal = FatalClose(
+                    message=f"gateway closed {code} ({policy.meaning}): {advice}",
+                    source=self.source,
+                    code=code or 0,
+                    reason=reason,
+                    advice=advice,
+                )
+                self._set_state(ShardState.FATAL)
+                return [*actions, Emit(self.fatal)]
+            actions.append(
+                Emit(
+                    ConnectionLost(
+                        message=f"gateway closed {code} ({policy.meaning}); "
+                        f"{'resuming' if action is CloseAction.RESUME else 'identifying afresh'}",
+                        source=self.source,
+                        code=code or 0,
+                    )
+                )
+            )
+        if action is CloseAction.IDENTIFY:
+            self._forget_session()
+        self.attempts += 1
+        self.reconnects += 1
+        self._backoff(now, planned)
+        return actions
+
+    def _backoff(self, now: float, planned: bool) -> None:
+        if planned and self.attempts <= 1:
+            delay = 0.0
+        else:
+            exponent = max(0, self.attempts - 1)
+            cap = min(self.settings.backoff_max, self.settings.backoff_base * 2**exponent)
+            delay = cap * (0.5 + self.rng() / 2)
+        self.reconnect_at = now + delay
+        self._set_state(ShardState.BACKING_OFF)
+
+    def _forget_session(self) -> None:
+        self.session_id = self.resume_url = None
+        self.seq = None
+
+    def stop(self) -> list[Action]:
+        """Shut down: close resumably (the session survives for the next process)."""
+        actions: list[Action] = []
+        if self.state not in (ShardState.DISCONNECTED, ShardState.BACKING_OFF, ShardState.FATAL):
+            actions.append(
+                self._close(RESUMABLE_CLOSE, "shutting down; will resume", CloseAction.RESUME)
+            )
+        if self.resumable:
+            assert self.session_id is not None and self.seq is not None
+            actions.append(Checkpoint(self.session_id, self.seq, self.resume_url or ""))
+        if self.state is not ShardState.STOPPED:
+            self._set_state(ShardState.STOPPED)
+        return actions
+
+    def _close(self, code: int, reason: str, then: CloseAction) -> Close:
+        self._closing = (code, then)
+        return Close(code, reason)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def receive(self, message: bytes | str, now: float) -> list[Action]:
+        """One websocket message from the gateway."""
+        if self._closing is not None:
+            return []  # closing: nothing more from this connection counts
+        try:
+            raw = self.inflator.feed(message)
+        except InflateError as exc:
+            return [
+                Emit(DecodeError(message=f"{exc}; reconnecting to resume", source=self.source)),
+                self._close(RESUMABLE_CLOSE, "corrupt compressed stream", CloseAction.RESUME),
+            ]
+        if raw is None:
+            return []
+        try:
+            payload = orjson.loads(raw)
+            op = payload["op"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return [
+                Emit(
+                    DecodeError(
+                        message="gateway sent a payload that is not JSON with an 'op'; ignored",
+                        source=self.source,
+                        sample=raw[:200].decode("utf-8", "replace"),
+                    )
+                )
+            ]
+        if op == 0:
+            return self._on_dispatch(payload, raw, now)
+        handler = _OP_HANDLERS.get(op) if isinstance(op, int) else None
+        if handler is None:
+            return [
+                Emit(
+                    ProtocolError(
+                        message=f"unknown gateway opcode {op!r}; ignored", source=self.source
+                    )
+                )
+            ]
+        return handler(self, payload.get("d"), now)
+
+    def _on_hello(self, d: Any, now: float) -> list[Action]:
+        try:
+            interval = float(d["heartbeat_interval"]) / 1000
+        except (KeyError, TypeError, ValueError):
+            return [
+                Emit(
+                    ProtocolError(
+                        message=f"HELLO without heartbeat_interval: {d!r}", source=self.source
+                    )
+                ),
+                self._close(RESUMABLE_CLOSE, "bad HELLO", CloseAction.RESUME),
+            ]
+        self.heartbeat_interval = interval
+        self.next_heartbeat = now + interval * self.rng()
+        self.awaiting_ack = False
+        if self.resumable:
+            self._set_state(ShardState.RESUMING)
+            assert self.session_id is not None and self.seq is not None
+            resume = Resume(token=self.settings.token, session_id=self.session_id, seq=self.seq)
+            self.limiter.try_acquire(now)
+            return [Send(encode_gateway_command(resume), "resume")]
+        self._set_state(ShardState.IDENTIFYING)
+        return self._request_permit()
+
+    def _request_permit(self) -> list[Action]:
+        if self.permit_requested or self.identify_sent:
+            return []
+        self.permit_requested = True
+        return [RequestPermit()]
+
+    def on_permit(self, now: float) -> list[Action]:
+        """The identify permit arrived: IDENTIFY now if the connection is waiting for it."""
+        self.permit_requested = False
+        if (
+            self.state is not ShardState.IDENTIFYING
+            or self.identify_sent
+            or self.heartbeat_interval is None
+        ):
+            return []
+        s = self.settings
+        fields: dict[str, Any] = {
+            "token": s.token,
+            "properties": s.properties,
+            "intents": s.intents,
+            "shard": [s.shard_id, s.shard_count],
+            "large_threshold": s.large_threshold,
+        }
+        if s.presence is not None:
+            fields["presence"] = s.presence
+        self.identify_sent = True
+        self.limiter.try_acquire(now)
+        return [Send(encode_gateway_command(Identify(**fields)), "identify")]
+
+    def _on_heartbeat_request(self, d: Any, now: float) -> list[Action]:
+        return self._heartbeat(now)
+
+    def _on_heartbeat_ack(self, d: Any, now: float) -> list[Action]:
+        self.awaiting_ack = False
+        if self.heartbeat_sent_at is not None:
+            self.latency = now - self.heartbeat_sent_at
+        if self._confirm_mark is not None:
+            del self.in_flight[: self._confirm_mark]
+            self._confirm_mark = None
+        return []
+
+    def _on_reconnect(self, d: Any, now: float) -> list[Action]:
+        if self.heartbeat_interval is None:
+            self.attempts += 1  # RECONNECT before HELLO: the node is going away, back off
+        return [self._close(RESUMABLE_CLOSE, "gateway asked to reconnect", CloseAction.RESUME)]
+
+    def _on_invalid_session(self, d: Any, now: float) -> list[Action]:
+        if d is True and self.resumable:
+            return [self._close(RESUMABLE_CLOSE, "session invalid, resumable", CloseAction.RESUME)]
+        # Not resumable: wait a random 1-5 s, then identify afresh on this connection.
+        self._forget_session()
+        self.identify_sent = False
+        self.permit_requested = False
+        self.reidentify_at = now + 1 + 4 * self.rng()
+        self._set_state(ShardState.IDENTIFYING)
+        return []
+
+    def _on_dispatch(self, payload: dict[str, Any], raw: bytes, now: float) -> list[Action]:
+        t = payload.get("t")
+        s = payload.get("s")
+        if not isinstance(t, str):
+            return [
+                Emit(
+                    ProtocolError(
+                        message=f"dispatch without an event type (s={s!r}); ignored",
+                        source=self.source,
+                    )
+                )
+            ]
+        if type(s) is int:
+            self.seq = s
+        self.dispatches += 1
+        actions: list[Action] = [Publish(t, raw, s if type(s) is int else None)]
+        if t == "READY" or t == "RESUMED":
+            actions.extend(self._on_session_ready(t, payload.get("d")))
+        elif t == "GUILD_CREATE":
+            self._track_guild(payload.get("d"), add=True)
+        elif t == "GUILD_DELETE":
+            d = payload.get("d")
+            if isinstance(d, dict) and not d.get("unavailable"):
+                self._track_guild(d, add=False)
+        elif t in FORWARDED_DISPATCHES:
+            d = payload.get("d")
+            if t == "VOICE_SERVER_UPDATE" or (
+                isinstance(d, dict) and d.get("user_id") == self.user_id
+            ):
+                actions.append(Forward(t, raw))
+        return actions
+
+    def _track_guild(self, d: Any, add: bool) -> None:
+        if isinstance(d, dict) and "id" in d:
+            (self.guilds.add if add else self.guilds.discard)(str(d["id"]))
+
+    def _on_session_ready(self, t: str, d: Any) -> list[Action]:
+        if t == "READY":
+            if not isinstance(d, dict) or "session_id" not in d:
+                return [Emit(ProtocolError(message="READY without session_id", source=self.source))]
+            self.session_id = str(d["session_id"])
+            self.resume_url = str(d.get("resume_gateway_url") or "") or None
+            user = d.get("user")
+            self.user_id = str(user["id"]) if isinstance(user, dict) and "id" in user else None
+            self.guilds = set()
+        self._set_state(ShardState.READY)
+        self.attempts = 0
+        actions: list[Action] = []
+        if self.resumable:
+            assert self.session_id is not None and self.seq is not None
+            actions.append(Checkpoint(self.session_id, self.seq, self.resume_url or ""))
+        return actions
+
+    # -- time -----------------------------------------------------------------------------
+
+    def poll(self, now: float) -> list[Action]:
+        """Everything that is due at ``now``: heartbeats, zombie detection, queued commands."""
+        actions: list[Action] = []
+        if self.next_heartbeat is not None and now >= self.next_heartbeat and self._closing is None:
+            if self.awaiting_ack:
+                actions.append(
+                    Emit(
+                        ConnectionLost(
+                            message="no HEARTBEAT_ACK since the last heartbeat: zombied "
+                            "connection, reconnecting to resume",
+                            source=self.source,
+                        )
+                    )
+                )
+                actions.append(
+                    self._close(RESUMABLE_CLOSE, "zombied connection", CloseAction.RESUME)
+                )
+                return actions
+            actions.extend(self._heartbeat(now))
+        if self.reidentify_at is not None and now >= self.reidentify_at:
+            self.reidentify_at = None
+            actions.extend(self._request_permit())
+        if self.queue and self.state is ShardState.READY and self._closing is None:
+            actions.extend(self._drain(now))
+        return actions
+
+    def _heartbeat(self, now: float) -> list[Action]:
+        if self.heartbeat_interval is None:
+            return []
+        self.limiter.try_acquire(now, heartbeat=True)
+        self.awaiting_ack = True
+        self.heartbeat_sent_at = now
+        self.next_heartbeat = now + self.heartbeat_interval
+        self._confirm_mark = len(self.in_flight)
+        return [Send(encode_gateway_command(Heartbeat(self.seq)), "heartbeat")]
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`poll` has something to do (None: nothing scheduled)."""
+        if self._closing is not None:
+            return None  # waiting for the close to complete; nothing else is due
+        times = [t for t in (self.next_heartbeat, self.reidentify_at) if t is not None]
+        if self.queue and self.state is ShardState.READY and self._closing is None:
+            times.append(self.limiter.earliest_free())
+        return min(times) if times else None
+
+    # -- commands -------------------------------------------------------------------------
+
+    def submit(self, command: GatewayCommand, now: float) -> list[Action]:
+        """Queue a command; it is sent in order, on a live session, within the rate limit."""
+        data = encode_gateway_command(command)
+        if len(data) > MAX_GATEWAY_PAYLOAD:
+            return [
+                Emit(
+                    PayloadTooLarge(
+                        message=f"{command.type_name} is {len(data)} bytes, over the gateway's "
+                        f"{MAX_GATEWAY_PAYLOAD}-byte limit; not sent",
+                        source=self.source,
+                        size=len(data),
+                        command=command.type_name,
+                    )
+                )
+            ]
+        self.queue.append((command, data))
+        if self.state is ShardState.READY and self._closing is None:
+            return self._drain(now)
+        return []
+
+    def _drain(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        while self.queue and self.limiter.try_acquire(now):
+            command, data = self.queue.popleft()
+            actions.append(Send(data, "command", command))
+        return actions
+
+    def on_sent(self, action: Send) -> None:
+        """The loop wrote ``action`` to the socket."""
+        if action.command is not None:
+            self.in_flight.append(action.command)
+
+    def on_send_failed(self, action: Send) -> None:
+        """The socket refused ``action``: a command goes back to the front of the queue."""
+        if action.command is not None:
+            self.queue.appendleft((action.command, action.data))
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "shard": self.settings.shard_id,
+            "state": self.state.value,
+            "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
+            "seq": self.seq,
+            "session": self.session_id,
+            "guilds": len(self.guilds),
+            "reconnects": self.reconnects,
+            "queued_commands": len(self.queue),
+            "dispatches": self.dispatches,
+        }
+
+
+_OP_HANDLERS: dict[int, Callable[[GatewayProtocol, Any, float], list[Action]]] = {
+    1: GatewayProtocol._on_heartbeat_request,
+    7: GatewayProtocol._on_reconnect,
+    9: GatewayProtocol._on_invalid_session,
+    10: GatewayProtocol._on_hello,
+    11: GatewayProtocol._on_heartbeat_ack,
+}
