@@ -194,6 +194,15 @@ class Emulator:
             await conn.send(payload)
         return len(conns)
 
+    async def send_frame(self, shard: int, data: bytes) -> int:
+        """Send bytes as one binary websocket message, bypassing compression (to corrupt
+        a compressed stream on purpose)."""
+        conns = self.gateway.connections_for(shard)
+        for conn in conns:
+            async with conn.lock:
+                await conn.ws.send(data)
+        return len(conns)
+
     async def reconnect(self, shard: int) -> int:
         """Send op 7 RECONNECT."""
         return await self.send_raw(shard, _frame(7))
@@ -208,6 +217,8 @@ class Emulator:
         for conn in conns:
             if not resumable and conn.session is not None:
                 conn.session.invalid = True
+                conn.session.connection = None
+                conn.session = None  # the connection may IDENTIFY afresh
             await conn.send(_frame(9, resumable))
         return len(conns)
 

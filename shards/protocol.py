@@ -402,6 +402,7 @@ class GatewayProtocol:
                 self._close(RESUMABLE_CLOSE, "bad HELLO", CloseAction.RESUME),
             ]
         self.heartbeat_interval = interval
+        self.limiter.reserve_for_heartbeats(interval)
         self.next_heartbeat = now + interval * self.rng()
         self.awaiting_ack = False
         if self.resumable:

@@ -16,9 +16,18 @@ class SendLimiter:
         if not 0 < heartbeat_reserve < limit:
             raise ValueError("heartbeat_reserve must be between 0 and limit")
         self.limit = limit
-        self.window = window
+        # The gateway counts payloads when they arrive, we when they leave: a margin keeps a
+        # slot taken until it has surely left the gateway's window too.
+        self.window = window + max(0.25, window * 0.02)
         self.command_limit = limit - heartbeat_reserve
         self._sent: deque[float] = deque()
+
+    def reserve_for_heartbeats(self, interval: float) -> None:
+        """Keep enough slots for every heartbeat a window can hold at ``interval`` seconds,
+        plus two for heartbeats the gateway requests (op 1)."""
+        needed = int(self.window // interval) + 3 if interval > 0 else self.limit - 1
+        reserve = max(self.limit - self.command_limit, needed)
+        self.command_limit = max(1, self.limit - reserve)
 
     def _expire(self, now: float) -> None:
         sent = self._sent
