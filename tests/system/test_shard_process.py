@@ -156,7 +156,7 @@ async def test_sigterm_closes_resumably_and_the_next_process_resumes(tmp_path: P
 
 
 async def test_fatal_close_exits_with_status_3(tmp_path: Path) -> None:
-    async with setup(tmp_path) as (emu, bus, endpoint):
+    async with setup(tmp_path) as (emu, _bus, endpoint):
         proc = await start_shard(emu, endpoint, token="not-the-token")  # 4004
         try:
             assert await asyncio.wait_for(proc.wait(), 20) == 3
