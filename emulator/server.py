@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+import orjson
 from websockets.asyncio.server import Server, serve
 
 from emulator.gateway import GatewayRules, GatewayServer, Received, Session, _frame
@@ -179,6 +180,44 @@ class Emulator:
             if sent < count:
                 await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
         return sent
+
+    async def blast(self, shard: int, payloads: list[bytes], t: str = "MESSAGE_CREATE") -> float:
+        """Send every body in ``payloads`` as a ``t`` dispatch to the shard's live connection
+        as fast as the socket takes them, for benchmarks. Frames are compressed and framed
+        before the clock starts, so the emulator is not what limits the rate. Returns the
+        seconds the sending took. The dispatches are kept for replay like any other."""
+        sessions = [s for s in self.gateway.live_sessions(shard) if s.connection is not None]
+        if not sessions:
+            raise LookupError(f"no connected session for shard {shard}")
+        session = sessions[-1]
+        conn = session.connection
+        assert conn is not None
+        async with session.lock, conn.lock:
+            frames = []
+            for body in payloads:
+                session.seq += 1
+                payload = b'{"t":"%s","s":%d,"op":0,"d":%s}' % (t.encode(), session.seq, body)
+                session.buffer.append((session.seq, payload))
+                session.sent.append((session.seq, t))
+                data = conn.compressor(payload) if conn.compressor else payload
+                frames.append(_server_frame(data, binary=conn.compressor is not None))
+            transport = conn.ws.transport
+            start = time.perf_counter()
+            batch: list[bytes] = []
+            size = 0
+            for frame in frames:
+                batch.append(frame)
+                size += len(frame)
+                if size >= 256 * 1024:
+                    transport.write(b"".join(batch))
+                    batch, size = [], 0
+                    while transport.get_write_buffer_size() > 4 * 1024 * 1024:
+                        await asyncio.sleep(0.0005)
+            if batch:
+                transport.write(b"".join(batch))
+            while transport.get_write_buffer_size() > 0:
+                await asyncio.sleep(0.0005)
+            return time.perf_counter() - start
 
     def zombie(self, shard: int, enabled: bool = True) -> int:
         """Stop (or resume) ACKing heartbeats on the shard's current connections."""
@@ -392,6 +431,36 @@ class Emulator:
             return json_response(404, {"message": f"unknown control action {action!r}"})
         return json_response(200, result)
 
+    async def _control_blast(self, shard: int, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"shard", "count", "kind": "message"|"guild", "size"?}``: benchmark feed."""
+        count = int(body["count"])
+        kind = body.get("kind", "message")
+        if kind == "message":
+            gid = self.world.guild_ids[0]
+            pool = [
+                orjson.dumps(self.world.message(gid, size=int(body.get("size", 1024))))
+                for _ in range(min(count, 500))
+            ]
+            t = "MESSAGE_CREATE"
+        elif kind == "guild":
+            large = sorted(self.world.large_guilds) or self.world.guild_ids
+            pool = [
+                orjson.dumps(self.world.guild_create(g, large_threshold=250, presences=True))
+                for g in large[:20]
+            ]
+            t = "GUILD_CREATE"
+        else:
+            raise ValueError(f"kind must be 'message' or 'guild', not {kind!r}")
+        payloads = [pool[i % len(pool)] for i in range(count)]
+        seconds = await self.blast(shard, payloads, t)
+        return {
+            "count": count,
+            "seconds": seconds,
+            "bytes": sum(len(p) for p in payloads),
+            "distinct": _distinct(pool),
+            "t": t,
+        }
+
     async def _control_action(self, action: str, body: dict[str, Any]) -> dict[str, Any] | None:
         shard_value = body.get("shard")
         shard = 0 if shard_value is None else int(shard_value)
@@ -414,6 +483,8 @@ class Emulator:
                 t=body.get("t", "MESSAGE_CREATE"),
             )
             return {"started": True}
+        if action == "blast":
+            return await self._control_blast(shard, body)
         if action == "zombie":
             return {"connections": self.zombie(shard, bool(body.get("enabled", True)))}
         if action == "reconnect":
@@ -429,6 +500,21 @@ class Emulator:
         if action == "drop":
             return {"connections": self.drop(shard)}
         return None
+
+
+def _distinct(items: list[bytes]) -> int:
+    return len(set(items))
+
+
+def _server_frame(data: bytes, *, binary: bool) -> bytes:
+    """One unmasked, unfragmented websocket frame (RFC 6455 section 5.2)."""
+    head = 0x82 if binary else 0x81
+    n = len(data)
+    if n < 126:
+        return bytes((head, n)) + data
+    if n < 65536:
+        return bytes((head, 126)) + n.to_bytes(2, "big") + data
+    return bytes((head, 127)) + n.to_bytes(8, "big") + data
 
 
 def _opt_int(value: Any) -> int | None:

@@ -397,3 +397,15 @@ async def test_stream_sends_count_dispatches() -> None:
         assert sent == 200
         assert [p["s"] for p in got] == list(range(2, 202))
         assert all(900 <= len(orjson.dumps(p["d"])) <= 1200 for p in got)
+
+
+async def test_blast_sends_prepared_dispatches_in_order_and_keeps_them_for_replay() -> None:
+    async with Emulator(config(guilds=2)) as emu:
+        client = await PlainClient.open(emu.gateway_url, compress="zlib-stream")
+        await client.hello_and_ready(intents=0)
+        bodies = [orjson.dumps({"id": str(i), "content": "x" * i}) for i in range(300)]
+        await emu.blast(0, bodies)
+        got = [await client.recv() for _ in range(300)]
+        assert [p["s"] for p in got] == list(range(2, 302))
+        assert [p["d"]["content"] for p in got] == ["x" * i for i in range(300)]
+        assert emu.sessions(0)[0].buffer[-1][0] == 301

@@ -1,0 +1,1 @@
+"""The supervisor, configuration and the `shardline` command line."""
