@@ -1,1 +1,4 @@
-"""The voice worker: one process per guild voice session. Not built yet: the package holds its place in the layout."""
+"""The voice worker: one process per guild voice session.
+
+Not built yet: the package holds its place in the layout.
+"""
