@@ -192,7 +192,8 @@ COMPRESSORS: dict[str, Callable[[], Callable[[bytes], bytes]]] = {
 
 
 def _frame(op: int, d: Any = None, s: int | None = None, t: str | None = None) -> bytes:
-    return orjson.dumps({"op": op, "d": d, "s": s, "t": t})
+    # Discord's own key order: t, s, op, d.
+    return orjson.dumps({"t": t, "s": s, "op": op, "d": d})
 
 
 class GatewayServer:

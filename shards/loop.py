@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import ssl
 import time
@@ -50,6 +52,21 @@ __all__ = ["LocalIdentifyBucket", "ShardRunner"]
 log = logging.getLogger("shardline.shard")
 
 IDENTIFY_INTERVAL = 5.0  # seconds between identifies of one bucket (Discord's rule)
+
+
+def _trim_memory() -> None:
+    """Hand memory freed after a burst (the startup GUILD_CREATEs) back to the system: a
+    thousand idle shards should not each keep the peak of their busiest minute."""
+    gc.collect()
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+try:
+    _libc: Any = ctypes.CDLL("libc.so.6")
+    _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+except (OSError, AttributeError):  # not glibc
+    _libc = None
 
 
 class _Permit:
@@ -114,6 +131,8 @@ class ShardRunner:
         self.dispatch_rate = 0.0
         self._stopping = False
         self._stop_deadline = 0.0
+        self._next_trim = 0.0
+        self._dispatches_at_trim = 0
         self.errors: list[ErrorEvent] = []  # recent error events, for tests and status
         self.on_status: Callable[[dict[str, Any]], None] | None = None
 
@@ -337,6 +356,12 @@ class ShardRunner:
         if mark_time:
             self.dispatch_rate = (proto.dispatches - mark_count) / max(now - mark_time, 1e-9)
         self._rate_mark = (now, proto.dispatches)
+        # After a burst has passed (the rate is low again), give its memory back.
+        if self.dispatch_rate < 100 and proto.dispatches != self._dispatches_at_trim:
+            if now >= self._next_trim or proto.dispatches - self._dispatches_at_trim >= 10:
+                self._next_trim = now + 30.0
+                self._dispatches_at_trim = proto.dispatches
+                _trim_memory()
         status = proto.status()
         status.update(
             dispatch_rate=round(self.dispatch_rate, 1),

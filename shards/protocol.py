@@ -9,6 +9,7 @@ tested by feeding payloads and times (tests/shards/test_protocol.py).
 from __future__ import annotations
 
 import random
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,13 @@ __all__ = [
 # The code we close with when the session must survive (1000/1001 would end it).
 RESUMABLE_CLOSE = 3000
 FORWARDED_DISPATCHES = ("VOICE_STATE_UPDATE", "VOICE_SERVER_UPDATE")
+# Dispatches whose body the protocol reads; every other dispatch is published unparsed.
+READ_DISPATCHES = frozenset(
+    ("READY", "RESUMED", "GUILD_CREATE", "GUILD_DELETE", *FORWARDED_DISPATCHES)
+)
+# Discord writes dispatches as {"t":...,"s":...,"op":0,"d":...}: reading t and s from that
+# prefix spares parsing a body only the bus's consumers need. Anything else is parsed whole.
+_DISPATCH_PREFIX = re.compile(rb'\{"t":"([A-Z0-9_]{1,64})","s":(\d{1,19}),"op":0,"d":[\[{]')
 
 
 class ShardState(Enum):
@@ -202,6 +210,7 @@ class GatewayProtocol:
         self._confirm_mark: int | None = None
         self.dispatches = 0
         self.fatal: FatalClose | None = None
+        self._type_names: dict[bytes, str] = {}
 
     # -- state ----------------------------------------------------------------------------
 
@@ -363,6 +372,17 @@ class GatewayProtocol:
             ]
         if raw is None:
             return []
+        match = _DISPATCH_PREFIX.match(raw)
+        if match is not None and raw.endswith(b"}"):
+            t_bytes = match.group(1)
+            t = self._type_names.get(t_bytes)
+            if t is None:
+                t = self._type_names[t_bytes] = t_bytes.decode()
+            if t not in READ_DISPATCHES:
+                seq = int(match.group(2))
+                self.seq = seq
+                self.dispatches += 1
+                return [Publish(t, raw, seq)]
         try:
             payload = orjson.loads(raw)
             op = payload["op"]

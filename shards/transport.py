@@ -1,25 +1,29 @@
-"""A websocket client as an asyncio protocol over websockets' sans-I/O ``ClientProtocol``.
+"""A websocket client (RFC 6455) as a plain asyncio protocol.
 
-Received messages are handed to a callback straight from ``data_received`` (no task or future
-per message), which is the channel into the shard's loop. The loop is the only caller of
-:meth:`send` and :meth:`close`. Also used by the voice worker.
+The opening handshake and the framing are written here rather than taken from a library:
+a busy shard spends most of its time moving frames, and a per-frame parser in a general
+library was its largest cost (see ``bench/shard_throughput.py``); importing one also costs
+a few MB in every shard process. Received messages go to a callback straight from
+``data_received`` (no task or future per message): that callback is the channel into the
+shard's loop. The loop is the only caller of :meth:`send` and :meth:`close`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
+import hashlib
+import os
 import ssl
 from collections.abc import Callable
 from typing import cast
+from urllib.parse import urlsplit
 
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
-from websockets.protocol import State
-from websockets.uri import parse_uri
+__all__ = ["ClosedInfo", "TransportError", "WebSocketTransport", "mask_payload"]
 
-__all__ = ["ClosedInfo", "TransportError", "WebSocketTransport"]
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_HANDSHAKE = 16 * 1024
 
 MessageCallback = Callable[[bytes | str], None]
 
@@ -30,7 +34,7 @@ class TransportError(ConnectionError):
 
 class ClosedInfo:
     """How a connection ended: the close code received (None: no close frame), its reason,
-    and whether the close handshake completed."""
+    and whether the close handshake completed (both sides sent a close frame)."""
 
     __slots__ = ("code", "handshake", "reason")
 
@@ -43,25 +47,42 @@ class ClosedInfo:
         return f"ClosedInfo(code={self.code}, reason={self.reason!r}, handshake={self.handshake})"
 
 
+def mask_payload(payload: bytes, mask: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."""
+    n = len(payload)
+    if not n:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def _close_body(code: int, reason: str) -> bytes:
+    return code.to_bytes(2, "big") + reason.encode()[:123]
+
+
 class WebSocketTransport(asyncio.Protocol):
     def __init__(
         self,
         url: str,
         on_message: MessageCallback,
         on_closed: Callable[[WebSocketTransport, ClosedInfo], None],
-        *,
-        max_size: int | None = None,
     ) -> None:
         self.url = url
         self._on_message = on_message
         self._on_closed = on_closed
-        self.ws = ClientProtocol(parse_uri(url), max_size=max_size)
+        loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self._handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._handshake: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._key = base64.b64encode(os.urandom(16))
+        self._request = b""
+        self._framing = False  # True once the handshake is done
+        self._buf = bytearray()
         self._fragments: list[bytes] = []
         self._fragment_text = False
-        self._closed = asyncio.get_running_loop().create_future()
-        self._close_timer: asyncio.TimerHandle | None = None
+        self._close_sent: tuple[int, str] | None = None
+        self._close_rcvd: tuple[int, str] | None = None
 
     @classmethod
     async def connect(
@@ -74,14 +95,29 @@ class WebSocketTransport(asyncio.Protocol):
         timeout: float = 10.0,
     ) -> WebSocketTransport:
         """Open the TCP (TLS for wss) connection and complete the websocket handshake."""
-        loop = asyncio.get_running_loop()
-        uri = parse_uri(url)
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise TransportError(f"not a websocket URL: {url!r}")
+        secure = parts.scheme == "wss"
+        port = parts.port or (443 if secure else 80)
+        host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{port}"
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self = cls(url, on_message, on_closed)
-        context = ssl_context or (ssl.create_default_context() if uri.secure else None)
+        self._request = (
+            f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {self._key.decode()}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nUser-Agent: shardline\r\n\r\n"
+        ).encode()
+        context = (ssl_context or ssl.create_default_context()) if secure else None
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 await loop.create_connection(
-                    lambda: self, uri.host, uri.port, ssl=context if uri.secure else None
+                    lambda: self,
+                    parts.hostname,
+                    port,
+                    ssl=context,
+                    server_hostname=parts.hostname if secure else None,
                 )
                 await self._handshake
         except TimeoutError:
@@ -89,6 +125,8 @@ class WebSocketTransport(asyncio.Protocol):
             raise TransportError(f"timed out connecting to {url}") from None
         except OSError as exc:
             self.abort()
+            if isinstance(exc, TransportError):
+                raise
             raise TransportError(f"cannot connect to {url}: {exc}") from None
         return self
 
@@ -96,51 +134,132 @@ class WebSocketTransport(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.ws.send_request(self.ws.connect())
-        self._flush()
+        self.transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
-        ws = self.ws
-        ws.receive_data(data)
-        for event in ws.events_received():
-            if isinstance(event, Frame):
-                self._on_frame(event)
-            elif isinstance(event, Response) and not self._handshake.done():
-                if ws.handshake_exc is not None:
-                    self._handshake.set_exception(
-                        TransportError(
-                            f"websocket handshake with {self.url} failed: {ws.handshake_exc}"
-                        )
-                    )
-                else:
-                    self._handshake.set_result(None)
-        self._flush()
-        if ws.close_expected():
-            self._schedule_close()
+        self._buf += data
+        if self._framing:
+            self._parse_frames()
+        else:
+            self._parse_handshake()
 
-    def _on_frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-            if frame.fin:
-                data = frame.data
-                self._on_message(bytes(data) if opcode is Opcode.BINARY else bytes(data).decode())
+    def _parse_handshake(self) -> None:
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buf) > MAX_HANDSHAKE:
+                self._handshake_failed("the handshake response is too large")
+            return
+        head = bytes(self._buf[:end]).decode("latin-1").split("\r\n")
+        del self._buf[: end + 4]
+        status = head[0].split(" ", 2)
+        headers = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if len(status) < 2 or status[1] != "101":
+            self._handshake_failed(f"server answered {head[0]!r} instead of 101")
+            return
+        expected = base64.b64encode(hashlib.sha1(self._key + _GUID).digest()).decode()
+        if headers.get("sec-websocket-accept") != expected:
+            self._handshake_failed("bad Sec-WebSocket-Accept")
+            return
+        if headers.get("upgrade", "").lower() != "websocket":
+            self._handshake_failed("the response does not upgrade to websocket")
+            return
+        self._framing = True
+        self._handshake.set_result(None)
+        if self._buf:
+            self._parse_frames()
+
+    def _handshake_failed(self, why: str) -> None:
+        if not self._handshake.done():
+            self._handshake.set_exception(
+                TransportError(f"websocket handshake with {self.url}: {why}")
+            )
+        self.abort()
+
+    def _parse_frames(self) -> None:
+        buf = self._buf
+        end = len(buf)
+        off = 0
+        while end - off >= 2:
+            b0 = buf[off]
+            length = buf[off + 1]
+            if length & 0x80:
+                self._fail(1002, "server frames must not be masked")
                 return
-            self._fragments = [bytes(frame.data)]
-            self._fragment_text = opcode is Opcode.TEXT
-        elif opcode is Opcode.CONT:
-            self._fragments.append(bytes(frame.data))
-            if frame.fin:
-                whole = b"".join(self._fragments)
-                self._fragments = []
-                self._on_message(whole.decode() if self._fragment_text else whole)
+            pos = off + 2
+            if length == 126:
+                if end - pos < 2:
+                    break
+                length = int.from_bytes(buf[pos : pos + 2], "big")
+                pos += 2
+            elif length == 127:
+                if end - pos < 8:
+                    break
+                length = int.from_bytes(buf[pos : pos + 8], "big")
+                pos += 8
+            if end - pos < length:
+                break
+            payload = bytes(buf[pos : pos + length])
+            off = pos + length
+            opcode = b0 & 0x0F
+            if opcode == OP_TEXT or opcode == OP_BINARY:
+                if b0 & 0x80:
+                    self._on_message(payload.decode() if opcode == OP_TEXT else payload)
+                else:
+                    self._fragments = [payload]
+                    self._fragment_text = opcode == OP_TEXT
+            elif opcode == OP_CONT:
+                self._fragments.append(payload)
+                if b0 & 0x80:
+                    whole = b"".join(self._fragments)
+                    self._fragments = []
+                    self._on_message(whole.decode() if self._fragment_text else whole)
+            elif opcode == OP_PING:
+                self._write_frame(OP_PONG, payload)
+            elif opcode == OP_CLOSE:
+                self._on_close_frame(payload)
+            elif opcode != OP_PONG:
+                self._fail(1002, f"unknown opcode {opcode}")
+                return
+        if off:
+            del buf[:off]
 
-    def eof_received(self) -> bool | None:
-        self.ws.receive_eof()
-        self._flush()
-        return None
+    def _on_close_frame(self, payload: bytes) -> None:
+        if len(payload) >= 2:
+            code = int.from_bytes(payload[:2], "big")
+            reason = payload[2:].decode("utf-8", "replace")
+        else:
+            code, reason = 1005, ""
+        self._close_rcvd = (code, reason)
+        if self._close_sent is None:  # echo it, as the RFC asks
+            self._close_sent = (code, "") if code != 1005 else (1000, "")
+            self._write_frame(OP_CLOSE, b"" if code == 1005 else code.to_bytes(2, "big"))
+        self._schedule_close(1.0)
+
+    def _fail(self, code: int, reason: str) -> None:
+        if self._close_sent is None:
+            self._close_sent = (code, reason)
+            self._write_frame(OP_CLOSE, _close_body(code, reason))
+        self.abort()
+
+    def _write_frame(self, opcode: int, payload: bytes) -> None:
+        """One masked client frame (RFC 6455 section 5.3)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x80 | opcode, 0x80 | n))
+        elif n < 65536:
+            head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+        mask = os.urandom(4)
+        transport.write(head + mask + mask_payload(payload, mask))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ws.receive_eof()
         if self._close_timer is not None:
             self._close_timer.cancel()
         if not self._handshake.done():
@@ -149,33 +268,38 @@ class WebSocketTransport(asyncio.Protocol):
             )
         if not self._closed.done():
             self._closed.set_result(None)
-            rcvd = self.ws.close_rcvd
-            handshake = rcvd is not None and self.ws.close_sent is not None
+            rcvd = self._close_rcvd
+            handshake = rcvd is not None and self._close_sent is not None
             self._on_closed(
                 self,
-                ClosedInfo(rcvd.code if rcvd else None, rcvd.reason if rcvd else "", handshake),
+                ClosedInfo(rcvd[0] if rcvd else None, rcvd[1] if rcvd else "", handshake),
             )
 
     # -- the loop's side ------------------------------------------------------------------
 
     @property
     def open(self) -> bool:
-        return self.ws.state is State.OPEN
+        return (
+            self._framing
+            and self._close_sent is None
+            and self._close_rcvd is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
 
     def send(self, data: bytes) -> None:
         """Send one text message. Raises ConnectionError when the socket is not open."""
-        if self.ws.state is not State.OPEN:
+        if not self.open:
             raise ConnectionError("websocket is not open")
-        self.ws.send_text(data)
-        self._flush()
+        self._write_frame(OP_TEXT, data)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the close handshake; ``on_closed`` fires when the TCP connection is gone."""
-        if self.ws.state is State.OPEN:
-            self.ws.send_close(code, reason)
-            self._flush()
+        if self.open:
+            self._close_sent = (code, reason)
+            self._write_frame(OP_CLOSE, _close_body(code, reason))
             self._schedule_close()
-        elif self.ws.state is State.CONNECTING:
+        elif not self._framing:
             self.abort()
 
     def abort(self) -> None:
@@ -184,17 +308,6 @@ class WebSocketTransport(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
-
-    def _flush(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        for chunk in self.ws.data_to_send():
-            if chunk:
-                transport.write(chunk)
-            elif transport.can_write_eof():
-                with contextlib.suppress(OSError):
-                    transport.write_eof()
 
     def _schedule_close(self, timeout: float = 5.0) -> None:
         if self._close_timer is None and self.transport is not None:
