@@ -342,6 +342,13 @@ def run_shardline(emu: EmulatorProcess, messages: int, guilds: int) -> dict[str,
         proc.wait(10)
 
 
+def read_result(stream: Any) -> Any:
+    while line := stream.readline():
+        if line.startswith("result "):
+            return json.loads(line.removeprefix("result "))
+    raise RuntimeError("the consumer exited without a result")
+
+
 def run_consumer(name: str, emu: EmulatorProcess, messages: int, guilds: int) -> dict[str, Any]:
     expect = json.dumps({"MESSAGE_CREATE": messages, "GUILD_CREATE": guilds})
     proc = subprocess.Popen(
@@ -367,14 +374,16 @@ def run_consumer(name: str, emu: EmulatorProcess, messages: int, guilds: int) ->
     assert proc.stdout is not None
     out: dict[str, Any] = {}
     try:
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"{name} did not get ready")
+        while (line := proc.stdout.readline()) and line.strip() != "ready":
+            pass  # a library's own output
+        if not line:
+            raise RuntimeError(f"{name} exited before it was ready")
         time.sleep(1.0)  # let startup GUILD_CREATEs drain
         emu.post("blast", {"shard": 0, "count": messages, "kind": "message"})
-        result = json.loads(proc.stdout.readline().removeprefix("result "))
+        result = read_result(proc.stdout)
         out["MESSAGE_CREATE"] = (result["count"], result["seconds"], result["bytes"])
         emu.post("blast", {"shard": 0, "count": guilds, "kind": "guild"})
-        result = json.loads(proc.stdout.readline().removeprefix("result "))
+        result = read_result(proc.stdout)
         out["GUILD_CREATE"] = (result["count"], result["seconds"], result["bytes"])
     except Exception as exc:
         out["error"] = repr(exc)
