@@ -57,6 +57,7 @@ class SessionCheckpoint(Event):
     session_id = string()
     seq = integer()
     resume_url = string()
+    guilds = integer(default=0)  # guilds on the shard, for status after a resume
 
 
 class IdentifyRequest(Event):

@@ -86,16 +86,58 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--seed", type=int, default=0, help="seed for the generated guilds")
     emu.set_defaults(func=_cmd_emulator)
 
-    demo = sub.add_parser(
-        "demo",
-        help="run shardline against the embedded emulator (no token needed) until Ctrl-C",
+    run = sub.add_parser(
+        "run",
+        help="run the fleet described by a config file (needs the token in the environment)",
         description=(
-            "Start the emulator in this process and a shard process connected to it, inject a "
-            "message every few seconds, and print the events that reach the event bus. "
-            "Ctrl-C stops the shard (it closes resumably) and then everything else."
+            "Start the supervisor: ask Discord for the shard count and identify limits, start "
+            "one process per shard, grant identifies bucket by bucket, respawn what dies, and "
+            "serve the event bus and the command socket. Runs until Ctrl-C, SIGTERM or "
+            "`shardline stop`; shards then close resumably and their sessions are saved so the "
+            "next run resumes them."
         ),
     )
-    demo.add_argument("--guilds", type=int, default=12, help="guilds in the emulator (default 12)")
+    run.add_argument("--config", default="config/shardline.toml", help="TOML config file")
+    run.add_argument(
+        "--identify-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between identifies per bucket (Discord: 5; lower only for emulators)",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser("status", help="show the running fleet")
+    status.add_argument("--config", default="config/shardline.toml", help="TOML config file")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_cmd_status)
+
+    stop = sub.add_parser("stop", help="stop the running fleet (sessions are saved)")
+    stop.add_argument("--config", default="config/shardline.toml", help="TOML config file")
+    stop.set_defaults(func=_cmd_stop)
+
+    restart = sub.add_parser(
+        "restart", help="replace shard processes: `restart shard N` or `restart --rolling`"
+    )
+    restart.add_argument("target", nargs="*", metavar="shard N", help="the shard to replace")
+    restart.add_argument(
+        "--rolling", action="store_true", help="replace every shard, one at a time, each resuming"
+    )
+    restart.add_argument("--config", default="config/shardline.toml", help="TOML config file")
+    restart.set_defaults(func=_cmd_restart)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the supervisor and 4 shards against the embedded emulator (no token needed)",
+        description=(
+            "Start the emulator in this process, then the supervisor with one process per shard "
+            "(4 by default), inject a message every few seconds, follow it through the event "
+            "bus with an application client, and print the status table. Ctrl-C stops "
+            "everything cleanly."
+        ),
+    )
+    demo.add_argument("--guilds", type=int, default=40, help="guilds in the emulator (default 40)")
+    demo.add_argument("--shards", type=int, default=4, help="shards to run (default 4)")
     demo.add_argument(
         "--message-every",
         type=float,
@@ -159,13 +201,153 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(path: str) -> object:
+    from runtime.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"shardline: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _commands_endpoint(config: object) -> str:
+    from runtime.config import Config
+    from runtime.supervisor import Endpoints
+
+    assert isinstance(config, Config)
+    runtime_dir = config.ipc.resolved_runtime_dir()
+    return Endpoints.in_dir(runtime_dir, config.ipc.events, config.ipc.commands).commands
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ipc.logfmt import setup_logging
+    from runtime.config import Config
+    from runtime.discord_rest import RestError
+    from runtime.plan import plan_fleet
+    from runtime.supervisor import StartupError, Supervisor
+
+    config = _load(args.config)
+    assert isinstance(config, Config)
+    setup_logging("supervisor", "-", config.log.level, config.log.format)
+    token = config.discord.token()
+    if token is None:
+        print(
+            f"shardline: no token: set {config.discord.token_env} in the environment "
+            "(or run `shardline demo` to try shardline without one)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        plan = plan_fleet(config, token)
+    except (RestError, StartupError) as exc:
+        print(f"shardline: {exc}", file=sys.stderr)
+        return 1
+    result: list[int] = []
+
+    async def go(stop: asyncio.Event) -> None:
+        supervisor = Supervisor(
+            config,
+            plan,
+            token,
+            runtime_dir=config.ipc.resolved_runtime_dir(),
+            identify_interval=args.identify_interval,
+            progress=lambda line: print(f"shardline: {line}", flush=True),
+        )
+        result.append(await supervisor.run(stop))
+
+    try:
+        _run_until_signal(go)
+    except StartupError as exc:
+        print(f"shardline: {exc}", file=sys.stderr)
+        return 1
+    return result[0] if result else 1
+
+
+def _request(config_path: str, type_name: str, body: object = None) -> dict[str, object]:
+    from ipc.client import CommandError, request_sync
+
+    endpoint = _commands_endpoint(_load(config_path))
+    try:
+        return request_sync(endpoint, type_name, body)
+    except CommandError as exc:
+        print(f"shardline: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    reply = _request(args.config, "shardline.status")
+    status = reply.get("status")
+    if not isinstance(status, dict):
+        print(f"shardline: unexpected reply {reply!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, object]) -> str:
+    """The status table: one row per shard, then voice sessions."""
+    head = (
+        f"{'shard':>5}  {'state':<12}{'latency':>9}{'guilds':>8}{'events/s':>10}{'seq':>10}"
+        f"{'restarts':>10}{'uptime':>9}"
+    )
+    lines = [head]
+    for shard in status.get("shards", []):  # type: ignore[attr-defined]
+        latency = "-" if shard["latency"] is None else f"{shard['latency']:.1f}ms"
+        seq = "-" if shard["seq"] is None else str(shard["seq"])
+        lines.append(
+            f"{shard['id']:>5}  {shard['state']:<12}{latency:>9}{shard['guilds']:>8}"
+            f"{shard['events_per_second']:>10.1f}{seq:>10}{shard['restarts']:>10}"
+            f"{shard['uptime']:>8.0f}s"
+        )
+    voice = status.get("voice") or []
+    lines.append(f"voice sessions: {len(voice)}")  # type: ignore[arg-type]
+    for session in voice:  # type: ignore[attr-defined]
+        lines.append(f"  guild {session['guild']}: {session['state']}")
+    return "\n".join(lines)
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    _request(args.config, "shardline.stop")
+    print("shardline: stopping (shards close resumably; sessions are saved)")
+    return 0
+
+
+def _cmd_restart(args: argparse.Namespace) -> int:
+    if args.rolling:
+        body: dict[str, object] = {"rolling": True}
+    elif len(args.target) == 2 and args.target[0] == "shard" and args.target[1].isdigit():
+        body = {"shard": int(args.target[1])}
+    else:
+        print(
+            "shardline: use `shardline restart shard N` or `shardline restart --rolling`",
+            file=sys.stderr,
+        )
+        return 2
+    reply = _request(args.config, "shardline.restart", body)
+    if not reply.get("ok"):
+        print(f"shardline: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(f"shardline: restarting shards {reply.get('restarting')}, each resuming")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from runtime.demo import run_demo
 
     result: list[int] = []
 
     async def go(stop: asyncio.Event) -> None:
-        result.append(await run_demo(stop, guilds=args.guilds, message_every=args.message_every))
+        result.append(
+            await run_demo(
+                stop, guilds=args.guilds, shards=args.shards, message_every=args.message_every
+            )
+        )
 
     _run_until_signal(go)
     return result[0] if result else 1

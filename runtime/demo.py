@@ -1,117 +1,96 @@
-"""``shardline demo``: shardline against the embedded emulator, no token needed.
+"""``shardline demo``: the supervisor and its shards against the embedded emulator.
 
-Starts the emulator in this process, one shard process (``python -m shards``) publishing to
-an event bus socket here, injects a message every few seconds, and prints what arrives on the
-bus. Ctrl-C stops the shard (it closes resumably) and then everything else.
+No token needed: the emulator (in this process) plays Discord. The supervisor starts one
+process per shard, grants identifies bucket by bucket, and this demo injects a message every
+few seconds, follows them through the event bus with an ``ipc.Client``, and prints the status
+table. Ctrl-C stops the fleet cleanly (shards close resumably) and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
+import contextlib
 import tempfile
 from pathlib import Path
 
-import zmq
-import zmq.asyncio
-
-from ipc.codec import CodecError, decode_bus
-from ipc.control import SessionCheckpoint
+from emulator.server import Emulator, EmulatorConfig
+from ipc.client import Client
 from ipc.errors import ErrorEvent
-from ipc.events import GuildCreate, MessageCreate, Ready
+from ipc.events import MessageCreate
+from runtime.cli import format_status
+from runtime.config import parse_config
+from runtime.plan import plan_fleet
+from runtime.supervisor import Supervisor
 
 __all__ = ["run_demo"]
 
 
-async def run_demo(stop: asyncio.Event, *, guilds: int = 12, message_every: float = 2.0) -> int:
-    from emulator.server import Emulator, EmulatorConfig
-
+async def run_demo(
+    stop: asyncio.Event, *, guilds: int = 40, shards: int = 4, message_every: float = 2.0
+) -> int:
     runtime_dir = Path(tempfile.mkdtemp(prefix="shardline-demo-"))
-    os.chmod(runtime_dir, 0o700)
-    endpoint = f"ipc://{runtime_dir}/events.sock"
-    ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.bind(endpoint)
-    async with Emulator(EmulatorConfig(guilds=guilds, large_members=800, large_share=0.2)) as emu:
+    emu_config = EmulatorConfig(
+        guilds=guilds,
+        shards=shards,
+        max_concurrency=2,
+        identify_interval=1.0,
+        large_share=0.1,
+        large_members=800,
+    )
+    async with Emulator(emu_config) as emu:
         print(f"demo: {emu.ready_line()}", flush=True)
-        env = {**os.environ, "DISCORD_TOKEN": emu.rules.token}
-        shard = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shards",
-                "--shard-id",
-                "0",
-                "--shard-count",
-                "1",
-                "--gateway",
-                emu.gateway_url,
-                "--events",
-                endpoint,
-                "--intents",
-                "guilds,guild_messages,guild_voice_states,message_content",
-            ],
-            env=env,
+        config = parse_config(
+            {
+                "discord": {"rest_url": emu.rest_url},
+                "shards": {"intents": ["guilds", "guild_messages", "message_content"]},
+                "ipc": {"runtime_dir": str(runtime_dir)},
+            },
+            "<demo>",
         )
-        print(f"demo: started shard 0 as pid {shard.pid}; Ctrl-C to stop", flush=True)
-        printer = asyncio.create_task(_print_bus(sub))
-        injector = asyncio.create_task(_inject(emu, message_every))
-        try:
-            while not stop.is_set() and shard.poll() is None:
-                try:
-                    await asyncio.wait_for(stop.wait(), 0.5)
-                except TimeoutError:
-                    pass
-        finally:
-            injector.cancel()
-            if shard.poll() is None:
-                shard.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(shard.wait, 10)
-            printer.cancel()
-            sub.close(linger=0)
-            ctx.term()
-            print(f"demo: shard exited with status {code}; stopped", flush=True)
-    return 0 if code == 0 else 1
+        token = emu.rules.token
+        plan = await asyncio.to_thread(plan_fleet, config, token)
+        supervisor = Supervisor(
+            config,
+            plan,
+            token,
+            runtime_dir=runtime_dir,
+            identify_interval=1.0,
+            progress=lambda line: print(f"supervisor: {line}", flush=True),
+        )
+        fleet = asyncio.create_task(supervisor.run(stop))
+        app = Client(supervisor.endpoints.events, supervisor.endpoints.commands)
+        seen: list[MessageCreate] = []
 
-
-async def _inject(emu: object, every: float) -> None:
-    from emulator.server import Emulator
-
-    assert isinstance(emu, Emulator)
-    n = 0
-    while True:
-        await asyncio.sleep(every)
-        n += 1
-        gid = emu.world.guild_ids[n % len(emu.world.guild_ids)]
-        await emu.message(gid, f"demo message #{n}")
-
-
-async def _print_bus(sub: zmq.asyncio.Socket) -> None:
-    while True:
-        frames = await sub.recv_multipart()
-        try:
-            envelope, event = decode_bus(list(frames))
-        except CodecError as exc:
-            print(f"bus: undecodable message: {exc}", flush=True)
-            continue
-        where = f"{envelope.source} seq={envelope.seq}"
-        if isinstance(event, Ready):
-            print(f"bus: {where} READY as {event.user.username}, {len(event.guilds)} guilds")
-        elif isinstance(event, GuildCreate):
-            print(f"bus: {where} GUILD_CREATE {event.name!r} ({event.member_count} members)")
-        elif isinstance(event, MessageCreate):
+        @app.on(MessageCreate)
+        def on_message(event: MessageCreate) -> None:
+            seen.append(event)
             print(
-                f"bus: {where} MESSAGE_CREATE #{event.channel_id} {event.author.username}: "
-                f"{event.content}"
+                f"app: MESSAGE_CREATE in guild {event.guild_id} from {event.author.username}: "
+                f"{event.content}",
+                flush=True,
             )
-        elif isinstance(event, SessionCheckpoint):
-            continue
-        elif isinstance(event, ErrorEvent):
-            print(f"bus: {envelope.source} error: {event.message}")
-        else:
-            print(f"bus: {where} {event.type_name}")
-        sys.stdout.flush()
+
+        @app.on(ErrorEvent)
+        def on_error(event: ErrorEvent) -> None:
+            print(f"app: error from {event.source}: {event.message}", flush=True)
+
+        app.connect([b"MESSAGE_CREATE ", b"shardline.error"])
+        app_task = asyncio.create_task(app.run())
+        n = 0
+        try:
+            while not fleet.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fleet), message_every)
+                if fleet.done():
+                    break
+                n += 1
+                gid = emu.world.guild_ids[n % len(emu.world.guild_ids)]
+                await emu.message(gid, f"demo message #{n}")
+                if n % 3 == 1:
+                    print(format_status(supervisor.status()), flush=True)
+        finally:
+            app_task.cancel()
+            app.close()
+            code = await fleet
+        print(f"demo: {len(seen)} messages reached the app; stopped", flush=True)
+        return code

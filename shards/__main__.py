@@ -111,7 +111,10 @@ async def amain(args: argparse.Namespace) -> int:
     if args.resume:
         checkpoint = orjson.loads(args.resume)
         runner.protocol.restore(
-            str(checkpoint["session_id"]), int(checkpoint["seq"]), str(checkpoint["resume_url"])
+            str(checkpoint["session_id"]),
+            int(checkpoint["seq"]),
+            str(checkpoint["resume_url"]),
+            int(checkpoint.get("guilds", 0)),
         )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

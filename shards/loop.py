@@ -319,6 +319,8 @@ class ShardRunner:
         )
         log.log(level, event.message, extra={"fields": {"event": event.type_name}})
         self.publisher.event(event)
+        if level == logging.ERROR and self.control is not None:
+            self.control.send(event)  # the supervisor stops the fleet with this advice
 
     def _checkpoint(self, action: Checkpoint) -> None:
         checkpoint = SessionCheckpoint(
@@ -326,6 +328,7 @@ class ShardRunner:
             session_id=action.session_id,
             seq=action.seq,
             resume_url=action.resume_url,
+            guilds=action.guilds,
         )
         self.publisher.event(checkpoint)  # in order with the dispatches it covers
         if self.control is not None:
@@ -371,7 +374,9 @@ class ShardRunner:
             self.on_status(status)
         if proto.resumable and proto.state is ShardState.READY:
             assert proto.session_id is not None and proto.seq is not None
-            self._checkpoint(Checkpoint(proto.session_id, proto.seq, proto.resume_url or ""))
+            self._checkpoint(
+                Checkpoint(proto.session_id, proto.seq, proto.resume_url or "", proto.guild_count)
+            )
         if self.control is not None:
             self.control.send(
                 ShardStatus(

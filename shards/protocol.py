@@ -130,6 +130,7 @@ class Checkpoint:
     session_id: str
     seq: int
     resume_url: str
+    guilds: int = 0
 
 
 @dataclass(slots=True)
@@ -211,6 +212,7 @@ class GatewayProtocol:
         self.dispatches = 0
         self.fatal: FatalClose | None = None
         self._type_names: dict[bytes, str] = {}
+        self.guild_hint = 0
 
     # -- state ----------------------------------------------------------------------------
 
@@ -223,9 +225,15 @@ class GatewayProtocol:
     def resumable(self) -> bool:
         return self.session_id is not None and self.seq is not None
 
-    def restore(self, session_id: str, seq: int, resume_url: str) -> None:
-        """Start from a checkpoint: the first connection RESUMEs instead of identifying."""
+    def restore(self, session_id: str, seq: int, resume_url: str, guilds: int = 0) -> None:
+        """Start from a checkpoint: the first connection RESUMEs instead of identifying.
+        ``guilds`` is the guild count before, shown until GUILD_CREATEs say otherwise."""
         self.session_id, self.seq, self.resume_url = session_id, seq, resume_url
+        self.guild_hint = guilds
+
+    @property
+    def guild_count(self) -> int:
+        return len(self.guilds) or self.guild_hint
 
     def connect_url(self, gateway_url: str) -> str:
         """Where the next connection goes: the resume URL when resuming."""
@@ -348,7 +356,9 @@ class GatewayProtocol:
             )
         if self.resumable:
             assert self.session_id is not None and self.seq is not None
-            actions.append(Checkpoint(self.session_id, self.seq, self.resume_url or ""))
+            actions.append(
+                Checkpoint(self.session_id, self.seq, self.resume_url or "", self.guild_count)
+            )
         if self.state is not ShardState.STOPPED:
             self._set_state(ShardState.STOPPED)
         return actions
@@ -541,7 +551,9 @@ class GatewayProtocol:
         actions: list[Action] = []
         if self.resumable:
             assert self.session_id is not None and self.seq is not None
-            actions.append(Checkpoint(self.session_id, self.seq, self.resume_url or ""))
+            actions.append(
+                Checkpoint(self.session_id, self.seq, self.resume_url or "", self.guild_count)
+            )
         return actions
 
     # -- time -----------------------------------------------------------------------------
@@ -639,7 +651,7 @@ class GatewayProtocol:
             "latency_ms": None if self.latency is None else round(self.latency * 1000, 3),
             "seq": self.seq,
             "session": self.session_id,
-            "guilds": len(self.guilds),
+            "guilds": self.guild_count,
             "reconnects": self.reconnects,
             "queued_commands": len(self.queue),
             "dispatches": self.dispatches,

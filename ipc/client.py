@@ -1,0 +1,211 @@
+"""The library a bot application uses: typed events from the bus, commands with replies.
+
+    client = Client(events="ipc:///run/user/1000/shardline/events.sock",
+                    commands="ipc:///run/user/1000/shardline/commands.sock")
+
+    @client.on(MessageCreate)
+    async def react(event: MessageCreate) -> None:
+        ...
+
+    reply = await client.send(UpdatePresence("idle"), guild_id=1234)
+    await client.run()
+
+Handlers are chosen by class (a handler for ``ErrorEvent`` catches every error); events are
+decoded only for types someone handles; optional deduplication by (source, session, seq).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import zmq
+import zmq.asyncio
+
+from ipc.codec import CodecError, decode_bus
+from ipc.handlers import HandlerTable
+from ipc.messages import Command, Event
+
+__all__ = ["Client", "CommandError", "request_sync"]
+
+E = TypeVar("E", bound=Event)
+
+
+class CommandError(RuntimeError):
+    """The supervisor refused a command; the message says why."""
+
+
+class Client:
+    def __init__(
+        self,
+        events: str,
+        commands: str,
+        *,
+        dedupe: bool = False,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.ctx = context or zmq.asyncio.Context.instance()
+        self.events_endpoint = events
+        self.commands_endpoint = commands
+        self.handlers = HandlerTable()
+        self.dedupe = dedupe
+        self._seen: dict[tuple[str, str | None], int] = {}
+        self.gaps = 0  # dispatches missing in a session's seq (lost at a high-water mark)
+        self.received = 0
+        self._sub: zmq.asyncio.Socket | None = None
+        self._dealer: zmq.asyncio.Socket | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def on(self, cls: type[E]) -> Callable[[Callable[[E], Any]], Callable[[E], Any]]:
+        """``@client.on(MessageCreate)``: call the function for every such event."""
+        return self.handlers.on(cls)
+
+    async def events(self, *classes: type[Event]) -> AsyncIterator[Event]:
+        """Iterate over the events of the given classes (all, if none is given)."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        wanted = classes or (Event,)
+        for cls in wanted:
+            self.handlers.add(cls, queue.put_nowait)
+        while True:
+            yield await queue.get()
+
+    # -- running --------------------------------------------------------------------------
+
+    def connect(self, prefixes: list[bytes] | None = None) -> None:
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 100_000)
+        for prefix in prefixes if prefixes is not None else [b""]:
+            sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        sub.connect(self.events_endpoint)
+        self._sub = sub
+        dealer = self.ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(self.commands_endpoint)
+        self._dealer = dealer
+
+    async def run(self) -> None:
+        """Receive and dispatch events until cancelled."""
+        if self._sub is None:
+            self.connect()
+        assert self._sub is not None
+        sub = self._sub
+        while True:
+            frames = await sub.recv_multipart()
+            await self._dispatch(list(frames))
+
+    async def _dispatch(self, frames: list[bytes]) -> None:
+        self.received += 1
+        try:
+            envelope, event = decode_bus(frames)
+        except CodecError:
+            return
+        if envelope.seq is not None and envelope.kind == "dispatch":
+            key = (envelope.source, envelope.session)
+            last = self._seen.get(key)
+            if last is not None:
+                if envelope.seq <= last:
+                    if self.dedupe:
+                        return
+                elif envelope.seq > last + 1:
+                    self.gaps += envelope.seq - last - 1
+            if last is None or envelope.seq > last:
+                self._seen[key] = envelope.seq
+        for handler in self.handlers.handlers_for(event):
+            result = handler(event)
+            if isinstance(result, Awaitable):
+                await result
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def send(
+        self,
+        command: Command,
+        *,
+        guild_id: int | None = None,
+        shard: int | None = None,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """Send a command through the supervisor; returns its reply (raises CommandError)."""
+        options: dict[str, Any] = {}
+        if guild_id is not None:
+            options["guild_id"] = str(guild_id)
+        if shard is not None:
+            options["shard"] = shard
+        reply = await self.request(command.type_name, command.raw, options, timeout=timeout)
+        if not reply.get("ok"):
+            raise CommandError(str(reply.get("error")))
+        return reply
+
+    async def request(
+        self,
+        type_name: str,
+        body: Any,
+        options: dict[str, Any] | None = None,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        if self._dealer is None:
+            self.connect([])
+        assert self._dealer is not None
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read_replies())
+        request_id = str(next(self._ids)).encode()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        await self._dealer.send_multipart(
+            [request_id, type_name.encode(), orjson.dumps(body), orjson.dumps(options or {})]
+        )
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise CommandError(
+                f"no reply from the supervisor at {self.commands_endpoint} within {timeout}s"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read_replies(self) -> None:
+        assert self._dealer is not None
+        while True:
+            request_id, body = await self._dealer.recv_multipart()
+            future = self._pending.get(request_id)
+            if future is not None and not future.done():
+                future.set_result(orjson.loads(body))
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        for sock in (self._sub, self._dealer):
+            if sock is not None:
+                sock.close(linger=0)
+
+
+def request_sync(
+    endpoint: str, type_name: str, body: Any = None, timeout: float = 5.0
+) -> dict[str, Any]:
+    """One request/reply from a plain (non-async) program, e.g. the CLI."""
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    path = endpoint.removeprefix("ipc://")
+    if endpoint.startswith("ipc://") and not os.path.exists(path):
+        sock.close()
+        raise CommandError(f"no supervisor is running here (no socket at {path})")
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart([b"1", type_name.encode(), orjson.dumps(body or {}), b"{}"])
+        if not sock.poll(int(timeout * 1000)):
+            raise CommandError(f"the supervisor at {endpoint} did not answer within {timeout}s")
+        _, reply = sock.recv_multipart()
+        return dict(orjson.loads(reply))
+    finally:
+        with contextlib.suppress(zmq.ZMQError):
+            sock.close()

@@ -1,0 +1,30 @@
+"""From a config and a token to a :class:`FleetPlan`: ask Discord what it recommends and
+allows (``GET /gateway/bot``), and decide which shards this host runs."""
+
+from __future__ import annotations
+
+from runtime.config import Config
+from runtime.discord_rest import fetch_gateway_bot
+from runtime.supervisor import FleetPlan, StartupError
+
+__all__ = ["plan_fleet"]
+
+
+def plan_fleet(config: Config, token: str) -> FleetPlan:
+    info = fetch_gateway_bot(config.discord.rest_url, token)
+    count = config.shards.count or info.shards
+    ids = config.shards.ids if config.shards.ids is not None else tuple(range(count))
+    outside = [i for i in ids if i >= count]
+    if outside:
+        raise StartupError(
+            f"shards.ids asks for shard {outside[0]}, but the bot has {count} shards "
+            "(shards.count or Discord's recommendation)"
+        )
+    return FleetPlan(
+        gateway_url=config.discord.gateway_url or info.url,
+        shard_count=count,
+        shard_ids=tuple(ids),
+        max_concurrency=info.max_concurrency,
+        remaining=info.remaining,
+        reset_after_ms=info.reset_after_ms,
+    )

@@ -1,0 +1,67 @@
+"""Identify permits, sans-I/O: which shard may IDENTIFY when.
+
+Discord's rule: ``max_concurrency`` buckets, ``bucket = shard_id % max_concurrency``, one
+identify per bucket per 5 s; buckets run in parallel, and within a bucket shards go in id
+order. Every grant spends one of the day's ``session_start_limit.remaining``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+__all__ = ["BudgetExhaustedError", "IdentifyScheduler", "startup_seconds"]
+
+
+class BudgetExhaustedError(RuntimeError):
+    """No identifies left today; granting one would get the token reset."""
+
+
+def startup_seconds(shards: int, max_concurrency: int, interval: float = 5.0) -> float:
+    """The fastest Discord allows ``shards`` fresh identifies: the last bucket round starts
+    ``(ceil(shards / max_concurrency) - 1) x interval`` after the first."""
+    return max(0, math.ceil(shards / max(1, max_concurrency)) - 1) * interval
+
+
+class IdentifyScheduler:
+    def __init__(self, max_concurrency: int, remaining: int, interval: float = 5.0) -> None:
+        self.max_concurrency = max(1, max_concurrency)
+        self.remaining = remaining
+        self.interval = interval
+        self._pending: list[list[int]] = [[] for _ in range(self.max_concurrency)]
+        self._next_at: list[float] = [0.0] * self.max_concurrency
+        self.granted = 0
+
+    def request(self, shard_id: int) -> None:
+        """A shard asks to identify (again). Duplicate requests are merged."""
+        bucket = self._pending[shard_id % self.max_concurrency]
+        if shard_id not in bucket:
+            heapq.heappush(bucket, shard_id)
+
+    def cancel(self, shard_id: int) -> None:
+        """The shard went away before its turn."""
+        bucket = self._pending[shard_id % self.max_concurrency]
+        if shard_id in bucket:
+            bucket.remove(shard_id)
+            heapq.heapify(bucket)
+
+    def poll(self, now: float) -> list[int]:
+        """Shards that may identify now (at most one per bucket)."""
+        grants = []
+        for index, bucket in enumerate(self._pending):
+            if bucket and now >= self._next_at[index]:
+                if self.remaining <= 0:
+                    raise BudgetExhaustedError("no identifies left in today's session_start_limit")
+                grants.append(heapq.heappop(bucket))
+                self._next_at[index] = now + self.interval
+                self.remaining -= 1
+                self.granted += 1
+        return grants
+
+    def next_deadline(self) -> float | None:
+        times = [self._next_at[i] for i, bucket in enumerate(self._pending) if bucket]
+        return min(times) if times else None
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(b) for b in self._pending)

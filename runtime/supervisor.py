@@ -1,0 +1,637 @@
+"""The supervisor: turns one config into a fleet of shard processes, and keeps it running.
+
+It owns the event bus (XSUB -> XPUB), the control ROUTER the workers talk to, the command
+ROUTER applications and the CLI talk to, the identify schedule, the saved sessions, and every
+worker process (spawn, watch, respawn with backoff, kill when hung). It never imports a
+worker's loop: workers are processes (``python -m shards``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zmq
+import zmq.asyncio
+
+from ipc.control import (
+    GatewayForward,
+    IdentifyPermit,
+    IdentifyRequest,
+    SessionCheckpoint,
+    ShardStatus,
+    Shutdown,
+    WorkerHello,
+)
+from ipc.intents import names_from_bits
+from ipc.messages import REGISTRY, GatewayCommand
+from runtime.config import Config
+from runtime.scheduler import BudgetExhaustedError, IdentifyScheduler, startup_seconds
+from runtime.sessions import Checkpoint, SessionStore
+
+__all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
+
+log = logging.getLogger("shardline.supervisor")
+
+EXIT_FATAL = 3  # python -m shards: a fatal close code
+
+
+class StartupError(RuntimeError):
+    """The fleet cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The sockets of one supervisor, all in its private runtime directory by default."""
+
+    bus_in: str  # workers publish here (XSUB)
+    events: str  # applications subscribe here (XPUB)
+    control: str  # workers' DEALERs (ROUTER)
+    commands: str  # applications and the CLI (ROUTER)
+
+    @classmethod
+    def in_dir(cls, runtime_dir: Path, events: str = "", commands: str = "") -> Endpoints:
+        return cls(
+            bus_in=f"ipc://{runtime_dir}/bus-in.sock",
+            events=events or f"ipc://{runtime_dir}/events.sock",
+            control=f"ipc://{runtime_dir}/control.sock",
+            commands=commands or f"ipc://{runtime_dir}/commands.sock",
+        )
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """What Discord said and what we will run."""
+
+    gateway_url: str
+    shard_count: int
+    shard_ids: tuple[int, ...]
+    max_concurrency: int
+    remaining: int
+    reset_after_ms: int
+
+
+@dataclass
+class ShardWorker:
+    shard: int
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    crashes_in_a_row: int = 0
+    last_exit: str = ""
+    started_at: float = 0.0
+    last_status_at: float = 0.0
+    status: dict[str, Any] = field(default_factory=dict)
+    stopping: bool = False
+    fatal: str = ""
+    respawn_at: float | None = None
+    replaced: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def state(self) -> str:
+        if self.fatal:
+            return "fatal"
+        if self.proc is None:
+            return "restarting" if self.respawn_at is not None else "stopped"
+        return str(self.status.get("state", "starting"))
+
+
+def _exit_with_parent() -> None:
+    """In the child: die with SIGTERM if the supervisor dies (Linux), so no orphan lingers."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        plan: FleetPlan,
+        token: str,
+        *,
+        runtime_dir: Path,
+        identify_interval: float = 5.0,
+        status_interval: float = 1.0,
+        progress: Callable[[str], None] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.config = config
+        self.plan = plan
+        self.token = token
+        self.runtime_dir = runtime_dir
+        self.endpoints = Endpoints.in_dir(runtime_dir, config.ipc.events, config.ipc.commands)
+        self.scheduler = IdentifyScheduler(plan.max_concurrency, plan.remaining, identify_interval)
+        self.sessions = SessionStore(runtime_dir / "sessions.json")
+        self.workers = {i: ShardWorker(i) for i in plan.shard_ids}
+        self.status_interval = status_interval
+        self.progress = progress or (lambda line: log.info(line))
+        self.python = python
+        self.started = time.monotonic()
+        self.fatal_message = ""
+        self._stop = asyncio.Event()
+        self._ctx = zmq.asyncio.Context()
+        self._proxy_ctx = zmq.Context()
+        self._proxy_thread: threading.Thread | None = None
+        self._all_ready_logged = False
+        self.resumed_from_disk = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> int:
+        """Run until ``stop`` is set, a CLI ``stop`` arrives, or a fatal error ends the fleet.
+        Returns the process exit status (0 clean, 1 fatal)."""
+        self._prepare_runtime_dir()
+        self.resumed_from_disk = self.sessions.load(self.plan.shard_count)
+        fresh = [i for i in self.plan.shard_ids if self.sessions.get(i) is None]
+        if len(fresh) > self.plan.remaining:
+            self._release_runtime_dir()
+            hours = self.plan.reset_after_ms / 3_600_000
+            raise StartupError(
+                f"Discord allows {self.plan.remaining} more identifies until its limit resets "
+                f"in {hours:.1f} h, and {len(fresh)} shards need one. Running out would reset "
+                "the bot's token. Wait for the reset, or start fewer shards now (shards.ids)."
+            )
+        self._start_bus()
+        control = self._ctx.socket(zmq.ROUTER)
+        control.bind(self.endpoints.control)
+        commands = self._ctx.socket(zmq.ROUTER)
+        commands.bind(self.endpoints.commands)
+        self._private(
+            self.endpoints.control,
+            self.endpoints.commands,
+            self.endpoints.events,
+            self.endpoints.bus_in,
+        )
+        self.control = control
+        eta = startup_seconds(len(fresh), self.plan.max_concurrency, self.scheduler.interval)
+        self.progress(
+            f"starting {len(self.workers)} shards of {self.plan.shard_count} "
+            f"(max_concurrency {self.plan.max_concurrency}): {self.resumed_from_disk} resume a "
+            f"saved session, {len(fresh)} identify; identify bound {eta:.0f}s"
+        )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._read_control(control))
+                tasks.create_task(self._read_commands(commands))
+                for worker in self.workers.values():
+                    tasks.create_task(self._keep_alive(worker))
+                ticker = tasks.create_task(self._tick())
+                waiter = asyncio.ensure_future((stop or asyncio.Event()).wait())
+                stopper = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+                self._stop.set()  # from here on, an exiting worker is not respawned
+                waiter.cancel()
+                stopper.cancel()
+                await self._shutdown_workers()
+                ticker.cancel()
+                raise _Done()
+        except* _Done:
+            pass
+        finally:
+            self.sessions.save()
+            control.close(linger=0)
+            commands.close(linger=0)
+            self._ctx.term()
+            self._stop_bus()
+            self._release_runtime_dir()
+        if self.fatal_message:
+            self.progress(f"stopped: {self.fatal_message}")
+            return 1
+        self.progress("stopped; sessions saved for the next run to resume")
+        return 0
+
+    def request_stop(self, reason: str = "") -> None:
+        if reason and not self.fatal_message:
+            self.fatal_message = reason
+        self._stop.set()
+
+    def _prepare_runtime_dir(self) -> None:
+        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.runtime_dir, 0o700)  # private even if it existed
+        lock = self.runtime_dir / "supervisor.pid"
+        if lock.exists():
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(lock.read_text())
+                if pid != os.getpid() and _alive(pid):
+                    raise StartupError(
+                        f"a supervisor (pid {pid}) already runs with runtime dir "
+                        f"{self.runtime_dir}; stop it (`shardline stop`) or set ipc.runtime_dir"
+                    )
+        lock.write_text(str(os.getpid()))
+
+    def _release_runtime_dir(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.runtime_dir / "supervisor.pid").unlink()
+
+    def _private(self, *endpoints: str) -> None:
+        for endpoint in endpoints:
+            if endpoint.startswith("ipc://"):
+                with contextlib.suppress(OSError):
+                    os.chmod(endpoint.removeprefix("ipc://"), 0o600)
+
+    # -- the bus --------------------------------------------------------------------------
+
+    def _start_bus(self) -> None:
+        xsub = self._proxy_ctx.socket(zmq.XSUB)
+        xsub.bind(self.endpoints.bus_in)
+        xsub.send(b"\x01")  # subscribe to everything: workers publish whether or not apps listen
+        xpub = self._proxy_ctx.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.SNDHWM, 100_000)
+        xpub.bind(self.endpoints.events)
+
+        def proxy() -> None:
+            with contextlib.suppress(zmq.ContextTerminated, zmq.ZMQError):
+                zmq.proxy(xsub, xpub)
+            xsub.close(linger=0)
+            xpub.close(linger=0)
+
+        self._proxy_thread = threading.Thread(target=proxy, name="event-bus", daemon=True)
+        self._proxy_thread.start()
+
+    def _stop_bus(self) -> None:
+        self._proxy_ctx.term()
+        if self._proxy_thread is not None:
+            self._proxy_thread.join(5)
+
+    # -- workers --------------------------------------------------------------------------
+
+    async def _spawn(self, worker: ShardWorker) -> None:
+        cfg = self.config
+        args = [
+            self.python,
+            "-m",
+            "shards",
+            "--shard-id",
+            str(worker.shard),
+            "--shard-count",
+            str(self.plan.shard_count),
+            "--gateway",
+            self.plan.gateway_url,
+            "--events",
+            self.endpoints.bus_in,
+            "--control",
+            self.endpoints.control,
+            "--intents",
+            ",".join(names_from_bits(cfg.shards.intents)) or str(cfg.shards.intents),
+            "--compression",
+            cfg.shards.compression,
+            "--large-threshold",
+            str(cfg.shards.large_threshold),
+            "--token-env",
+            cfg.discord.token_env,
+            "--log-level",
+            cfg.log.level,
+            "--log-format",
+            cfg.log.format,
+        ]
+        if cfg.discord.ca_file:
+            args += ["--ca-file", cfg.discord.ca_file]
+        checkpoint = self.sessions.get(worker.shard)
+        if checkpoint is not None:
+            args += ["--resume", checkpoint.resume_arg()]
+        env = {**os.environ, cfg.discord.token_env: self.token}
+        # Its own session: a Ctrl-C at the terminal reaches the supervisor only, which then
+        # shuts the shards down in order; PDEATHSIG still ends a shard if we die.
+        worker.proc = await asyncio.create_subprocess_exec(
+            *args, env=env, preexec_fn=_exit_with_parent, start_new_session=True
+        )
+        worker.started_at = worker.last_status_at = time.monotonic()
+        worker.status = {"state": "starting"}
+        worker.respawn_at = None
+
+    async def _keep_alive(self, worker: ShardWorker) -> None:
+        """Spawn the shard, and respawn it with backoff until it stops or turns fatal."""
+        restart = self.config.restart
+        while not self._stop.is_set() and not worker.fatal:
+            await self._spawn(worker)
+            assert worker.proc is not None
+            code = await worker.proc.wait()
+            worker.proc = None
+            self.scheduler.cancel(worker.shard)
+            if worker.stopping or self._stop.is_set():
+                worker.last_exit = f"stopped (status {code})"
+                worker.replaced.set()
+                if worker.stopping and not self._stop.is_set():
+                    worker.stopping = False  # a restart: go round again at once
+                    worker.restarts += 1
+                    continue
+                return
+            if code == EXIT_FATAL:
+                worker.fatal = worker.status.get("fatal") or "fatal gateway close"
+                worker.last_exit = "fatal close code"
+                # A fatal code means the token or the config is wrong for every shard: stop the
+                # fleet with the shard's advice rather than watch each shard fail the same way.
+                self.request_stop(f"shard {worker.shard}: {worker.fatal}")
+                return
+            worker.last_exit = (
+                f"exited with status {code}" if code >= 0 else f"killed by signal {-code}"
+            )
+            worker.restarts += 1
+            worker.crashes_in_a_row += 1
+            delay = min(
+                restart.backoff_max, restart.backoff_initial * 2 ** (worker.crashes_in_a_row - 1)
+            )
+            worker.respawn_at = time.monotonic() + delay
+            log.warning(
+                f"shard {worker.shard} {worker.last_exit}; respawning in {delay:.1f}s",
+                extra={"fields": {"shard": worker.shard, "restarts": worker.restarts}},
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _shutdown_workers(self) -> None:
+        for worker in self.workers.values():
+            worker.stopping = True
+            self._send_control(worker.shard, Shutdown())
+        deadline = time.monotonic() + 10.0
+        for worker in self.workers.values():
+            proc = worker.proc
+            if proc is None:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), max(0.1, deadline - time.monotonic()))
+            if proc.returncode is None:
+                proc.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 3)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    async def restart_shard(self, shard: int) -> None:
+        """Replace one shard process; the new one resumes from the last checkpoint."""
+        worker = self.workers[shard]
+        if worker.proc is None:
+            return
+        worker.replaced.clear()
+        worker.stopping = True
+        self._send_control(shard, Shutdown())
+        await worker.replaced.wait()
+        await self._wait_ready(worker)
+
+    async def rolling_restart(self) -> None:
+        for shard in sorted(self.workers):
+            await self.restart_shard(shard)
+
+    async def _wait_ready(self, worker: ShardWorker, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (
+                worker.proc is not None
+                and worker.status.get("state") == "ready"
+                and (worker.last_status_at > worker.started_at)
+            ):
+                return
+            await asyncio.sleep(0.05)
+
+    # -- control: what workers tell us ----------------------------------------------------
+
+    async def _read_control(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            if len(frames) != 3:
+                continue
+            identity, type_name, body = frames
+            cls = REGISTRY.event(type_name.decode(errors="replace"))
+            if cls is None:
+                log.warning("unknown control message", extra={"fields": {"type": type_name}})
+                continue
+            try:
+                message = cls.from_raw(orjson.loads(body))
+            except orjson.JSONDecodeError:
+                continue
+            shard = _shard_of(identity)
+            if shard is None or shard not in self.workers:
+                continue
+            worker = self.workers[shard]
+            now = time.monotonic()
+            if isinstance(message, ShardStatus):
+                worker.status = dict(message.raw)
+                worker.last_status_at = now
+                if (
+                    message.state == "ready"
+                    and worker.crashes_in_a_row
+                    and now - worker.started_at > 30
+                ):
+                    worker.crashes_in_a_row = 0
+            elif isinstance(message, IdentifyRequest):
+                self.scheduler.request(shard)
+            elif isinstance(message, SessionCheckpoint):
+                self.sessions.put(
+                    Checkpoint(
+                        shard,
+                        self.plan.shard_count,
+                        message.session_id,
+                        message.seq,
+                        message.resume_url,
+                        time.time(),
+                        message.guilds,
+                    )
+                )
+            elif isinstance(message, WorkerHello):
+                worker.last_status_at = now
+            elif isinstance(message, GatewayForward):
+                pass  # voice credentials: the voice lifecycle consumes these
+            elif message.type_name == "shardline.error.fatal_close":
+                worker.status["fatal"] = message.raw.get("message")
+
+    def _send_control(self, shard: int, message: Any) -> None:
+        frames = [f"shard:{shard}".encode(), message.type_name.encode(), orjson.dumps(message.raw)]
+        with contextlib.suppress(zmq.ZMQError):
+            self.control.send_multipart(frames, flags=zmq.NOBLOCK)
+
+    # -- periodic work --------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        hang = self.config.restart.hang_timeout
+        last_progress = ""
+        last_save = time.monotonic()
+        while True:
+            now = time.monotonic()
+            try:
+                for shard in self.scheduler.poll(now):
+                    self._send_control(shard, IdentifyPermit())
+            except BudgetExhaustedError as exc:
+                self.request_stop(f"{exc}: waiting would be safer than a reset token")
+            for worker in self.workers.values():
+                proc = worker.proc
+                if (
+                    proc is not None
+                    and proc.returncode is None
+                    and now - worker.last_status_at > hang
+                ):
+                    log.warning(f"shard {worker.shard} sent no status for {hang:.0f}s: killing it")
+                    worker.last_exit = "hung (no status)"
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    worker.last_status_at = now
+            line = self._progress_line()
+            if line != last_progress:
+                self.progress(line)
+                last_progress = line
+            if self.sessions.dirty and now - last_save > 5.0:
+                self.sessions.save()
+                last_save = now
+            deadline = self.scheduler.next_deadline()
+            wait = 0.25 if deadline is None else min(0.25, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(wait)
+
+    def _progress_line(self) -> str:
+        ready = sum(1 for w in self.workers.values() if w.state == "ready")
+        total = len(self.workers)
+        if ready == total:
+            return f"shards ready {ready}/{total}"
+        waiting = self.scheduler.waiting
+        rounds = math.ceil(waiting / self.scheduler.max_concurrency)
+        eta = rounds * self.scheduler.interval
+        return f"shards ready {ready}/{total}, {waiting} waiting to identify, ETA {eta:.0f}s"
+
+    # -- commands: what applications and the CLI ask -------------------------------------
+
+    async def _read_commands(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            if len(frames) < 4:
+                continue
+            identity, request_id, type_name, body = frames[:4]
+            options = frames[4] if len(frames) > 4 else b"{}"
+            try:
+                reply = await self._handle_command(
+                    type_name.decode(errors="replace"), body, options
+                )
+            except Exception as exc:  # a bad request must never take the supervisor down
+                reply = {"ok": False, "error": f"internal error: {exc!r}"}
+            await sock.send_multipart([identity, request_id, orjson.dumps(reply)])
+
+    async def _handle_command(
+        self, type_name: str, body: bytes, options_raw: bytes
+    ) -> dict[str, Any]:
+        try:
+            options = orjson.loads(options_raw) or {}
+            data = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError as exc:
+            return {"ok": False, "error": f"request is not JSON: {exc}"}
+        if type_name == "shardline.status":
+            return {"ok": True, "status": self.status()}
+        if type_name == "shardline.stop":
+            self.request_stop()
+            return {"ok": True, "stopping": True}
+        if type_name == "shardline.restart":
+            if data.get("rolling"):
+                asyncio.get_running_loop().create_task(self.rolling_restart())
+                return {"ok": True, "restarting": sorted(self.workers)}
+            shard = data.get("shard")
+            if shard not in self.workers:
+                return {
+                    "ok": False,
+                    "error": f"no shard {shard!r} on this host (shards: {sorted(self.workers)})",
+                }
+            asyncio.get_running_loop().create_task(self.restart_shard(int(shard)))
+            return {"ok": True, "restarting": [shard]}
+        cls = REGISTRY.command(type_name)
+        if cls is None:
+            return {"ok": False, "error": f"unknown command type {type_name!r}"}
+        if not issubclass(cls, GatewayCommand):
+            return {"ok": False, "error": f"{type_name} is not a gateway command"}
+        shard = self._route(options, data)
+        if isinstance(shard, str):
+            return {"ok": False, "error": shard}
+        worker = self.workers[shard]
+        if worker.state != "ready":
+            return {
+                "ok": False,
+                "error": f"shard {shard} is down ({worker.state}); the command was not sent",
+            }
+        frames = [f"shard:{shard}".encode(), type_name.encode(), body]
+        await self.control.send_multipart(frames)
+        return {"ok": True, "routed": f"shard:{shard}"}
+
+    def _route(self, options: dict[str, Any], data: dict[str, Any]) -> int | str:
+        """The shard a command goes to, or an error saying why there is none."""
+        if "shard" in options:
+            shard = int(options["shard"])
+        else:
+            guild = options.get("guild_id") or data.get("guild_id")
+            if guild is None:
+                return "the command needs a guild_id (or a shard) to be routed"
+            shard = (int(guild) >> 22) % self.plan.shard_count
+        if shard not in self.workers:
+            return (
+                f"shard {shard} is not run by this host (it runs {_ranges(sorted(self.workers))})"
+            )
+        return shard
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        shards = []
+        for worker in self.workers.values():
+            s = worker.status
+            shards.append(
+                {
+                    "id": worker.shard,
+                    "state": worker.state,
+                    "latency": s.get("latency_ms"),
+                    "seq": s.get("seq"),
+                    "session": s.get("session"),
+                    "guilds": s.get("guilds", 0),
+                    "events_per_second": s.get("dispatch_rate", 0.0),
+                    "restarts": worker.restarts,
+                    "last_exit": worker.last_exit,
+                    "uptime": round(now - worker.started_at, 1) if worker.proc else 0.0,
+                    "pid": worker.proc.pid if worker.proc else None,
+                    "dropped": s.get("dropped", 0),
+                }
+            )
+        return {
+            "shard_count": self.plan.shard_count,
+            "identifies_remaining": self.scheduler.remaining,
+            "uptime": round(now - self.started, 1),
+            "shards": shards,
+            "voice": [],
+        }
+
+
+class _Done(Exception):
+    pass
+
+
+def _shard_of(identity: bytes) -> int | None:
+    kind, _, ident = identity.decode(errors="replace").partition(":")
+    return int(ident) if kind == "shard" and ident.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    if not ids:
+        return "none"
+    out: list[str] = []
+    start = prev = ids[0]
+    for i in [*ids[1:], -1]:
+        if i == prev + 1:
+            prev = i
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        start = prev = i
+    return ",".join(out)
