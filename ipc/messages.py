@@ -8,6 +8,7 @@ subclass, with no string maps and no edits to this package.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, ClassVar, Literal
 
 from ipc.fields import Struct
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 Kind = Literal["event", "command"]
+BUILTIN_MODULES = ("ipc.events", "ipc.commands", "ipc.errors", "ipc.control")
 
 
 class RegistryConflictError(TypeError):
@@ -40,6 +42,17 @@ class Registry:
     def __init__(self) -> None:
         self._by_name: dict[tuple[Kind, str], type[Message]] = {}
         self._gateway: dict[tuple[int, str | None], type[GatewayEvent]] = {}
+        self._builtins_loaded = False
+
+    def _load_builtins(self) -> bool:
+        """Declare shardline's own classes on the first miss (they load lazily, so that a
+        process that never decodes does not pay for them). True if that was new."""
+        if self._builtins_loaded:
+            return False
+        self._builtins_loaded = True
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+        return True
 
     def register(self, cls: type[Message]) -> None:
         kind: Kind = "command" if issubclass(cls, Command) else "event"
@@ -62,10 +75,14 @@ class Registry:
 
     def event(self, type_name: str) -> type[Event] | None:
         cls = self._by_name.get(("event", type_name))
+        if cls is None and self._load_builtins():
+            return self.event(type_name)
         return cls if cls is None or issubclass(cls, Event) else None
 
     def command(self, type_name: str) -> type[Command] | None:
         cls = self._by_name.get(("command", type_name))
+        if cls is None and self._load_builtins():
+            return self.command(type_name)
         return cls if cls is None or issubclass(cls, Command) else None
 
     def gateway_table(self) -> dict[tuple[int, str | None], type[GatewayEvent]]:
@@ -73,9 +90,13 @@ class Registry:
         return self._gateway
 
     def gateway_event(self, op: int, t: str | None) -> type[GatewayEvent] | None:
-        return self._gateway.get((op, t if op == 0 else None))
+        cls = self._gateway.get((op, t if op == 0 else None))
+        if cls is None and self._load_builtins():
+            return self.gateway_event(op, t)
+        return cls
 
     def names(self, kind: Kind) -> list[str]:
+        self._load_builtins()
         return sorted(name for (k, name) in self._by_name if k == kind)
 
 

@@ -96,6 +96,7 @@ class ShardWorker:
     status: dict[str, Any] = field(default_factory=dict)
     stopping: bool = False
     fatal: str = ""
+    fatal_advice: str = ""  # the shard's FatalClose message, when it sent one
     respawn_at: float | None = None
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -329,7 +330,12 @@ class Supervisor:
                     continue
                 return
             if code == EXIT_FATAL:
-                worker.fatal = worker.status.get("fatal") or "fatal gateway close"
+                # The shard sent its advice just before exiting; give it a moment to arrive.
+                for _ in range(40):
+                    if worker.fatal_advice:
+                        break
+                    await asyncio.sleep(0.025)
+                worker.fatal = worker.fatal_advice or "fatal gateway close code (see its log)"
                 worker.last_exit = "fatal close code"
                 # A fatal code means the token or the config is wrong for every shard: stop the
                 # fleet with the shard's advice rather than watch each shard fail the same way.
@@ -445,7 +451,7 @@ class Supervisor:
             elif isinstance(message, GatewayForward):
                 pass  # voice credentials: the voice lifecycle consumes these
             elif message.type_name == "shardline.error.fatal_close":
-                worker.status["fatal"] = message.raw.get("message")
+                worker.fatal_advice = str(message.raw.get("message") or "")
 
     def _send_control(self, shard: int, message: Any) -> None:
         frames = [f"shard:{shard}".encode(), message.type_name.encode(), orjson.dumps(message.raw)]

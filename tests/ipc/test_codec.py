@@ -249,3 +249,19 @@ def test_bad_bus_messages_raise_codec_errors() -> None:
         decode_bus([b"a", b"b"])
     with pytest.raises(CodecError, match="envelope"):
         decode_bus([b"X shard:0", b"not json", b"{}"])
+
+
+def test_a_fresh_process_decodes_without_importing_the_event_modules() -> None:
+    """ipc loads its classes on first use: a program that imports only the codec still gets
+    typed events (this once decoded READY as UnknownDispatch)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from ipc.codec import decode_gateway_event, decode_command;"
+        'e = decode_gateway_event(b\'{"t":"READY","s":1,"op":0,"d":{}}\');'
+        "c = decode_command([b'UPDATE_PRESENCE', b'{}']);"
+        "print(type(e).__name__, type(c).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["Ready", "UpdatePresence"]

@@ -1,0 +1,234 @@
+"""The supervisor with real shard processes against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig, shard_for
+from ipc.client import Client, CommandError
+from ipc.commands import RequestGuildMembers
+from runtime.config import Config, parse_config
+from runtime.plan import plan_fleet
+from runtime.supervisor import StartupError, Supervisor
+from tests.shards.helpers import eventually
+
+pytestmark = pytest.mark.slow
+
+INTERVAL = 0.3  # identify interval per bucket, shortened on both sides
+
+
+def emulator(shards: int = 4, max_concurrency: int = 2, **rules: Any) -> Emulator:
+    rules.setdefault("identify_interval", INTERVAL)
+    rules.setdefault("max_concurrency", max_concurrency)
+    return Emulator(
+        EmulatorConfig(
+            shards=shards,
+            rules=GatewayRules(**rules),
+            world=WorldConfig(guilds=24, large_share=0.0),
+        )
+    )
+
+
+def make_config(emu: Emulator, runtime_dir: Path, **shards: Any) -> Config:
+    return parse_config(
+        {
+            "discord": {"rest_url": emu.rest_url},
+            "shards": {"intents": ["guilds", "guild_messages"], **shards},
+            "ipc": {"runtime_dir": str(runtime_dir)},
+            "restart": {"backoff_initial": 0.1, "hang_timeout": 2.0},
+            "log": {"level": "warning"},
+        }
+    )
+
+
+@asynccontextmanager
+async def fleet(emu: Emulator, runtime_dir: Path, **shards: Any) -> AsyncIterator[Supervisor]:
+    config = make_config(emu, runtime_dir, **shards)
+    plan = await asyncio.to_thread(plan_fleet, config, emu.rules.token)
+    supervisor = Supervisor(
+        config,
+        plan,
+        emu.rules.token,
+        runtime_dir=runtime_dir,
+        identify_interval=INTERVAL,
+        progress=lambda line: None,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(supervisor.run(stop))
+    try:
+        yield supervisor
+    finally:
+        stop.set()
+        supervisor.exit_code = await asyncio.wait_for(task, 30)  # type: ignore[attr-defined]
+
+
+def all_ready(supervisor: Supervisor) -> bool:
+    return all(s["state"] == "ready" for s in supervisor.status()["shards"])
+
+
+@asynccontextmanager
+async def app(supervisor: Supervisor) -> AsyncIterator[Client]:
+    client = Client(supervisor.endpoints.events, supervisor.endpoints.commands)
+    client.connect()
+    task = asyncio.create_task(client.run())
+    try:
+        yield client
+    finally:
+        task.cancel()
+        client.close()
+
+
+async def test_startup_honours_identify_buckets(tmp_path: Path) -> None:
+    async with emulator(shards=6, max_concurrency=2) as emu, fleet(emu, tmp_path) as sup:
+        await eventually(lambda: all_ready(sup), timeout=30)
+        identifies = emu.gateway.identifies
+        assert [r.outcome for r in identifies] == ["ready"] * 6  # none refused by the gateway
+        for bucket in (0, 1):
+            rows = [r for r in identifies if r.bucket == bucket]
+            assert [r.shard_id for r in rows] == sorted(r.shard_id for r in rows)  # id order
+            gaps = [b.at - a.at for a, b in itertools.pairwise(rows)]
+            assert all(gap >= INTERVAL * 0.95 for gap in gaps), gaps
+        status = sup.status()
+        assert status["identifies_remaining"] == 1000 - 6
+        assert {s["guilds"] for s in status["shards"]} != {0}
+
+
+async def test_sigkill_under_load_respawns_and_resumes_without_loss(tmp_path: Path) -> None:
+    async with emulator(shards=2) as emu, fleet(emu, tmp_path) as sup:
+        await eventually(lambda: all_ready(sup), timeout=30)
+        session = next(s for s in emu.sessions(1) if not s.invalid)
+        victim = sup.workers[1]
+        assert victim.proc is not None
+        stream = emu.stream(1, rate=2000, count=3000)
+        await eventually(lambda: session.seq > 500)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        await stream
+        await eventually(lambda: victim.restarts == 1 and all_ready(sup), timeout=30)
+        final = session.seq
+        await eventually(lambda: sup.status()["shards"][1]["seq"] >= final, timeout=30)
+        assert len(emu.gateway.identifies) == 2  # the respawned shard resumed
+        assert "killed by signal 9" in victim.last_exit
+
+
+async def test_every_dispatch_reaches_the_application_across_a_kill(tmp_path: Path) -> None:
+    async with emulator(shards=1, max_concurrency=1) as emu, fleet(emu, tmp_path) as sup:
+        await eventually(lambda: all_ready(sup), timeout=30)
+        async with app(sup) as client:
+            seen: set[int] = set()
+            # The client saw no dispatch yet: record seqs from here on.
+            from ipc.codec import decode_bus
+
+            original = client._dispatch
+
+            async def spy(frames: list[bytes]) -> None:
+                envelope, _ = decode_bus(frames)
+                if envelope.kind == "dispatch" and envelope.seq is not None:
+                    seen.add(envelope.seq)
+                await original(frames)
+
+            client._dispatch = spy  # type: ignore[method-assign]
+            await client.request("shardline.status", {})  # connected: the bus has us too
+            session = emu.sessions(0)[0]
+            start = session.seq + 1
+            stream = emu.stream(0, rate=2000, count=2000)
+            await eventually(lambda: session.seq > start + 400)
+            proc = sup.workers[0].proc
+            assert proc is not None
+            os.kill(proc.pid, signal.SIGKILL)
+            await stream
+            final = session.seq
+            await eventually(lambda: set(range(start, final + 1)) <= seen, timeout=30)
+
+
+async def test_hung_shard_is_killed_and_replaced(tmp_path: Path) -> None:
+    async with emulator(shards=2) as emu, fleet(emu, tmp_path) as sup:
+        await eventually(lambda: all_ready(sup), timeout=30)
+        worker = sup.workers[0]
+        assert worker.proc is not None
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        await eventually(lambda: worker.restarts == 1, timeout=30)
+        await eventually(lambda: all_ready(sup), timeout=30)
+        assert worker.last_exit == "hung (no status)" or "signal 9" in worker.last_exit
+        assert len(emu.gateway.identifies) == 2
+
+
+async def test_stop_then_start_resumes_every_shard(tmp_path: Path) -> None:
+    async with emulator(shards=3, max_concurrency=3) as emu:
+        async with fleet(emu, tmp_path) as sup:
+            await eventually(lambda: all_ready(sup), timeout=30)
+        assert (tmp_path / "sessions.json").exists()
+        assert len(emu.gateway.identifies) == 3
+        async with fleet(emu, tmp_path) as sup:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            assert sup.resumed_from_disk == 3
+            assert len(emu.gateway.identifies) == 3  # zero new identifies
+            assert all(s.connection is not None for s in emu.sessions() if not s.invalid)
+
+
+async def test_rolling_restart_resumes_each_shard(tmp_path: Path) -> None:
+    async with emulator(shards=3, max_concurrency=3) as emu, fleet(emu, tmp_path) as sup:
+        await eventually(lambda: all_ready(sup), timeout=30)
+        pids = {w.shard: w.proc.pid for w in sup.workers.values() if w.proc}
+        await asyncio.wait_for(sup.rolling_restart(), 60)
+        await eventually(lambda: all_ready(sup), timeout=30)
+        assert all(w.proc and w.proc.pid != pids[w.shard] for w in sup.workers.values())
+        assert len(emu.gateway.identifies) == 3  # everyone resumed
+
+
+async def test_commands_are_routed_by_guild(tmp_path: Path) -> None:
+    async with emulator(shards=4) as emu, fleet(emu, tmp_path, ids="0-2", count=4) as sup:
+        await eventually(lambda: all_ready(sup), timeout=30)
+        async with app(sup) as client:
+            guild = next(g for g in emu.world.guild_ids if shard_for(g, 4) == 2)
+            reply = await client.send(RequestGuildMembers(guild_id=guild, user_ids=[1], nonce="n"))
+            assert reply == {"ok": True, "routed": "shard:2"}
+            await emu.wait_until(lambda: bool(emu.received(2, op=8)))
+            assert emu.received(2, op=8)[0].d["guild_id"] == str(guild)
+            elsewhere = next(g for g in emu.world.guild_ids if shard_for(g, 4) == 3)
+            with pytest.raises(CommandError, match="shard 3 is not run by this host"):
+                await client.send(RequestGuildMembers(guild_id=elsewhere, user_ids=[1]))
+            reply = await client.request("NOT_A_COMMAND", {})
+            assert reply == {"ok": False, "error": "unknown command type 'NOT_A_COMMAND'"}
+            reply = await client.request("REQUEST_GUILD_MEMBERS", {"user_ids": ["1"]})
+            assert not reply["ok"] and "needs a guild_id" in reply["error"]
+
+
+async def test_refuses_to_start_without_enough_identifies(tmp_path: Path) -> None:
+    async with emulator(shards=4, session_start_remaining=2) as emu:
+        config = make_config(emu, tmp_path)
+        plan = await asyncio.to_thread(plan_fleet, config, emu.rules.token)
+        supervisor = Supervisor(config, plan, emu.rules.token, runtime_dir=tmp_path)
+        with pytest.raises(StartupError, match=r"allows 2 more identifies.*4 shards need one"):
+            await supervisor.run(asyncio.Event())
+        assert emu.gateway.identifies == []
+
+
+async def test_fatal_close_stops_the_fleet_without_a_crash_loop(tmp_path: Path) -> None:
+    async with emulator(shards=2) as emu:
+        config = make_config(emu, tmp_path)
+        plan = await asyncio.to_thread(plan_fleet, config, emu.rules.token)
+        lines: list[str] = []
+        supervisor = Supervisor(
+            config,
+            plan,
+            emu.rules.token,
+            runtime_dir=tmp_path,
+            identify_interval=INTERVAL,
+            progress=lines.append,
+        )
+        task = asyncio.create_task(supervisor.run(asyncio.Event()))
+        await eventually(lambda: all_ready(supervisor), timeout=30)
+        await emu.close_shard(0, 4004)
+        assert await asyncio.wait_for(task, 30) == 1
+        assert "DISCORD_TOKEN" in supervisor.fatal_message
+        assert supervisor.workers[0].restarts == 0
+        assert any("stopped" in line and "4004" in line for line in lines)
