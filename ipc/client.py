@@ -31,7 +31,7 @@ from ipc.codec import CodecError, decode_bus
 from ipc.handlers import HandlerTable
 from ipc.messages import Command, Event
 
-__all__ = ["Client", "CommandError", "request_sync"]
+__all__ = ["Client", "CommandError", "request_sync", "secure"]
 
 E = TypeVar("E", bound=Event)
 
@@ -47,6 +47,7 @@ class Client:
         commands: str,
         *,
         dedupe: bool = False,
+        server_key: str | None = None,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         self.ctx = context or zmq.asyncio.Context.instance()
@@ -62,6 +63,7 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self.server_key = server_key  # the supervisor's CURVE public key, for tcp:// endpoints
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -83,12 +85,14 @@ class Client:
     def connect(self, prefixes: list[bytes] | None = None) -> None:
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 100_000)
+        secure(sub, self.server_key)
         for prefix in prefixes if prefixes is not None else [b""]:
             sub.setsockopt(zmq.SUBSCRIBE, prefix)
         sub.connect(self.events_endpoint)
         self._sub = sub
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
+        secure(dealer, self.server_key)
         dealer.connect(self.commands_endpoint)
         self._dealer = dealer
 
@@ -188,8 +192,21 @@ class Client:
                 sock.close(linger=0)
 
 
+def secure(sock: zmq.Socket[Any], server_key: str | None) -> None:
+    """Make ``sock`` a CURVE client of a server whose public key is ``server_key``."""
+    if server_key:
+        public, secret = zmq.curve_keypair()
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key.encode())
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+
+
 def request_sync(
-    endpoint: str, type_name: str, body: Any = None, timeout: float = 5.0
+    endpoint: str,
+    type_name: str,
+    body: Any = None,
+    timeout: float = 5.0,
+    server_key: str | None = None,
 ) -> dict[str, Any]:
     """One request/reply from a plain (non-async) program, e.g. the CLI."""
     ctx: zmq.Context[Any] = zmq.Context.instance()
@@ -199,6 +216,7 @@ def request_sync(
     if endpoint.startswith("ipc://") and not os.path.exists(path):
         sock.close()
         raise CommandError(f"no supervisor is running here (no socket at {path})")
+    secure(sock, server_key)
     sock.connect(endpoint)
     try:
         sock.send_multipart([b"1", type_name.encode(), orjson.dumps(body or {}), b"{}"])

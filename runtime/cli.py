@@ -266,10 +266,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _request(config_path: str, type_name: str, body: object = None) -> dict[str, object]:
     from ipc.client import CommandError, request_sync
+    from runtime.config import Config
 
-    endpoint = _commands_endpoint(_load(config_path))
+    config = _load(config_path)
+    assert isinstance(config, Config)
+    endpoint = _commands_endpoint(config)
     try:
-        return request_sync(endpoint, type_name, body)
+        return request_sync(
+            endpoint, type_name, body, server_key=config.ipc.curve_public_key or None
+        )
     except CommandError as exc:
         print(f"shardline: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

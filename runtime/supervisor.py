@@ -168,6 +168,7 @@ class Supervisor:
         control = self._ctx.socket(zmq.ROUTER)
         control.bind(self.endpoints.control)
         commands = self._ctx.socket(zmq.ROUTER)
+        self._secure(commands, self.endpoints.commands)
         commands.bind(self.endpoints.commands)
         self._private(
             self.endpoints.control,
@@ -232,6 +233,17 @@ class Supervisor:
                     )
         lock.write_text(str(os.getpid()))
 
+    def _secure(self, sock: zmq.Socket[Any], endpoint: str) -> None:
+        """A tcp:// endpoint is a CURVE server: only clients that know its public key (from
+        the config) get through; a plain client's handshake fails."""
+        if not endpoint.startswith("tcp://"):
+            return
+        ipc = self.config.ipc
+        if not (ipc.curve_public_key and ipc.curve_secret_key):
+            raise StartupError(f"{endpoint} is tcp:// but ipc.curve_*_key are not set")
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, ipc.curve_secret_key.encode())
+
     def _release_runtime_dir(self) -> None:
         with contextlib.suppress(OSError):
             (self.runtime_dir / "supervisor.pid").unlink()
@@ -250,6 +262,7 @@ class Supervisor:
         xsub.send(b"\x01")  # subscribe to everything: workers publish whether or not apps listen
         xpub = self._proxy_ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.SNDHWM, 100_000)
+        self._secure(xpub, self.endpoints.events)
         xpub.bind(self.endpoints.events)
 
         def proxy() -> None:

@@ -232,3 +232,47 @@ async def test_fatal_close_stops_the_fleet_without_a_crash_loop(tmp_path: Path) 
         assert "DISCORD_TOKEN" in supervisor.fatal_message
         assert supervisor.workers[0].restarts == 0
         assert any("stopped" in line and "4004" in line for line in lines)
+
+
+async def test_tcp_endpoints_refuse_clients_without_the_curve_key(tmp_path: Path) -> None:
+    import socket
+
+    import zmq
+
+    from ipc.client import request_sync
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    commands = f"tcp://127.0.0.1:{free_port()}"
+    async with emulator(shards=1, max_concurrency=1) as emu:
+        config = parse_config(
+            {
+                "discord": {"rest_url": emu.rest_url},
+                "ipc": {
+                    "runtime_dir": str(tmp_path),
+                    "commands": commands,
+                    "events": f"tcp://127.0.0.1:{free_port()}",
+                    "curve_public_key": public,
+                    "curve_secret_key": secret,
+                },
+            }
+        )
+        plan = await asyncio.to_thread(plan_fleet, config, emu.rules.token)
+        stop = asyncio.Event()
+        sup = Supervisor(config, plan, emu.rules.token, runtime_dir=tmp_path, progress=print)
+        task = asyncio.create_task(sup.run(stop))
+        try:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            with pytest.raises(CommandError, match="did not answer"):
+                await asyncio.to_thread(request_sync, commands, "shardline.status", None, 1.0)
+            reply = await asyncio.to_thread(
+                request_sync, commands, "shardline.status", None, 5.0, public
+            )
+            assert reply["ok"] and reply["status"]["shards"][0]["state"] == "ready"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
