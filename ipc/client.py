@@ -48,6 +48,7 @@ class Client:
         *,
         dedupe: bool = False,
         server_key: str | None = None,
+        partition: tuple[int, int] = (0, 1),
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         self.ctx = context or zmq.asyncio.Context.instance()
@@ -63,7 +64,11 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
         self.server_key = server_key  # the supervisor's CURVE public key, for tcp:// endpoints
+        # (index, count): this process handles guild events with (guild_id >> 22) % count
+        # == index, and DMs when index is 0; shardline's own events go to every process.
+        self.partition = partition
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -123,6 +128,12 @@ class Client:
                     self.gaps += envelope.seq - last - 1
             if last is None or envelope.seq > last:
                 self._seen[key] = envelope.seq
+        index, count = self.partition
+        if count > 1 and envelope.kind == "dispatch":
+            raw = event.raw
+            guild = raw.get("guild_id") if isinstance(raw, dict) else None
+            if (0 if guild is None else (int(guild) >> 22) % count) != index:
+                return
         for handler in self.handlers.handlers_for(event):
             result = handler(event)
             if isinstance(result, Awaitable):
@@ -184,7 +195,12 @@ class Client:
             if future is not None and not future.done():
                 future.set_result(orjson.loads(body))
 
+    async def wait_closed(self) -> None:
+        """Return when :meth:`close` is called (an app's ``main`` can end with this)."""
+        await self._closed.wait()
+
     def close(self) -> None:
+        self._closed.set()
         if self._reader is not None:
             self._reader.cancel()
         for sock in (self._sub, self._dealer):

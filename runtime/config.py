@@ -18,6 +18,7 @@ from ipc.intents import INTENTS, intents_from_names
 
 __all__ = [
     "COMPRESSIONS",
+    "AppConfig",
     "Config",
     "ConfigError",
     "DiscordConfig",
@@ -102,6 +103,14 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class AppConfig:
+    """One ``[[apps]]`` entry: a module with ``async def main(client)``, run N times."""
+
+    module: str
+    processes: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
@@ -109,6 +118,7 @@ class Config:
     restart: RestartConfig = field(default_factory=RestartConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
+    apps: tuple[AppConfig, ...] = ()
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -127,6 +137,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     """Validate an already-parsed TOML document."""
+    data = dict(data)
+    apps = _apps(data.pop("apps", []), source)
     reader = _Reader(data, source)
     token_line = (
         data.get("discord", {}).get("token") if isinstance(data.get("discord"), dict) else None
@@ -192,7 +204,31 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         format=reader.get("log.format", "text", _choice(LOG_FORMATS)),
     )
     reader.reject_unknown()
-    return Config(discord, shards, ipc, restart, log, source)
+    return Config(discord, shards, ipc, restart, log, source, apps)
+
+
+def _apps(value: Any, source: str) -> tuple[AppConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("apps", value, "[[apps]] tables", source)
+    out = []
+    for n, entry in enumerate(value):
+        where = f"apps[{n}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(where, entry, "a table with module and processes", source)
+        unknown = set(entry) - {"module", "processes"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ConfigError(f"{where}.{key}", entry[key], "module or processes", source)
+        module = entry.get("module")
+        if not isinstance(module, str) or not all(
+            part.isidentifier() for part in module.split(".")
+        ):
+            raise ConfigError(f"{where}.module", module, "a dotted module name", source)
+        processes = entry.get("processes", 1)
+        if type(processes) is not int or not 1 <= processes <= 1024:
+            raise ConfigError(f"{where}.processes", processes, "an integer from 1 to 1024", source)
+        out.append(AppConfig(module, processes))
+    return tuple(out)
 
 
 def parse_shard_ids(text: str) -> tuple[int, ...]:

@@ -2,8 +2,8 @@
 
 No token needed: the emulator (in this process) plays Discord. The supervisor starts one
 process per shard, grants identifies bucket by bucket, and this demo injects a message every
-few seconds, follows them through the event bus with an ``ipc.Client``, and prints the status
-table. Ctrl-C stops the fleet cleanly (shards close resumably) and exits.
+few seconds, follows them through the event bus with an ``ipc.Client``, runs the example bot
+(``examples/bot.py``, two processes splitting the guilds), and prints the status table. Ctrl-C stops the fleet cleanly (shards close resumably) and exits.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ async def run_demo(
                 "discord": {"rest_url": emu.rest_url},
                 "shards": {"intents": ["guilds", "guild_messages", "message_content"]},
                 "ipc": {"runtime_dir": str(runtime_dir)},
+                "apps": [{"module": "examples.bot", "processes": 2}],
             },
             "<demo>",
         )
@@ -85,7 +86,8 @@ async def run_demo(
                     break
                 n += 1
                 gid = emu.world.guild_ids[n % len(emu.world.guild_ids)]
-                await emu.message(gid, f"demo message #{n}")
+                # every third message asks the example bot (examples/bot.py) for a pong
+                await emu.message(gid, "!ping" if n % 3 == 0 else f"demo message #{n}")
                 if n % 3 == 1:
                     print(format_status(supervisor.status()), flush=True)
         finally:

@@ -109,6 +109,23 @@ class ShardWorker:
         return str(self.status.get("state", "starting"))
 
 
+@dataclass
+class AppWorker:
+    """One process of an ``[[apps]]`` entry."""
+
+    module: str
+    index: int
+    count: int
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    last_exit: str = ""
+    started_at: float = 0.0
+
+    @property
+    def state(self) -> str:
+        return "running" if self.proc is not None else "restarting"
+
+
 def _exit_with_parent() -> None:
     """In the child: die with SIGTERM if the supervisor dies (Linux), so no orphan lingers."""
     with contextlib.suppress(Exception):
@@ -136,6 +153,11 @@ class Supervisor:
         self.scheduler = IdentifyScheduler(plan.max_concurrency, plan.remaining, identify_interval)
         self.sessions = SessionStore(runtime_dir / "sessions.json")
         self.workers = {i: ShardWorker(i) for i in plan.shard_ids}
+        self.apps = [
+            AppWorker(app.module, index, app.processes)
+            for app in config.apps
+            for index in range(app.processes)
+        ]
         self.status_interval = status_interval
         self.progress = progress or (lambda line: log.info(line))
         self.python = python
@@ -189,6 +211,8 @@ class Supervisor:
                 tasks.create_task(self._read_commands(commands))
                 for worker in self.workers.values():
                     tasks.create_task(self._keep_alive(worker))
+                for app in self.apps:
+                    tasks.create_task(self._keep_app_alive(app))
                 ticker = tasks.create_task(self._tick())
                 waiter = asyncio.ensure_future((stop or asyncio.Event()).wait())
                 stopper = asyncio.ensure_future(self._stop.wait())
@@ -370,7 +394,57 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
+    async def _keep_app_alive(self, app: AppWorker) -> None:
+        """Run one app process; restart it with backoff when it exits."""
+        restart = self.config.restart
+        crashes = 0
+        env = {
+            **os.environ,
+            "SHARDLINE_EVENTS": self.endpoints.events,
+            "SHARDLINE_COMMANDS": self.endpoints.commands,
+            "SHARDLINE_SERVER_KEY": self.config.ipc.curve_public_key,
+        }
+        env.pop(self.config.discord.token_env, None)  # applications never see the token
+        while not self._stop.is_set():
+            app.proc = await asyncio.create_subprocess_exec(
+                self.python,
+                "-m",
+                "ipc.app",
+                "--module",
+                app.module,
+                "--index",
+                str(app.index),
+                "--count",
+                str(app.count),
+                env=env,
+                preexec_fn=_exit_with_parent,
+                start_new_session=True,
+            )
+            app.started_at = time.monotonic()
+            try:
+                code = await app.proc.wait()
+            except asyncio.CancelledError:
+                await _end(app.proc)
+                raise
+            app.proc = None
+            if self._stop.is_set():
+                return
+            app.last_exit = (
+                f"exited with status {code}" if code >= 0 else f"killed by signal {-code}"
+            )
+            app.restarts += 1
+            crashes = crashes + 1 if time.monotonic() - app.started_at < 30 else 1
+            delay = min(restart.backoff_max, restart.backoff_initial * 2 ** (crashes - 1))
+            log.warning(
+                f"app {app.module}[{app.index}] {app.last_exit}; restarting in {delay:.1f}s"
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
     async def _shutdown_workers(self) -> None:
+        for app in self.apps:
+            if app.proc is not None and app.proc.returncode is None:
+                app.proc.terminate()
         for worker in self.workers.values():
             worker.stopping = True
             self._send_control(worker.shard, Shutdown())
@@ -388,6 +462,9 @@ class Supervisor:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+        for app in self.apps:
+            if app.proc is not None:
+                await _end(app.proc)
 
     async def restart_shard(self, shard: int) -> None:
         """Replace one shard process; the new one resumes from the last checkpoint."""
@@ -618,12 +695,34 @@ class Supervisor:
             "identifies_remaining": self.scheduler.remaining,
             "uptime": round(now - self.started, 1),
             "shards": shards,
+            "apps": [
+                {
+                    "module": app.module,
+                    "index": app.index,
+                    "state": app.state,
+                    "restarts": app.restarts,
+                    "pid": app.proc.pid if app.proc else None,
+                }
+                for app in self.apps
+            ],
             "voice": [],
         }
 
 
 class _Done(Exception):
     pass
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    """Terminate a child, then kill it if it lingers."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 def _shard_of(identity: bytes) -> int | None:

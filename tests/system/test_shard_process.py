@@ -136,8 +136,10 @@ async def test_sigkill_mid_stream_then_resume_from_checkpoint_loses_nothing(tmp_
 async def test_sigterm_closes_resumably_and_the_next_process_resumes(tmp_path: Path) -> None:
     async with setup(tmp_path) as (emu, bus, endpoint):
         proc = await start_shard(emu, endpoint)
-        await bus.wait_for(lambda: bus.types.count("GUILD_CREATE") == 3)
-        proc.send_signal(signal.SIGTERM)
+        try:
+            await bus.wait_for(lambda: bus.types.count("GUILD_CREATE") == 3)
+        finally:
+            proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
         final = bus.checkpoints[-1]
         assert final.seq == max(bus.seqs)  # the last checkpoint covers everything published
@@ -151,8 +153,9 @@ async def test_sigterm_closes_resumably_and_the_next_process_resumes(tmp_path: P
             assert "MESSAGE_CREATE" in bus.types
             assert len(emu.gateway.identifies) == 1
         finally:
-            proc.send_signal(signal.SIGTERM)
-            assert await proc.wait() == 0
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
 
 
 async def test_fatal_close_exits_with_status_3(tmp_path: Path) -> None:

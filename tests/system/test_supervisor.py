@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -279,3 +280,52 @@ async def test_tcp_endpoints_refuse_clients_without_the_curve_key(tmp_path: Path
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
+
+
+async def test_app_processes_split_guilds_and_send_commands(tmp_path: Path) -> None:
+    async with emulator(shards=2) as emu:
+        config = make_config(emu, tmp_path)
+        config = parse_config(
+            {
+                "discord": {"rest_url": emu.rest_url},
+                "ipc": {"runtime_dir": str(tmp_path)},
+                "restart": {"backoff_initial": 0.1},
+                "apps": [{"module": "examples.bot", "processes": 2}],
+            }
+        )
+        plan = await asyncio.to_thread(plan_fleet, config, emu.rules.token)
+        stop = asyncio.Event()
+        sup = Supervisor(
+            config,
+            plan,
+            emu.rules.token,
+            runtime_dir=tmp_path,
+            identify_interval=INTERVAL,
+            progress=lambda line: None,
+        )
+        task = asyncio.create_task(sup.run(stop))
+        try:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            assert [a["state"] for a in sup.status()["apps"]] == ["running", "running"]
+            guilds = emu.world.guild_ids[:4]
+            # The apps' subscriptions reach the bus a moment after they start, and nothing
+            # announces it: ping in rounds until a round is answered in full.
+            pings = 0
+            for _ in range(30):
+                target = len(emu.received(op=3)) + len(guilds)
+                for gid in guilds:
+                    await emu.message(gid, "!ping")
+                pings += len(guilds)
+                with contextlib.suppress(TimeoutError):
+                    await emu.wait_until(
+                        lambda target=target: len(emu.received(op=3)) >= target, timeout=1
+                    )
+                    break
+            presences = emu.received(op=3)
+            assert len(presences) <= pings  # each ping answered at most once
+            assert {r.shard_id for r in presences} == {0, 1}  # through the owning shards
+            assert all(r.d["activities"][0]["name"].startswith("pong for ") for r in presences)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+        assert all(a.proc is None for a in sup.apps)  # no orphan app processes
