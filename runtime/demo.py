@@ -3,7 +3,8 @@
 No token needed: the emulator (in this process) plays Discord. The supervisor starts one
 process per shard, grants identifies bucket by bucket, and this demo injects a message every
 few seconds, follows them through the event bus with an ``ipc.Client``, runs the example bot
-(``examples/bot.py``, two processes splitting the guilds), and prints the status table. Ctrl-C stops the fleet cleanly (shards close resumably) and exits.
+(``examples/bot.py``, two processes splitting the guilds), and prints the status table.
+Ctrl-C stops the fleet cleanly (shards close resumably) and exits.
 """
 
 from __future__ import annotations
