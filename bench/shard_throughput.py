@@ -326,7 +326,7 @@ def run_shardline(emu: EmulatorProcess, messages: int, guilds: int) -> dict[str,
     )
     try:
         bus.wait("GUILD_CREATE", GUILDS, timeout=60)
-        time.sleep(3.0)  # settle (a status tick or two), then read the idle footprint
+        time.sleep(7.0)  # idle long enough for the shard to trim after its startup burst
         idle_rss = rss_kib(proc.pid)
         emu.post("blast", {"shard": 0, "count": messages, "kind": "message"})
         seconds, nbytes = bus.wait("MESSAGE_CREATE", messages)

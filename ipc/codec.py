@@ -186,8 +186,7 @@ def decode_bus(frames: list[bytes]) -> tuple[Envelope, Event]:
     topic, envelope_bytes, body = frames
     envelope = Envelope.decode(envelope_bytes)
     if envelope.kind == "dispatch":
-        payload = decode_gateway(body)
-        return envelope, event_from_payload(payload.op, payload.t, payload.d)
+        return envelope, decode_gateway_event(body)
     type_name = topic.split(b" ", 1)[0].decode()
     return envelope, decode_event(type_name, body)
 

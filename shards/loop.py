@@ -133,6 +133,7 @@ class ShardRunner:
         self._stop_deadline = 0.0
         self._next_trim = 0.0
         self._dispatches_at_trim = 0
+        self._quiet_ticks = 0
         self.errors: list[ErrorEvent] = []  # recent error events, for tests and status
         self.on_status: Callable[[dict[str, Any]], None] | None = None
 
@@ -359,10 +360,12 @@ class ShardRunner:
         if mark_time:
             self.dispatch_rate = (proto.dispatches - mark_count) / max(now - mark_time, 1e-9)
         self._rate_mark = (now, proto.dispatches)
-        # After a burst has passed (the rate is low again), give its memory back.
-        if self.dispatch_rate < 100 and proto.dispatches != self._dispatches_at_trim:
+        # After a burst has passed and the shard has been quiet for a while, give the burst's
+        # memory back. Trimming costs the loop some milliseconds, so never while traffic flows.
+        self._quiet_ticks = self._quiet_ticks + 1 if self.dispatch_rate < 50 else 0
+        if self._quiet_ticks >= 5 and proto.dispatches != self._dispatches_at_trim:
             if now >= self._next_trim or proto.dispatches - self._dispatches_at_trim >= 10:
-                self._next_trim = now + 30.0
+                self._next_trim = now + 60.0
                 self._dispatches_at_trim = proto.dispatches
                 _trim_memory()
         status = proto.status()

@@ -190,7 +190,7 @@ async def test_resume_replays_missed_dispatches_with_no_gap() -> None:
 async def test_rate_limit_holds_heartbeats_on_time_under_a_command_flood() -> None:
     window = dict(send_limit=30, send_window=1.0)
     async with (
-        emulator(heartbeat_interval_ms=200, **window) as emu,
+        emulator(heartbeat_interval_ms=500, **window) as emu,
         running_shard(emu, heartbeat_reserve=4, **window) as (runner, bus),
     ):
         await until_ready(bus)
