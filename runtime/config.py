@@ -68,6 +68,7 @@ class ShardsConfig:
     intent_names: tuple[str, ...] = ("guilds", "guild_messages", "guild_voice_states")
     compression: str = "zlib-stream"
     large_threshold: int = 250
+    spawn: str = "fork"  # "fork" from a preloaded zygote, or "exec" a fresh interpreter
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         intent_names=tuple(names),
         compression=reader.get("shards.compression", "zlib-stream", _choice(COMPRESSIONS)),
         large_threshold=reader.get("shards.large_threshold", 250, _int_range(50, 250)),
+        spawn=reader.get("shards.spawn", "fork", _choice(("fork", "exec"))),
     )
     if shards.count is not None and shards.ids is not None:
         too_big = [i for i in shards.ids if i >= shards.count]

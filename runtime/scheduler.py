@@ -31,10 +31,19 @@ class IdentifyScheduler:
         self._pending: list[list[int]] = [[] for _ in range(self.max_concurrency)]
         self._next_at: list[float] = [0.0] * self.max_concurrency
         self.granted = 0
+        self._expected: set[int] = set()
+        self._hold_until = 0.0
+
+    def expect(self, shard_ids: list[int], now: float, grace: float = 3.0) -> None:
+        """Shards about to ask: within a bucket, a lower id that has not asked yet is waited
+        for (up to ``grace`` seconds), so that shards identify in id order."""
+        self._expected = set(shard_ids)
+        self._hold_until = now + grace
 
     def request(self, shard_id: int) -> None:
         """A shard asks to identify (again). Duplicate requests are merged."""
         bucket = self._pending[shard_id % self.max_concurrency]
+        self._expected.discard(shard_id)
         if shard_id not in bucket:
             heapq.heappush(bucket, shard_id)
 
@@ -49,7 +58,7 @@ class IdentifyScheduler:
         """Shards that may identify now (at most one per bucket)."""
         grants = []
         for index, bucket in enumerate(self._pending):
-            if bucket and now >= self._next_at[index]:
+            if bucket and now >= self._next_at[index] and not self._held(bucket[0], now):
                 if self.remaining <= 0:
                     raise BudgetExhaustedError("no identifies left in today's session_start_limit")
                 grants.append(heapq.heappop(bucket))
@@ -59,6 +68,14 @@ class IdentifyScheduler:
                 self.remaining -= 1
                 self.granted += 1
         return grants
+
+    def _held(self, shard_id: int, now: float) -> bool:
+        if now >= self._hold_until:
+            return False
+        return any(
+            other < shard_id and other % self.max_concurrency == shard_id % self.max_concurrency
+            for other in self._expected
+        )
 
     def next_deadline(self) -> float | None:
         times = [self._next_at[i] for i, bucket in enumerate(self._pending) if bucket]

@@ -41,6 +41,7 @@ from ipc.messages import REGISTRY, GatewayCommand
 from runtime.config import Config
 from runtime.scheduler import BudgetExhaustedError, IdentifyScheduler, startup_seconds
 from runtime.sessions import Checkpoint, SessionStore
+from runtime.spawner import ExecSpawner, Process, ZygoteSpawner
 
 __all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
 
@@ -87,7 +88,7 @@ class FleetPlan:
 @dataclass
 class ShardWorker:
     shard: int
-    proc: asyncio.subprocess.Process | None = None
+    proc: Process | None = None
     restarts: int = 0
     crashes_in_a_row: int = 0
     last_exit: str = ""
@@ -169,6 +170,8 @@ class Supervisor:
         self._proxy_thread: threading.Thread | None = None
         self._all_ready_logged = False
         self.resumed_from_disk = 0
+        spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
+        self.spawner: ZygoteSpawner | ExecSpawner = spawner(python, _exit_with_parent)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -199,6 +202,7 @@ class Supervisor:
             self.endpoints.bus_in,
         )
         self.control = control
+        self.scheduler.expect(fresh, time.monotonic())
         eta = startup_seconds(len(fresh), self.plan.max_concurrency, self.scheduler.interval)
         self.progress(
             f"starting {len(self.workers)} shards of {self.plan.shard_count} "
@@ -308,9 +312,6 @@ class Supervisor:
     async def _spawn(self, worker: ShardWorker) -> None:
         cfg = self.config
         args = [
-            self.python,
-            "-m",
-            "shards",
             "--shard-id",
             str(worker.shard),
             "--shard-count",
@@ -342,9 +343,7 @@ class Supervisor:
         env = {**os.environ, cfg.discord.token_env: self.token}
         # Its own session: a Ctrl-C at the terminal reaches the supervisor only, which then
         # shuts the shards down in order; PDEATHSIG still ends a shard if we die.
-        worker.proc = await asyncio.create_subprocess_exec(
-            *args, env=env, preexec_fn=_exit_with_parent, start_new_session=True
-        )
+        worker.proc = await self.spawner.spawn(args, env)
         worker.started_at = worker.last_status_at = time.monotonic()
         worker.status = {"state": "starting"}
         worker.respawn_at = None
@@ -465,6 +464,7 @@ class Supervisor:
         for app in self.apps:
             if app.proc is not None:
                 await _end(app.proc)
+        await self.spawner.close()
 
     async def restart_shard(self, shard: int) -> None:
         """Replace one shard process; the new one resumes from the last checkpoint."""

@@ -19,6 +19,7 @@ import orjson
 from ipc.intents import UnknownIntentError, intents_from_names
 from ipc.logfmt import setup_logging
 from shards.links import ControlLink, EventPublisher, NullPublisher
+from shards.links import shutdown as shutdown_links
 from shards.loop import LocalIdentifyBucket, ShardRunner
 from shards.protocol import ShardSettings, ShardState
 
@@ -128,6 +129,7 @@ async def amain(args: argparse.Namespace) -> int:
         publisher.close()
         if control is not None:
             control.close()
+        shutdown_links()
     return EXIT_FATAL if state is ShardState.FATAL else EXIT_STOPPED
 
 

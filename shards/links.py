@@ -41,6 +41,15 @@ def context() -> zmq.Context[Any]:
     return _ctx
 
 
+def shutdown() -> None:
+    """Deliver what is queued (within each socket's linger) and end ZeroMQ's threads; a
+    process that ends with os._exit (a forked shard) would otherwise drop its last words."""
+    global _ctx
+    if _ctx is not None:
+        _ctx.term()
+        _ctx = None
+
+
 class NullPublisher:
     """Publishes nowhere (a shard run by hand without a bus); counts what it was given."""
 

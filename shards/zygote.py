@@ -1,0 +1,140 @@
+"""``python -m shards.zygote``: a fork server for shard processes.
+
+It imports everything a shard needs once, freezes those objects out of the garbage
+collector, and then forks a shard for each request. Forked shards share the preloaded pages
+with the zygote and each other, which a thousand-shard host pays for once instead of per
+process, and they start in milliseconds instead of importing for a quarter of a second each
+(``bench/memory.py`` and ``bench/startup.py`` measure both).
+
+Protocol on stdin/stdout, one JSON object per line:
+  request  {"id": N, "argv": [...], "env": {...}}   fork ``python -m shards ARGV`` with ENV
+  reply    {"id": N, "pid": P}                      it runs
+  event    {"exit": P, "status": S}                 it ended (S as in ``Popen.returncode``)
+The zygote ends when stdin closes (its supervisor is gone), and takes its children with it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import signal
+import sys
+from typing import Any
+
+import orjson
+
+# What every shard imports: loaded here once, shared by every fork.
+import shards.__main__ as shard_main
+import shards.links
+import shards.loop  # noqa: F401
+
+try:
+    import uvloop  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _send(obj: dict[str, Any]) -> None:
+    os.write(1, orjson.dumps(obj) + b"\n")
+
+
+def _child(argv: list[str], env: dict[str, str]) -> None:
+    """In the forked child: become a shard process."""
+    try:
+        os.setsid()
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent()
+        os.environ.clear()
+        os.environ.update(env)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(2, 1)  # our stdout is the zygote's reply channel: shards log to stderr
+        signal.set_wakeup_fd(-1)
+        sys.argv = ["python -m shards", *argv]
+        code = shard_main.main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        code = 1
+    os._exit(code)
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        _send({"exit": pid, "status": code})
+
+
+def main() -> int:
+    _die_with_parent()
+    # Single-threaded on purpose (a fork copies only the calling thread): SIGCHLD wakes the
+    # same select() that reads requests, through a wakeup pipe.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children: set[int] = set()
+    gc.collect()
+    gc.freeze()  # preloaded objects are never touched by the collector: pages stay shared
+    stdin = sys.stdin.fileno()
+    pending = b""
+    while True:
+        try:
+            ready, _, _ = select.select([stdin, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+            _reap()
+        if stdin not in ready:
+            continue
+        chunk = os.read(stdin, 65536)
+        if not chunk:
+            break  # the supervisor is gone
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                children.add(_handle(line))
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return 0
+
+
+def _handle(line: bytes) -> int:
+    try:
+        request = orjson.loads(line)
+        argv = [str(a) for a in request["argv"]]
+        env = {str(k): str(v) for k, v in request["env"].items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        _send({"id": None, "error": f"bad request: {exc}"})
+        return 0
+    pid = os.fork()
+    if pid == 0:
+        _child(argv, env)
+    _send({"id": request.get("id"), "pid": pid})
+    return pid
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The identify scheduler, fed requests and times."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.scheduler import BudgetExhaustedError, IdentifyScheduler, startup_seconds
+
+
+def test_buckets_run_in_parallel_one_identify_per_interval() -> None:
+    scheduler = IdentifyScheduler(max_concurrency=2, remaining=100, interval=5.0)
+    for shard in range(6):
+        scheduler.request(shard)
+    assert scheduler.poll(0.0) == [0, 1]
+    assert scheduler.poll(4.9) == []
+    assert scheduler.next_deadline() == pytest.approx(5.05)
+    assert scheduler.poll(5.05) == [2, 3]
+    assert scheduler.poll(10.2) == [4, 5]
+    assert scheduler.remaining == 94 and scheduler.waiting == 0
+
+
+def test_lower_ids_are_waited_for_within_the_grace() -> None:
+    scheduler = IdentifyScheduler(max_concurrency=2, remaining=100, interval=5.0)
+    scheduler.expect([0, 1, 2, 3, 4], now=0.0, grace=3.0)
+    scheduler.request(4)
+    scheduler.request(1)
+    assert scheduler.poll(0.1) == [1]  # 4 waits for 0 and 2, bucket 1 has nobody lower
+    scheduler.request(2)
+    scheduler.request(0)
+    assert scheduler.poll(0.2) == [0]
+    assert scheduler.poll(5.3) == [2]  # 3 never asked; 4 waits its turn behind 2
+    assert scheduler.poll(10.4) == [4]
+
+
+def test_a_missing_lower_shard_does_not_block_past_the_grace() -> None:
+    scheduler = IdentifyScheduler(max_concurrency=1, remaining=100, interval=5.0)
+    scheduler.expect([0, 1], now=0.0, grace=3.0)
+    scheduler.request(1)
+    assert scheduler.poll(1.0) == []
+    assert scheduler.poll(3.0) == [1]
+
+
+def test_exhausted_budget_refuses() -> None:
+    scheduler = IdentifyScheduler(max_concurrency=1, remaining=0)
+    scheduler.request(0)
+    with pytest.raises(BudgetExhaustedError):
+        scheduler.poll(0.0)
+
+
+def test_startup_bound() -> None:
+    assert startup_seconds(64, 16) == 15.0
+    assert startup_seconds(16, 16) == 0.0
