@@ -15,6 +15,8 @@ The zygote ends when stdin closes (its supervisor is gone), and takes its childr
 
 from __future__ import annotations
 
+# ...and what a shard loads later, on first use: loading it here keeps it shared too.
+import ctypes  # noqa: F401  (memory trim)
 import gc
 import os
 import select
@@ -23,14 +25,23 @@ import sys
 from typing import Any
 
 import orjson
+import zmq.asyncio  # noqa: F401  (the control link)
+
+import ipc.control
+import ipc.errors  # noqa: F401
 
 # What every shard imports: loaded here once, shared by every fork.
 import shards.__main__ as shard_main
+import shards.inflate
 import shards.links
 import shards.loop  # noqa: F401
 
 try:
     import uvloop  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+try:  # zstd-stream shards
+    from backports import zstd  # noqa: F401
 except ImportError:  # pragma: no cover
     pass
 
