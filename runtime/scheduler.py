@@ -64,7 +64,9 @@ class IdentifyScheduler:
                 grants.append(heapq.heappop(bucket))
                 # A margin for the permit's trip to the shard and the identify's to Discord:
                 # two identifies granted exactly `interval` apart can arrive closer than that.
-                self._next_at[index] = now + self.interval + max(0.05, self.interval * 0.01)
+                # (0.25 s: under a startup's load the trip varied by more than 50 ms, and a
+                # refused identify costs the shard a 1-5 s wait and a later round.)
+                self._next_at[index] = now + self.interval + max(0.25, self.interval * 0.02)
                 self.remaining -= 1
                 self.granted += 1
         return grants

@@ -13,9 +13,9 @@ def test_buckets_run_in_parallel_one_identify_per_interval() -> None:
         scheduler.request(shard)
     assert scheduler.poll(0.0) == [0, 1]
     assert scheduler.poll(4.9) == []
-    assert scheduler.next_deadline() == pytest.approx(5.05)
-    assert scheduler.poll(5.05) == [2, 3]
-    assert scheduler.poll(10.2) == [4, 5]
+    assert scheduler.next_deadline() == pytest.approx(5.25)
+    assert scheduler.poll(5.25) == [2, 3]
+    assert scheduler.poll(10.5) == [4, 5]
     assert scheduler.remaining == 94 and scheduler.waiting == 0
 
 
@@ -28,8 +28,8 @@ def test_lower_ids_are_waited_for_within_the_grace() -> None:
     scheduler.request(2)
     scheduler.request(0)
     assert scheduler.poll(0.2) == [0]
-    assert scheduler.poll(5.3) == [2]  # 3 never asked; 4 waits its turn behind 2
-    assert scheduler.poll(10.4) == [4]
+    assert scheduler.poll(5.5) == [2]  # 3 never asked; 4 waits its turn behind 2
+    assert scheduler.poll(11.0) == [4]
 
 
 def test_a_missing_lower_shard_does_not_block_past_the_grace() -> None:
