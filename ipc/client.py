@@ -65,6 +65,7 @@ class Client:
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.server_key = server_key  # the supervisor's CURVE public key, for tcp:// endpoints
         # (index, count): this process handles guild events with (guild_id >> 22) % count
         # == index, and DMs when index is 0; shardline's own events go to every process.
@@ -111,6 +112,13 @@ class Client:
         # already queued without a future per message (the asyncio wrapper's main cost).
         sync: zmq.Socket[Any] = zmq.Socket.shadow(sub.underlying)
         noblock = int(zmq.NOBLOCK)
+        reporter = asyncio.get_running_loop().create_task(self._report_loop())
+        try:
+            await self._receive(sub, sync, noblock)
+        finally:
+            reporter.cancel()
+
+    async def _receive(self, sub: zmq.asyncio.Socket, sync: zmq.Socket[Any], noblock: int) -> None:
         while True:
             frames = await sub.recv_multipart()
             await self._dispatch(list(frames))
@@ -148,6 +156,18 @@ class Client:
             result = handler(event)
             if result is not None and hasattr(result, "__await__"):
                 await result
+
+    async def _report_loop(self, every: float = 2.0) -> None:
+        """Tell the supervisor what this subscriber received and missed, so that losses at a
+        high-water mark show in ``shardline status``."""
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(CommandError):
+                await self.request(
+                    "shardline.client_stats",
+                    {"name": self.name, "received": self.received, "gaps": self.gaps},
+                    timeout=every,
+                )
 
     # -- commands -------------------------------------------------------------------------
 

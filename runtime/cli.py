@@ -310,6 +310,13 @@ def format_status(status: dict[str, object]) -> str:
             f"{shard['events_per_second']:>10.1f}{seq:>10}{shard['restarts']:>10}"
             f"{shard['uptime']:>8.0f}s"
         )
+    bus = status.get("bus")
+    if isinstance(bus, dict):
+        lines.append(
+            f"bus: {bus['shard_drops']} dropped by shards at the high-water mark, "
+            f"{bus['subscriber_gaps']} missed by {bus['subscribers_reporting']} reporting "
+            "subscribers"
+        )
     voice = status.get("voice") or []
     lines.append(f"voice sessions: {len(voice)}")  # type: ignore[arg-type]
     for session in voice:  # type: ignore[attr-defined]

@@ -170,6 +170,7 @@ class Supervisor:
         self._proxy_thread: threading.Thread | None = None
         self._all_ready_logged = False
         self.resumed_from_disk = 0
+        self.subscribers: dict[str, dict[str, Any]] = {}  # what each application reported
         spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
         self.spawner: ZygoteSpawner | ExecSpawner = spawner(python, _exit_with_parent)
 
@@ -621,6 +622,13 @@ class Supervisor:
             return {"ok": False, "error": f"request is not JSON: {exc}"}
         if type_name == "shardline.status":
             return {"ok": True, "status": self.status()}
+        if type_name == "shardline.client_stats":
+            self.subscribers[str(data.get("name"))] = {
+                "received": int(data.get("received", 0)),
+                "gaps": int(data.get("gaps", 0)),
+                "at": time.monotonic(),
+            }
+            return {"ok": True}
         if type_name == "shardline.stop":
             self.request_stop()
             return {"ok": True, "stopping": True}
@@ -690,7 +698,14 @@ class Supervisor:
                     "dropped": s.get("dropped", 0),
                 }
             )
+        live = {k: v for k, v in self.subscribers.items() if now - v["at"] < 10}
+        bus = {
+            "subscribers_reporting": len(live),
+            "subscriber_gaps": sum(v["gaps"] for v in live.values()),
+            "shard_drops": sum(s["dropped"] or 0 for s in shards),
+        }
         return {
+            "bus": bus,
             "shard_count": self.plan.shard_count,
             "identifies_remaining": self.scheduler.remaining,
             "uptime": round(now - self.started, 1),

@@ -1,0 +1,56 @@
+"""ipc.Client's dispatch without sockets: typed handlers, dedup, gaps, guild partitions."""
+
+from __future__ import annotations
+
+import orjson
+
+from ipc.client import Client
+from ipc.codec import encode_bus_dispatch, encode_bus_event
+from ipc.errors import DecodeError, ErrorEvent
+from ipc.events import MessageCreate
+
+
+def dispatch(seq: int, guild: int = 4194304 * 3, session: str = "s") -> list[bytes]:
+    body = {
+        "id": str(seq),
+        "channel_id": "1",
+        "guild_id": str(guild),
+        "content": f"m{seq}",
+        "author": {"id": "2", "username": "u", "discriminator": "0"},
+        "timestamp": "t",
+    }
+    raw = orjson.dumps({"t": "MESSAGE_CREATE", "s": seq, "op": 0, "d": body})
+    return encode_bus_dispatch("MESSAGE_CREATE", raw, "shard:0", session, seq, 0)
+
+
+async def test_typed_handlers_dedup_and_gap_counting() -> None:
+    client = Client("ipc:///nowhere", "ipc:///nowhere", dedupe=True)
+    seen: list[str] = []
+    errors: list[ErrorEvent] = []
+    client.on(MessageCreate)(lambda e: seen.append(e.content))
+
+    @client.on(ErrorEvent)
+    async def on_error(event: ErrorEvent) -> None:
+        errors.append(event)
+
+    # a duplicate, a gap of two, then a replay of an older one (as after a shard restart)
+    for seq in (1, 2, 2, 5, 3):
+        await client._dispatch(dispatch(seq))
+    await client._dispatch(encode_bus_event(DecodeError(message="x"), "shard:0"))
+    assert seen == ["m1", "m2", "m5"]  # with dedupe, anything at or below the last seq goes
+    assert client.gaps == 2
+    assert [e.message for e in errors] == ["x"]
+
+
+async def test_processes_split_guilds() -> None:
+    first = Client("ipc:///x", "ipc:///x", partition=(0, 2))
+    second = Client("ipc:///x", "ipc:///x", partition=(1, 2))
+    got: dict[int, list[int]] = {0: [], 1: []}
+    first.on(MessageCreate)(lambda e: got[0].append(e.guild_id))
+    second.on(MessageCreate)(lambda e: got[1].append(e.guild_id))
+    guilds = [(n << 22) for n in range(6)]
+    for seq, guild in enumerate(guilds, 1):
+        for client in (first, second):
+            await client._dispatch(dispatch(seq, guild))
+    assert got[0] == [g for g in guilds if (g >> 22) % 2 == 0]
+    assert got[1] == [g for g in guilds if (g >> 22) % 2 == 1]
