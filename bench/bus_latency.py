@@ -16,11 +16,8 @@ Run: .venv/bin/python bench/bus_latency.py [--seconds 5] [--blast 100000] [--no-
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,38 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from shard_throughput import EmulatorProcess, run_consumer  # noqa: E402
+from harness import EmulatorProcess, SupervisorProcess  # noqa: E402
+from shard_throughput import feed_emulator, run_consumer  # noqa: E402
 
 from ipc.client import Client  # noqa: E402
 from ipc.codec import Envelope  # noqa: E402
 from ipc.events import MessageCreate  # noqa: E402
-
-
-def start_supervisor(emu: EmulatorProcess, runtime_dir: Path) -> subprocess.Popen[str]:
-    config = runtime_dir / "bench.toml"
-    config.write_text(
-        f'[discord]\nrest_url = "{emu.rest}"\n'
-        f'[shards]\ncount = 1\nintents = ["guilds", "guild_messages", "message_content"]\n'
-        f'[ipc]\nruntime_dir = "{runtime_dir}"\n[log]\nlevel = "warning"\n'
-    )
-    env = {**os.environ, "DISCORD_TOKEN": emu.token}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtime.cli",
-            "run",
-            "--config",
-            str(config),
-            "--identify-interval",
-            "0.1",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
 
 
 async def wait_ready(client: Client, timeout: float = 30) -> None:
@@ -132,10 +103,11 @@ async def measure_rate(emu: EmulatorProcess, rec: Recorder, count: int) -> float
 
 
 async def run(args: argparse.Namespace) -> None:
-    emu = EmulatorProcess()
-    runtime_dir = Path(tempfile.mkdtemp(prefix="shardline-bench-"))
-    supervisor = start_supervisor(emu, runtime_dir)
-    client = Client(f"ipc://{runtime_dir}/events.sock", f"ipc://{runtime_dir}/commands.sock")
+    emu = feed_emulator()
+    supervisor = SupervisorProcess(
+        emu, shards='count = 1\nintents = ["guilds", "guild_messages", "message_content"]'
+    )
+    client = Client(supervisor.events, supervisor.commands)
     client.connect([b"MESSAGE_CREATE "])
     rec = Recorder(client)
     receiver = asyncio.create_task(client.run())
@@ -149,13 +121,12 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         receiver.cancel()
         client.close()
-        supervisor.terminate()
-        supervisor.wait(30)
+        supervisor.close()
         emu.close()
     libs: dict[str, float] = {}
     if not args.no_libs:
         for name in ("discord.py", "hikari"):
-            lib_emu = EmulatorProcess()
+            lib_emu = feed_emulator()
             try:
                 result = run_consumer(name, lib_emu, args.blast, 1)
             finally:

@@ -10,18 +10,13 @@ Run: .venv/bin/python bench/memory.py [--counts 1,16,64] [--idle 8]
 """
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from emulator.world import DEFAULT_TOKEN  # noqa: E402
-from ipc.client import CommandError, request_sync  # noqa: E402
+from harness import EmulatorProcess, SupervisorProcess
 
 
 def smaps(pid: int) -> tuple[int, int]:
@@ -52,78 +47,30 @@ def children_named(parent: int, needle: str) -> list[int]:
 
 
 def measure(count: int, spawn: str, idle: float) -> dict[str, float]:
-    emu = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtime.cli",
-            "emulator",
-            "--guilds",
-            str(count * 10),
-            "--shards",
-            str(count),
-            "--max-concurrency",
-            "16",
-            "--identify-interval",
-            "0.05",
-            "--large-share",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+    emu = EmulatorProcess(
+        guilds=count * 10,
+        shards=count,
+        max_concurrency=16,
+        identify_interval=0.05,
+        large_share=0,
     )
-    assert emu.stdout is not None
-    rest = emu.stdout.readline().split()[2].split("=", 1)[1]
-    runtime_dir = Path(tempfile.mkdtemp(prefix="shardline-memory-"))
-    config = runtime_dir / "bench.toml"
-    config.write_text(
-        f'[discord]\nrest_url = "{rest}"\n[shards]\ncount = "auto"\nspawn = "{spawn}"\n'
-        f'[ipc]\nruntime_dir = "{runtime_dir}"\n[log]\nlevel = "warning"\n'
+    supervisor = SupervisorProcess(
+        emu, shards=f'count = "auto"\nspawn = "{spawn}"', identify_interval=0.05
     )
-    env = {**os.environ, "DISCORD_TOKEN": DEFAULT_TOKEN}
-    supervisor = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtime.cli",
-            "run",
-            "--config",
-            str(config),
-            "--identify-interval",
-            "0.05",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"ipc://{runtime_dir}/commands.sock"
     try:
-        deadline = time.monotonic() + 300
-        status: dict = {}
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            try:
-                status = request_sync(endpoint, "shardline.status", timeout=2)["status"]
-            except CommandError:
-                continue
-            if status["shards"] and all(s["state"] == "ready" for s in status["shards"]):
-                break
+        supervisor.wait_all_ready()
         time.sleep(idle)
-        status = request_sync(endpoint, "shardline.status", timeout=5)["status"]
+        status = supervisor.status(timeout=5)
+        assert status is not None
         pids = [s["pid"] for s in status["shards"] if s["pid"]]
         figures = [smaps(pid) for pid in pids]
-        zygotes = children_named(supervisor.pid, "shards.zygote")
-        zygote_pss = sum(smaps(pid)[1] for pid in zygotes)
+        zygote_pss = sum(smaps(pid)[1] for pid in children_named(supervisor.proc.pid, "zygote"))
         rss = sum(f[0] for f in figures) / len(figures)
         pss = (sum(f[1] for f in figures) + zygote_pss) / len(figures)
         return {"shards": len(pids), "rss": rss / 1024, "pss": pss / 1024}
     finally:
-        supervisor.terminate()
-        supervisor.wait(60)
-        emu.terminate()
-        emu.wait(10)
+        supervisor.close()
+        emu.close()
 
 
 def main() -> None:

@@ -22,74 +22,22 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import ROOT, EmulatorProcess
 
 INTENTS = (1 << 0) | (1 << 8) | (1 << 9) | (1 << 15)  # guilds, presences, messages, content
 GUILDS = 20
 LARGE_MEMBERS = 1000
 
 
-# -- the emulator, driven over its HTTP control API -------------------------------------------
-
-
-class EmulatorProcess:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "runtime.cli",
-                "emulator",
-                "--guilds",
-                str(GUILDS),
-                "--large-share",
-                "0.5",
-                "--large-members",
-                str(LARGE_MEMBERS),
-                "--identify-interval",
-                "0",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        self.rest = line[2].split("=", 1)[1]
-        self.gateway = line[3].split("=", 1)[1]
-        self.control = self.rest.removesuffix("/api/v10") + "/_emulator"
-        from emulator.world import DEFAULT_TOKEN
-
-        self.token = DEFAULT_TOKEN
-
-    def post(self, action: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(
-            f"{self.control}/{action}", data=json.dumps(body).encode(), method="POST"
-        )
-        with urllib.request.urlopen(req, timeout=600) as response:
-            return json.loads(response.read())
-
-    def state(self) -> Any:
-        with urllib.request.urlopen(f"{self.control}/state", timeout=10) as response:
-            return json.loads(response.read())
-
-    def wait_connected(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(s["connected"] and not s["invalid"] for s in self.state()["sessions"]):
-                return
-            time.sleep(0.05)
-        raise TimeoutError("consumer never identified")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+def feed_emulator() -> EmulatorProcess:
+    """The emulator every consumer here reads from: half the guilds large."""
+    return EmulatorProcess(guilds=GUILDS, large_share=0.5, large_members=LARGE_MEMBERS)
 
 
 # -- consumers that run as their own process (--consumer NAME) --------------------------------
@@ -165,17 +113,8 @@ def consumer_discord_py(gateway: str, rest: str, token: str, expect: dict[str, i
     intents.presences = True
     intents.members = False
     client = discord.Client(intents=intents, chunk_guilds_at_startup=False)
-    state: dict[str, Any] = {"MESSAGE_CREATE": 0, "GUILD_CREATE": 0, "armed": False}
-
-    def hit(t: str) -> None:
-        state.setdefault(f"first_{t}", time.perf_counter())
-        state[t] += 1
-        if state[t] == expect[t]:
-            report(t, state[t], time.perf_counter() - state[f"first_{t}"], 0)
-            if t == "MESSAGE_CREATE":
-                state["armed"] = True
-            if all(state[k] == expect[k] for k in expect):
-                asyncio.get_running_loop().create_task(client.close())
+    counter = Counter(expect, client.close)
+    state, hit = counter.state, counter.hit
 
     @client.event
     async def on_ready() -> None:
@@ -204,17 +143,8 @@ def consumer_hikari(gateway: str, rest: str, token: str, expect: dict[str, int])
         intents=hikari.Intents(INTENTS),
         cache_settings=hikari.impl.CacheSettings(components=hikari.api.CacheComponents.NONE),
     )
-    state: dict[str, Any] = {"MESSAGE_CREATE": 0, "GUILD_CREATE": 0, "armed": False}
-
-    def hit(t: str) -> None:
-        state.setdefault(f"first_{t}", time.perf_counter())
-        state[t] += 1
-        if state[t] == expect[t]:
-            report(t, state[t], time.perf_counter() - state[f"first_{t}"], 0)
-            if t == "MESSAGE_CREATE":
-                state["armed"] = True
-            if all(state[k] == expect[k] for k in expect):
-                asyncio.get_running_loop().create_task(bot.close())
+    counter = Counter(expect, bot.close)
+    state, hit = counter.state, counter.hit
 
     @bot.listen(hikari.StartedEvent)
     async def started(event: hikari.StartedEvent) -> None:
@@ -230,6 +160,28 @@ def consumer_hikari(gateway: str, rest: str, token: str, expect: dict[str, int])
             hit("GUILD_CREATE")
 
     bot.run(check_for_updates=False, close_loop=True)
+
+
+class Counter:
+    """Counts a library's events; reports each type when its expected count is reached, and
+    closes the library when all are. GUILD_CREATEs count only after the messages (the ones
+    at login are not the burst)."""
+
+    def __init__(self, expect: dict[str, int], close: Any) -> None:
+        self.expect = expect
+        self.close = close
+        self.state: dict[str, Any] = {"MESSAGE_CREATE": 0, "GUILD_CREATE": 0, "armed": False}
+
+    def hit(self, t: str) -> None:
+        state = self.state
+        state.setdefault(f"first_{t}", time.perf_counter())
+        state[t] += 1
+        if state[t] == self.expect[t]:
+            report(t, state[t], time.perf_counter() - state[f"first_{t}"], 0)
+            if t == "MESSAGE_CREATE":
+                state["armed"] = True
+            if all(state[k] == self.expect[k] for k in self.expect):
+                asyncio.get_running_loop().create_task(self.close())
 
 
 def report(t: str, count: int, seconds: float, nbytes: int) -> None:
@@ -417,7 +369,7 @@ def main() -> None:
     names = (args.only or "shardline,floor,discord.py,hikari").split(",")
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        emu = EmulatorProcess()  # a fresh emulator per consumer: same feed, no leftovers
+        emu = feed_emulator()  # a fresh emulator per consumer: same feed, no leftovers
         try:
             if name == "shardline":
                 results[name] = run_shardline(emu, args.messages, args.guilds)

@@ -11,94 +11,40 @@ Run: .venv/bin/python bench/startup.py [--shards 16,64] [--max-concurrency 16]
 
 import argparse
 import math
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from emulator.world import DEFAULT_TOKEN  # noqa: E402
-from ipc.client import CommandError, request_sync  # noqa: E402
+from harness import EmulatorProcess, SupervisorProcess
 
 
-def start_emulator(
-    shards: int, max_concurrency: int, interval: float
-) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtime.cli",
-            "emulator",
-            "--guilds",
-            str(shards * 20),
-            "--shards",
-            str(shards),
-            "--max-concurrency",
-            str(max_concurrency),
-            "--identify-interval",
-            str(interval),
-            "--large-share",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+def measure(shards: int, max_concurrency: int, interval: float) -> tuple[float, float]:
+    """Seconds until every shard is ready, and until the first one is."""
+    emu = EmulatorProcess(
+        guilds=shards * 20,
+        shards=shards,
+        max_concurrency=max_concurrency,
+        identify_interval=interval,
+        large_share=0,
     )
-    assert proc.stdout is not None
-    rest = proc.stdout.readline().split()[2].split("=", 1)[1]
-    return proc, rest
-
-
-def measure(shards: int, max_concurrency: int, interval: float) -> tuple[float, float, float]:
-    emu, rest = start_emulator(shards, max_concurrency, interval)
-    runtime_dir = Path(tempfile.mkdtemp(prefix="shardline-startup-"))
-    config = runtime_dir / "bench.toml"
-    config.write_text(
-        f'[discord]\nrest_url = "{rest}"\n[shards]\ncount = "auto"\n'
-        f'[ipc]\nruntime_dir = "{runtime_dir}"\n[log]\nlevel = "warning"\n'
-    )
-    env = {**os.environ, "DISCORD_TOKEN": DEFAULT_TOKEN}
-    start = time.monotonic()
-    supervisor = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtime.cli",
-            "run",
-            "--config",
-            str(config),
-            "--identify-interval",
-            str(interval),
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"ipc://{runtime_dir}/commands.sock"
+    supervisor = SupervisorProcess(emu, shards='count = "auto"', identify_interval=interval)
     first_ready = 0.0
     try:
         while True:
             time.sleep(0.05)
-            try:
-                status = request_sync(endpoint, "shardline.status", timeout=2)["status"]
-            except CommandError:
+            status = supervisor.status()
+            if status is None:
                 continue
             states = [s["state"] for s in status["shards"]]
             if not first_ready and "ready" in states:
-                first_ready = time.monotonic() - start
+                first_ready = time.monotonic() - supervisor.started
             if states and all(state == "ready" for state in states):
-                return time.monotonic() - start, first_ready, time.monotonic()
+                return time.monotonic() - supervisor.started, first_ready
     finally:
-        supervisor.terminate()
-        supervisor.wait(60)
-        emu.terminate()
-        emu.wait(10)
+        supervisor.close()
+        emu.close()
 
 
 def main() -> None:
@@ -109,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'shards':>7}{'max_conc':>10}{'all ready':>11}{'first':>8}{'bound':>8}{'vs bound':>10}")
     for n in (int(x) for x in args.shards.split(",")):
-        total, first, _ = measure(n, args.max_concurrency, args.interval)
+        total, first = measure(n, args.max_concurrency, args.interval)
         bound = math.ceil(n / args.max_concurrency) * args.interval
         print(
             f"{n:>7}{args.max_concurrency:>10}{total:>10.2f}s{first:>7.2f}s{bound:>7.1f}s"

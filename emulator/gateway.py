@@ -331,12 +331,19 @@ class GatewayServer:
             await conn.send(_frame(11))
         return True
 
-    async def _on_identify(self, conn: Connection, d: Any) -> bool:
+    async def _authenticate(self, conn: Connection, d: Any) -> bool:
+        """The checks IDENTIFY and RESUME share: not twice on a connection (4005), and the
+        right token (4004). False once the connection is closed."""
         if conn.session is not None:
             await conn.close(4005)
             return False
         if not isinstance(d, dict) or d.get("token") != self.rules.token:
             await conn.close(4004)
+            return False
+        return True
+
+    async def _on_identify(self, conn: Connection, d: Any) -> bool:
+        if not await self._authenticate(conn, d):
             return False
         shard = d.get("shard", [0, 1])
         if not (
@@ -438,11 +445,7 @@ class GatewayServer:
             await previous.close(4000, "Session resumed elsewhere.")
 
     async def _on_resume(self, conn: Connection, d: Any) -> bool:
-        if conn.session is not None:
-            await conn.close(4005)
-            return False
-        if not isinstance(d, dict) or d.get("token") != self.rules.token:
-            await conn.close(4004)
+        if not await self._authenticate(conn, d):
             return False
         session = self.sessions.get(str(d.get("session_id")))
         seq = d.get("seq")
