@@ -59,6 +59,7 @@ READ_DISPATCHES = frozenset(
 )
 # Discord writes dispatches as {"t":...,"s":...,"op":0,"d":...}: reading t and s from that
 # prefix spares parsing a body only the bus's consumers need. Anything else is parsed whole.
+_ID = re.compile(rb'"id":"(\d{1,20})"')
 _DISPATCH_PREFIX = re.compile(rb'\{"t":"([A-Z0-9_]{1,64})","s":(\d{1,19}),"op":0,"d":[\[{]')
 
 
@@ -388,7 +389,7 @@ class GatewayProtocol:
             t = self._type_names.get(t_bytes)
             if t is None:
                 t = self._type_names[t_bytes] = t_bytes.decode()
-            if t not in READ_DISPATCHES:
+            if t not in READ_DISPATCHES or (t == "GUILD_CREATE" and self._known_guild(raw)):
                 seq = int(match.group(2))
                 self.seq = seq
                 self.dispatches += 1
@@ -533,6 +534,19 @@ class GatewayProtocol:
                 actions.append(Forward(t, raw))
         return actions
 
+    def _known_guild(self, raw: bytes) -> bool:
+        """Whether a GUILD_CREATE is for a guild READY listed, found without parsing it (a
+        large guild's payload is hundreds of KB). Snowflakes are unique, so the first
+        ``"id":"..."`` in it that READY listed is the guild's own (or its @everyone role's,
+        which has the guild's id). A guild joined later is parsed whole."""
+        guilds = self.guilds
+        if not guilds:
+            return False
+        for match in _ID.finditer(raw):
+            if match.group(1).decode() in guilds:
+                return True
+        return False
+
     def _track_guild(self, d: Any, add: bool) -> None:
         if isinstance(d, dict) and "id" in d:
             (self.guilds.add if add else self.guilds.discard)(str(d["id"]))
@@ -545,7 +559,12 @@ class GatewayProtocol:
             self.resume_url = str(d.get("resume_gateway_url") or "") or None
             user = d.get("user")
             self.user_id = str(user["id"]) if isinstance(user, dict) and "id" in user else None
-            self.guilds = set()
+            listed = d.get("guilds")
+            self.guilds = (
+                {str(g["id"]) for g in listed if isinstance(g, dict) and "id" in g}
+                if isinstance(listed, list)
+                else set()
+            )
         self._set_state(ShardState.READY)
         self.attempts = 0
         actions: list[Action] = []

@@ -338,3 +338,20 @@ def test_stop_closes_resumably_with_a_final_checkpoint() -> None:
         Checkpoint("sess", 9, "wss://resume.example"),
     ]
     assert all(a.code not in (1000, 1001) for a in actions if isinstance(a, Close))
+
+
+def test_guild_creates_of_listed_guilds_are_published_unparsed() -> None:
+    proto = make()
+    actions = proto.receive(frame(10, {"heartbeat_interval": INTERVAL_MS}), 1.0)
+    actions += proto.on_permit(1.0)
+    ready_d = {"session_id": "s", "resume_gateway_url": "wss://r", "user": {"id": "99"},
+               "guilds": [{"id": "111", "unavailable": True}, {"id": "222", "unavailable": True}]}
+    proto.receive(frame(0, ready_d, 1, "READY"), 1.0)
+    assert proto.status()["guilds"] == 2
+    # A body the protocol would choke on if it parsed it: it does not, it knows the guild.
+    listed = b'{"t":"GUILD_CREATE","s":2,"op":0,"d":{"roles":[{"id":"222"}],"x":' + b"[" * 2 + b"}"
+    actions = proto.receive(listed, 1.1)
+    assert [type(a) for a in actions] == [Publish] and proto.seq == 2
+    joined = frame(0, {"id": "333", "name": "new", "roles": [{"id": "333"}]}, 3, "GUILD_CREATE")
+    proto.receive(joined, 1.2)
+    assert proto.status()["guilds"] == 3
