@@ -344,8 +344,12 @@ def test_guild_creates_of_listed_guilds_are_published_unparsed() -> None:
     proto = make()
     actions = proto.receive(frame(10, {"heartbeat_interval": INTERVAL_MS}), 1.0)
     actions += proto.on_permit(1.0)
-    ready_d = {"session_id": "s", "resume_gateway_url": "wss://r", "user": {"id": "99"},
-               "guilds": [{"id": "111", "unavailable": True}, {"id": "222", "unavailable": True}]}
+    ready_d = {
+        "session_id": "s",
+        "resume_gateway_url": "wss://r",
+        "user": {"id": "99"},
+        "guilds": [{"id": "111", "unavailable": True}, {"id": "222", "unavailable": True}],
+    }
     proto.receive(frame(0, ready_d, 1, "READY"), 1.0)
     assert proto.status()["guilds"] == 2
     # A body the protocol would choke on if it parsed it: it does not, it knows the guild.
