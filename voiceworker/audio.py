@@ -1,0 +1,99 @@
+"""Audio for the voice worker: Opus encoding and the sources that feed it.
+
+Discord wants Opus at 48 kHz, stereo, 20 ms frames (960 samples per channel, 3,840 bytes of
+s16le PCM). Sources yield one encoded frame per call; a source that ends yields None.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any, BinaryIO, Protocol
+
+__all__ = [
+    "FRAME_BYTES",
+    "SILENCE",
+    "AudioSource",
+    "OpusEncoder",
+    "OpusUnavailableError",
+    "PCMSource",
+    "scale_volume",
+]
+
+SAMPLE_RATE = 48_000
+CHANNELS = 2
+FRAME_SAMPLES = 960
+FRAME_BYTES = FRAME_SAMPLES * CHANNELS * 2
+SILENCE = b"\xf8\xff\xfe"  # an Opus silence frame; five follow the end of a track
+
+
+class OpusUnavailableError(RuntimeError):
+    """libopus is not installed (opuslib finds it with ctypes at import)."""
+
+
+def _opuslib() -> Any:
+    try:
+        import opuslib
+    except Exception as exc:  # opuslib raises a bare Exception when libopus is missing
+        raise OpusUnavailableError(
+            f"cannot load libopus ({exc}): install the Opus library (Debian: libopus0; "
+            "`make test` / scripts/bootstrap installs it)"
+        ) from None
+    return opuslib
+
+
+class OpusEncoder:
+    """48 kHz stereo, 20 ms frames, tuned for music (Discord's bitrate default: 64 kbit/s)."""
+
+    def __init__(self, bitrate: int = 64_000) -> None:
+        opuslib = _opuslib()
+        self._encoder = opuslib.Encoder(SAMPLE_RATE, CHANNELS, opuslib.APPLICATION_AUDIO)
+        self._encoder.bitrate = bitrate
+
+    def encode(self, pcm: bytes) -> bytes:
+        """One frame of s16le stereo PCM (padded with silence if short) to one Opus packet."""
+        if len(pcm) < FRAME_BYTES:
+            pcm = pcm + bytes(FRAME_BYTES - len(pcm))
+        return bytes(self._encoder.encode(pcm[:FRAME_BYTES], FRAME_SAMPLES))
+
+
+class AudioSource(Protocol):
+    def read(self) -> bytes | None:
+        """The next Opus frame, or None when the source has ended."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def scale_volume(pcm: bytes, volume: float) -> bytes:
+    """Scale s16le samples by ``volume`` (clipped)."""
+    if volume == 1.0:
+        return pcm
+    count = len(pcm) // 2
+    samples = struct.unpack(f"<{count}h", pcm[: count * 2])
+    scaled = (max(-32768, min(32767, int(s * volume))) for s in samples)
+    return struct.pack(f"<{count}h", *scaled)
+
+
+class PCMSource:
+    """Raw s16le 48 kHz stereo PCM from a file-like object, encoded frame by frame."""
+
+    def __init__(
+        self, stream: BinaryIO, *, encoder: OpusEncoder | None = None, volume: float = 1.0
+    ) -> None:
+        self.stream = stream
+        self.encoder = encoder or OpusEncoder()
+        self.volume = volume
+
+    def read(self) -> bytes | None:
+        pcm = self.stream.read(FRAME_BYTES)
+        if not pcm:
+            return None
+        return self.encoder.encode(scale_volume(pcm, self.volume))
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (frame := self.read()) is not None:
+            yield frame
