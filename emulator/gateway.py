@@ -205,6 +205,8 @@ class GatewayServer:
         self.recommended_shards = recommended_shards
         self.url = ""  # set by the emulator once it listens
         self.voice_endpoint = ""  # host:port of the voice server
+        # told of each voice token handed out: (token, guild_id, user_id, session_id)
+        self.on_voice_token: Callable[[str, str, str, str], None] | None = None
         self.sessions: dict[str, Session] = {}
         self.connections: list[Connection] = []
         self.received: list[Received] = []
@@ -520,6 +522,10 @@ class GatewayServer:
                 "guild_id": str(guild_id),
                 "endpoint": self.voice_endpoint,
             }
+            if self.on_voice_token is not None:
+                self.on_voice_token(
+                    server["token"], str(guild_id), str(self.world.bot_id), voice_session
+                )
             await self.dispatch(session, "VOICE_SERVER_UPDATE", server)
         return True
 

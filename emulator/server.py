@@ -19,6 +19,7 @@ from websockets.asyncio.server import Server, serve
 
 from emulator.gateway import GatewayRules, GatewayServer, Received, Session, _frame
 from emulator.http import HttpRequest, HttpResponse, HttpServer, json_response
+from emulator.voice import VoiceServer
 from emulator.world import DEFAULT_TOKEN, World, WorldConfig
 
 __all__ = ["Emulator", "EmulatorConfig"]
@@ -38,6 +39,8 @@ class EmulatorConfig:
     seed: int = 0
     large_share: float = 0.05
     large_members: int = 5000
+    voice: bool = True  # serve the voice gateway (wss) and UDP
+    require_dave: bool = False  # close 4017 when a voice client offers no DAVE
     rules: GatewayRules | None = None  # overrides the fields above when given
     world: WorldConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +82,7 @@ class Emulator:
         self._streams: set[asyncio.Task[int]] = set()
         self.rest_port = 0
         self.gateway_port = 0
+        self.voice: VoiceServer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -95,7 +99,11 @@ class Emulator:
         self.gateway_port = int(next(iter(self._ws_server.sockets)).getsockname()[1])
         self.rest_port = await self._http.start(host, self.config.port)
         self.gateway.url = f"ws://{host}:{self.gateway_port}"
-        self.gateway.voice_endpoint = f"{host}:{self.rest_port}"
+        if self.config.voice:
+            self.voice = VoiceServer(host, require_dave=self.config.require_dave)
+            await self.voice.start()
+            self.gateway.voice_endpoint = self.voice.endpoint
+            self.gateway.on_voice_token = self.voice.expect
         return self
 
     async def close(self) -> None:
@@ -105,6 +113,8 @@ class Emulator:
         if self._ws_server is not None:
             self._ws_server.close()
             await self._ws_server.wait_closed()
+        if self.voice is not None:
+            await self.voice.close()
         await self._http.close()
 
     async def __aenter__(self) -> Self:

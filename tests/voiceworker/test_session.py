@@ -1,0 +1,92 @@
+"""A voice session against the emulator's voice server: join, speak, and the server decrypts
+every frame (both AEAD modes), in order, 960 samples apart, ending in five silence frames."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import ssl
+import struct
+
+import pytest
+
+from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig
+from tests.emulator.client import PlainClient
+from voiceworker.audio import SILENCE, PCMSource
+from voiceworker.crypto import AES_GCM, XCHACHA, aes_gcm_available
+from voiceworker.gateway import VoiceCredentials
+from voiceworker.session import VoiceSession
+
+MODES = [XCHACHA] + ([AES_GCM] if aes_gcm_available() else [])
+
+
+def tone(frames: int) -> bytes:
+    n = 960 * frames
+    return b"".join(
+        struct.pack("<hh", v, v)
+        for v in (int(6000 * math.sin(2 * math.pi * 330 * i / 48_000)) for i in range(n))
+    )
+
+
+async def join(emu: Emulator) -> VoiceCredentials:
+    """What a shard does for a join: op 4, then collect the two answers."""
+    client = await PlainClient.open(emu.gateway_url)
+    await client.hello_and_ready(intents=1 << 7)
+    guild = emu.world.guild_ids[0]
+    await client.send(
+        4,
+        {
+            "guild_id": str(guild),
+            "channel_id": str(emu.world.voice_channel_id(guild)),
+            "self_mute": False,
+            "self_deaf": False,
+        },
+    )
+    state = (await client.recv_until("VOICE_STATE_UPDATE"))[-1]["d"]
+    server = (await client.recv_until("VOICE_SERVER_UPDATE"))[-1]["d"]
+    return VoiceCredentials(
+        guild, emu.world.bot_id, state["session_id"], server["token"], server["endpoint"]
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_join_speak_and_the_server_decrypts_every_frame(mode: str) -> None:
+    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
+    async with Emulator(config) as emu:
+        assert emu.voice is not None
+        credentials = await join(emu)
+        context = ssl.create_default_context(cafile=emu.voice.ca_file)
+        session = VoiceSession(credentials, ssl_context=context, modes=(mode,))
+        await session.connect()
+        try:
+            sent = await session.play(PCMSource(io.BytesIO(tone(10))))
+            assert sent == 15
+            record = next(iter(emu.voice.sessions.values()))
+            await emu.voice.wait_until(lambda: len(record.packets) == 15)
+        finally:
+            await session.leave()
+        assert record.mode == mode and record.undecryptable == 0
+        seqs = [p.seq for p in record.packets]
+        stamps = [p.timestamp for p in record.packets]
+        assert seqs == list(range(seqs[0], seqs[0] + 15))
+        assert [b - a for a, b in itertools.pairwise(stamps)] == [960] * 14
+        assert [p.opus for p in record.packets[-5:]] == [SILENCE] * 5
+        assert record.speaking[0] == 1  # SPEAKING before the first packet
+        gaps = [
+            b.arrival - a.arrival for a, b in zip(record.packets, record.packets[1:], strict=False)
+        ]
+        assert sum(gaps) == pytest.approx(14 * 0.020, abs=0.2)  # paced by the clock, not bursted
+
+
+async def test_a_bad_token_is_refused() -> None:
+    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
+    async with Emulator(config) as emu:
+        assert emu.voice is not None
+        good = await join(emu)
+        bad = VoiceCredentials(good.guild_id, good.user_id, good.session_id, "nope", good.endpoint)
+        session = VoiceSession(
+            bad, ssl_context=ssl.create_default_context(cafile=emu.voice.ca_file)
+        )
+        with pytest.raises(Exception, match="4004"):
+            await session.connect()

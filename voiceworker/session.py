@@ -1,0 +1,226 @@
+"""A guild's voice connection as one loop: voice websocket, UDP socket, heartbeat and the 20 ms
+send clock, all driven from one place. The library face of the voice worker:
+
+    session = VoiceSession(credentials, ssl_context=...)
+    await session.connect()          # identify, discovery, select protocol: ready to speak
+    await session.play(PCMSource(open("clip.pcm", "rb")))
+    await session.leave()
+
+DAVE (end-to-end encryption) is not implemented yet: the session identifies with
+``max_dave_protocol_version`` 0, which Discord refuses for non-stage channels (4017).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from typing import Any
+
+from shards.transport import ClosedInfo, WebSocketTransport
+from voiceworker.audio import SILENCE, AudioSource
+from voiceworker.clock import SendClock
+from voiceworker.crypto import MODES, TransportCipher
+from voiceworker.discovery import build_request, parse_response
+from voiceworker.gateway import (
+    Close,
+    Connected,
+    DaveMessage,
+    Discover,
+    Failed,
+    Send,
+    SendBinary,
+    VoiceAction,
+    VoiceCredentials,
+    VoiceGateway,
+    VoiceState,
+)
+from voiceworker.rtp import RtpPacketizer
+
+__all__ = ["VoiceError", "VoiceSession"]
+
+log = logging.getLogger("shardline.voice")
+
+
+class VoiceError(RuntimeError):
+    """The voice connection failed; the message says why."""
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, inbox: asyncio.Queue[Any]) -> None:
+        self.inbox = inbox
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.inbox.put_nowait(("udp", data))
+
+
+class VoiceSession:
+    def __init__(
+        self,
+        credentials: VoiceCredentials,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        modes: tuple[str, ...] = MODES,
+    ) -> None:
+        self.gateway = VoiceGateway(credentials, max_dave_protocol_version=0)
+        self.ssl_context = ssl_context
+        self.modes = modes
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.ws: WebSocketTransport | None = None
+        self.udp: asyncio.DatagramTransport | None = None
+        self.cipher: TransportCipher | None = None
+        self.rtp: RtpPacketizer | None = None
+        self.connected = asyncio.Event()
+        self.failure: Failed | None = None
+        self.packets_sent = 0
+        self.clock: SendClock | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._discovery: asyncio.Future[tuple[str, int]] | None = None
+        self._frames: deque[bytes] = deque()
+
+    # -- the library face -----------------------------------------------------------------
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Open the voice connection and wait until audio may flow."""
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        waiter = asyncio.ensure_future(self.connected.wait())
+        done, _ = await asyncio.wait(
+            {waiter, self._loop_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waiter not in done:
+            waiter.cancel()
+            why = self.failure.message if self.failure else "timed out"
+            await self.leave()
+            raise VoiceError(f"voice connection failed: {why}")
+
+    async def play(self, source: AudioSource) -> int:
+        """Send the source's frames on the 20 ms clock, then five silence frames.
+        Returns the frames sent. SPEAKING goes out first."""
+        if not self.connected.is_set() or self.ws is None:
+            raise VoiceError("not connected")
+        self._act([self.gateway.speaking(1)])
+        sent = 0
+        clock = self.clock = SendClock(time.monotonic())
+        frames: list[bytes] = []
+        while (frame := source.read()) is not None:
+            frames.append(frame)
+        frames += [SILENCE] * 5
+        for frame in frames:
+            delay = clock.deadline() - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._send_audio(frame)
+            clock.sent_at(time.monotonic())
+            sent += 1
+        self._act([self.gateway.speaking(0)])
+        source.close()
+        return sent
+
+    async def leave(self) -> None:
+        if self.ws is not None:
+            self.ws.close(1000, "leaving")
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self.udp is not None:
+            self.udp.close()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        gw = self.gateway
+        url = gw.credentials.url()
+        self.ws = await WebSocketTransport.connect(
+            url,
+            lambda m: self.inbox.put_nowait(("ws", m)),
+            lambda t, info: self.inbox.put_nowait(("closed", info)),
+            ssl_context=self.ssl_context,
+        )
+        self._act(gw.on_connected(time.monotonic()))
+        while True:
+            deadline = gw.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                kind, item = await asyncio.wait_for(self.inbox.get(), timeout)
+            except TimeoutError:
+                self._act(gw.poll(time.monotonic()))
+                continue
+            now = time.monotonic()
+            if kind == "ws":
+                self._act(gw.receive(item, now))
+            elif kind == "udp":
+                self._on_udp(item)
+            elif kind == "closed":
+                assert isinstance(item, ClosedInfo)
+                self._act(gw.on_closed(item.code, now))
+                self.connected.clear()
+                return
+            self._act(gw.poll(now))
+
+    def _act(self, actions: list[VoiceAction]) -> None:
+        for action in actions:
+            if isinstance(action, Send | SendBinary):
+                if self.ws is not None and self.ws.open:
+                    self.ws.send(action.data)
+            elif isinstance(action, Close):
+                if self.ws is not None:
+                    self.ws.close(action.code, action.reason)
+            elif isinstance(action, Discover):
+                asyncio.get_running_loop().create_task(self._discover(action))
+            elif isinstance(action, Connected):
+                self.cipher = TransportCipher(action.mode, action.secret_key)
+                self.rtp = RtpPacketizer(action.ssrc)
+                self.connected.set()
+            elif isinstance(action, Failed):
+                self.failure = action
+                log.warning(action.message)
+            elif isinstance(action, DaveMessage):
+                log.debug(f"DAVE opcode {action.op} ignored: DAVE is not implemented yet")
+
+    async def _discover(self, action: Discover) -> None:
+        loop = asyncio.get_running_loop()
+        if self.udp is not None:
+            self.udp.close()  # a reconnect gets a fresh socket (arikawa #358)
+        self.udp, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self.inbox), remote_addr=(action.ip, action.port)
+        )
+        self._discovery = loop.create_future()
+        for _ in range(5):
+            self.udp.sendto(build_request(action.ssrc))
+            try:
+                address, port = await asyncio.wait_for(asyncio.shield(self._discovery), 1.0)
+                break
+            except TimeoutError:
+                continue
+        else:
+            self.failure = Failed(None, "resume", "UDP IP discovery got no answer")
+            return
+        gw = self.gateway
+        if gw.session.mode not in self.modes:
+            offered = [m for m in self.modes if m in gw.session.modes]
+            if not offered:
+                self.failure = Failed(None, "stop", f"no allowed mode in {gw.session.modes}")
+                return
+            gw.session.mode = offered[0]
+        self._act(gw.on_discovered(address, port))
+
+    def _on_udp(self, data: bytes) -> None:
+        if self._discovery is not None and not self._discovery.done() and len(data) == 74:
+            try:
+                self._discovery.set_result(parse_response(data, self.gateway.session.ssrc))
+            except ValueError:
+                pass
+
+    def _send_audio(self, opus: bytes) -> None:
+        if self.udp is None or self.cipher is None or self.rtp is None:
+            return
+        self.udp.sendto(self.cipher.encrypt(self.rtp.next_header(), opus))
+        self.packets_sent += 1
+
+    @property
+    def state(self) -> VoiceState:
+        return self.gateway.state
