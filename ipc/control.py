@@ -18,6 +18,10 @@ __all__ = [
     "SessionCheckpoint",
     "ShardStatus",
     "Shutdown",
+    "VoicePlay",
+    "VoiceServerMove",
+    "VoiceStatus",
+    "VoiceStop",
     "WorkerHello",
 ]
 
@@ -87,3 +91,39 @@ class Shutdown(Command):
 
     __slots__ = ()
     type_name = "control.shutdown"
+
+
+class VoiceStatus(Event):
+    """A voice worker's status, every second."""
+
+    __slots__ = ()
+    type_name = "control.voice_status"
+    guild = string()
+    state = string()
+    ping_ms = raw()
+    packets = integer(default=0)
+    late = integer(default=0)
+    jitter_p99_ms = raw()
+    playing = raw()
+
+
+class VoicePlay(Command):
+    """Play a file of raw s16le 48 kHz stereo PCM (``path``) in the guild's voice session."""
+
+    __slots__ = ()
+    type_name = "control.voice_play"
+    path = string()
+
+
+class VoiceStop(Command):
+    __slots__ = ()
+    type_name = "control.voice_stop"
+
+
+class VoiceServerMove(Command):
+    """A new VOICE_SERVER_UPDATE for the session (a region move): reconnect there."""
+
+    __slots__ = ()
+    type_name = "control.voice_server"
+    token = string()
+    endpoint = string()

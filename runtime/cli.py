@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -125,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restart.add_argument("--config", default="config/shardline.toml", help="TOML config file")
     restart.set_defaults(func=_cmd_restart)
+
+    voice = sub.add_parser(
+        "voice",
+        help="voice sessions: join GUILD CHANNEL | leave GUILD | play GUILD FILE | stop GUILD",
+        description=(
+            "Ask the running supervisor to join a voice channel (one voice process per guild), "
+            "leave it, play a file of raw s16le 48 kHz stereo PCM, or stop playing."
+        ),
+    )
+    voice.add_argument("action", choices=["join", "leave", "play", "stop"])
+    voice.add_argument("guild", type=int, help="guild id")
+    voice.add_argument("arg", nargs="?", help="join: the channel id; play: the file")
+    voice.add_argument("--config", default="config/shardline.toml", help="TOML config file")
+    voice.set_defaults(func=_cmd_voice)
 
     demo = sub.add_parser(
         "demo",
@@ -319,8 +334,13 @@ def format_status(status: dict[str, object]) -> str:
         )
     voice = status.get("voice") or []
     lines.append(f"voice sessions: {len(voice)}")  # type: ignore[arg-type]
-    for session in voice:  # type: ignore[attr-defined]
-        lines.append(f"  guild {session['guild']}: {session['state']}")
+    for v in voice:  # type: ignore[attr-defined]
+        ping = "-" if v["ping"] is None else f"{v['ping']:.1f}ms"
+        jitter = "-" if v["jitter"] is None else f"{v['jitter']:.2f}ms"
+        lines.append(
+            f"  guild {v['guild']}: {v['state']}, ping {ping}, packets {v['packets']}, "
+            f"late {v['late']}, jitter p99 {jitter}"
+        )
     return "\n".join(lines)
 
 
@@ -346,6 +366,24 @@ def _cmd_restart(args: argparse.Namespace) -> int:
         print(f"shardline: {reply.get('error')}", file=sys.stderr)
         return 1
     print(f"shardline: restarting shards {reply.get('restarting')}, each resuming")
+    return 0
+
+
+def _cmd_voice(args: argparse.Namespace) -> int:
+    body: dict[str, object] = {"guild_id": str(args.guild)}
+    if args.action in ("join", "play"):
+        if not args.arg:
+            what = "a channel id" if args.action == "join" else "a file"
+            print(f"shardline: voice {args.action} needs {what}", file=sys.stderr)
+            return 2
+        body["channel_id" if args.action == "join" else "path"] = (
+            args.arg if args.action == "join" else os.path.abspath(args.arg)
+        )
+    reply = _request(args.config, f"shardline.voice.{args.action}", body)
+    if not reply.get("ok"):
+        print(f"shardline: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(f"shardline: voice {args.action} routed to {reply.get('routed')}")
     return 0
 
 

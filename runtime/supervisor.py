@@ -27,6 +27,7 @@ import orjson
 import zmq
 import zmq.asyncio
 
+from ipc.commands import UpdateVoiceState
 from ipc.control import (
     GatewayForward,
     IdentifyPermit,
@@ -34,6 +35,10 @@ from ipc.control import (
     SessionCheckpoint,
     ShardStatus,
     Shutdown,
+    VoicePlay,
+    VoiceServerMove,
+    VoiceStatus,
+    VoiceStop,
     WorkerHello,
 )
 from ipc.intents import names_from_bits
@@ -42,6 +47,7 @@ from runtime.config import Config
 from runtime.scheduler import BudgetExhaustedError, IdentifyScheduler, startup_seconds
 from runtime.sessions import Checkpoint, SessionStore
 from runtime.spawner import ExecSpawner, Process, ZygoteSpawner
+from runtime.voice import MAX_REJOINS, VoiceWorker
 
 __all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
 
@@ -171,6 +177,7 @@ class Supervisor:
         self._all_ready_logged = False
         self.resumed_from_disk = 0
         self.subscribers: dict[str, dict[str, Any]] = {}  # what each application reported
+        self.voice: dict[int, VoiceWorker] = {}  # by guild id
         spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
         self.spawner: ZygoteSpawner | ExecSpawner = spawner(python, _exit_with_parent)
 
@@ -465,6 +472,9 @@ class Supervisor:
         for app in self.apps:
             if app.proc is not None:
                 await _end(app.proc)
+        for voice in list(self.voice.values()):
+            voice.leaving = True
+            await voice.stop()
         await self.spawner.close()
 
     async def restart_shard(self, shard: int) -> None:
@@ -509,6 +519,9 @@ class Supervisor:
                 message = cls.from_raw(orjson.loads(body))
             except orjson.JSONDecodeError:
                 continue
+            if identity.startswith(b"voice:"):
+                self._on_voice_control(identity, message)
+                continue
             shard = _shard_of(identity)
             if shard is None or shard not in self.workers:
                 continue
@@ -540,9 +553,124 @@ class Supervisor:
             elif isinstance(message, WorkerHello):
                 worker.last_status_at = now
             elif isinstance(message, GatewayForward):
-                pass  # voice credentials: the voice lifecycle consumes these
+                await self._on_voice_forward(message)
             elif message.type_name == "shardline.error.fatal_close":
                 worker.fatal_advice = str(message.raw.get("message") or "")
+
+    # -- voice ------------------------------------------------------------------------------
+
+    async def _voice_command(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        try:
+            guild = int(data["guild_id"])
+        except (KeyError, TypeError, ValueError):
+            return {"ok": False, "error": "voice commands need a guild_id"}
+        voice = self.voice.get(guild)
+        if action == "join":
+            try:
+                channel = int(data["channel_id"])
+            except (KeyError, TypeError, ValueError):
+                return {"ok": False, "error": "voice join needs a channel_id"}
+            reply = await self._voice_state(guild, channel)
+            if reply["ok"] and (voice is None or voice.channel != channel):
+                if voice is not None:
+                    voice.leaving = True
+                    await voice.stop()
+                self.voice[guild] = VoiceWorker(guild, channel)
+            return reply
+        if voice is None:
+            return {"ok": False, "error": f"voice not connected in guild {guild}"}
+        if action == "leave":
+            voice.leaving = True
+            await voice.stop()
+            self.voice.pop(guild, None)
+            return await self._voice_state(guild, None)
+        if voice.proc is None or voice.status.get("state") != "connected":
+            return {"ok": False, "error": f"voice not connected in guild {guild} ({voice.state})"}
+        if action == "play":
+            path = str(data.get("path", ""))
+            if not os.path.isfile(path):
+                return {"ok": False, "error": f"no such file: {path!r}"}
+            self._send_voice(guild, VoicePlay(path=os.path.abspath(path)))
+            return {"ok": True, "routed": f"voice:{guild}"}
+        if action == "stop":
+            self._send_voice(guild, VoiceStop())
+            return {"ok": True, "routed": f"voice:{guild}"}
+        return {"ok": False, "error": f"unknown voice command {action!r}"}
+
+    async def _voice_state(self, guild: int, channel: int | None) -> dict[str, Any]:
+        """Ask the shard that owns ``guild`` to send op 4."""
+        shard = (guild >> 22) % self.plan.shard_count
+        worker = self.workers.get(shard)
+        if worker is None:
+            return {"ok": False, "error": f"guild {guild} is on shard {shard}, not run here"}
+        if worker.state != "ready":
+            return {"ok": False, "error": f"shard {shard} is down ({worker.state})"}
+        command = UpdateVoiceState(guild, channel)
+        frames = [f"shard:{shard}".encode(), command.type_name.encode(), orjson.dumps(command.raw)]
+        await self.control.send_multipart(frames)
+        return {"ok": True, "routed": f"shard:{shard}"}
+
+    async def _on_voice_forward(self, message: GatewayForward) -> None:
+        try:
+            d = orjson.loads(message.payload)["d"]
+            guild = int(d["guild_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return
+        voice = self.voice.get(guild)
+        if voice is None:
+            return
+        if message.t == "VOICE_STATE_UPDATE":
+            if d.get("channel_id") is None:  # we left, or were disconnected
+                voice.leaving = True
+                await voice.stop()
+                self.voice.pop(guild, None)
+                return
+            voice.session_id = str(d.get("session_id", ""))
+            voice.user_id = int(d.get("user_id", 0))
+        elif message.t == "VOICE_SERVER_UPDATE":
+            if not d.get("endpoint"):
+                return  # the server is gone; the next update names a new one
+            moved = voice.proc is not None and voice.endpoint != d["endpoint"]
+            voice.token, voice.endpoint = str(d["token"]), str(d["endpoint"])
+            if moved:
+                self._send_voice(guild, VoiceServerMove(token=voice.token, endpoint=voice.endpoint))
+                return
+        if voice.ready_to_start:
+            await voice.start(
+                self.endpoints.control,
+                self.config.discord.ca_file,
+                self.config.log.level,
+                _exit_with_parent,
+                self._voice_exited,
+            )
+
+    async def _voice_exited(self, voice: VoiceWorker, code: int) -> None:
+        if voice.leaving or self._stop.is_set() or self.voice.get(voice.guild) is not voice:
+            return
+        if voice.rejoins >= MAX_REJOINS:
+            log.warning(f"voice in guild {voice.guild} died {voice.rejoins + 1} times; giving up")
+            self.voice.pop(voice.guild, None)
+            await self._voice_state(voice.guild, None)
+            return
+        voice.rejoins += 1
+        voice.session_id = voice.token = voice.endpoint = ""
+        voice.status = {}
+        log.warning(f"voice process for guild {voice.guild} exited ({code}); rejoining")
+        await self._voice_state(voice.guild, voice.channel)
+
+    def _on_voice_control(self, identity: bytes, message: Any) -> None:
+        try:
+            guild = int(identity.removeprefix(b"voice:"))
+        except ValueError:
+            return
+        voice = self.voice.get(guild)
+        if voice is not None and isinstance(message, VoiceStatus):
+            voice.status = dict(message.raw)
+
+    def _send_voice(self, guild: int, message: Any) -> None:
+        frames = [f"voice:{guild}".encode(), message.type_name.encode(), orjson.dumps(message.raw)]
+        with contextlib.suppress(zmq.ZMQError):
+            self.control.send_multipart(frames, flags=zmq.NOBLOCK)
 
     def _send_control(self, shard: int, message: Any) -> None:
         frames = [f"shard:{shard}".encode(), message.type_name.encode(), orjson.dumps(message.raw)]
@@ -629,6 +757,8 @@ class Supervisor:
                 "at": time.monotonic(),
             }
             return {"ok": True}
+        if type_name.startswith("shardline.voice."):
+            return await self._voice_command(type_name.removeprefix("shardline.voice."), data)
         if type_name == "shardline.stop":
             self.request_stop()
             return {"ok": True, "stopping": True}
@@ -720,7 +850,7 @@ class Supervisor:
                 }
                 for app in self.apps
             ],
-            "voice": [],
+            "voice": [v.summary() for v in self.voice.values()],
         }
 
 

@@ -119,6 +119,16 @@ class VoiceSession:
         source.close()
         return sent
 
+    async def move(self, token: str, endpoint: str) -> None:
+        """A new VOICE_SERVER_UPDATE (a region move): connect to the new server afresh."""
+        await self.leave()
+        self.gateway.new_server(token, endpoint)
+        self.inbox = asyncio.Queue()
+        self.connected.clear()
+        self.cipher = self.rtp = self.udp = self.ws = None
+        self.failure = None
+        await self.connect()
+
     async def leave(self) -> None:
         if self.ws is not None:
             self.ws.close(1000, "leaving")
@@ -220,6 +230,12 @@ class VoiceSession:
             return
         self.udp.sendto(self.cipher.encrypt(self.rtp.next_header(), opus))
         self.packets_sent += 1
+
+    async def connected_lost(self) -> None:
+        """Return when the voice loop ends (the connection closed for good)."""
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(self._loop_task)
 
     @property
     def state(self) -> VoiceState:

@@ -56,7 +56,12 @@ def make_config(emu: Emulator, runtime_dir: Path, **shards: Any) -> Config:
 
 @asynccontextmanager
 async def fleet(emu: Emulator, runtime_dir: Path, **shards: Any) -> AsyncIterator[Supervisor]:
-    config = make_config(emu, runtime_dir, **shards)
+    async with fleet_with(make_config(emu, runtime_dir, **shards), emu, runtime_dir) as sup:
+        yield sup
+
+
+@asynccontextmanager
+async def fleet_with(config: Config, emu: Emulator, runtime_dir: Path) -> AsyncIterator[Supervisor]:
     plan = await asyncio.to_thread(plan_fleet, config, emu.rules.token)
     supervisor = Supervisor(
         config,
@@ -329,3 +334,61 @@ async def test_app_processes_split_guilds_and_send_commands(tmp_path: Path) -> N
             stop.set()
             await asyncio.wait_for(task, 30)
         assert all(a.proc is None for a in sup.apps)  # no orphan app processes
+
+
+async def test_voice_join_play_and_rejoin_after_a_kill(tmp_path: Path) -> None:
+    import math
+    import struct
+
+    async with emulator(shards=2) as emu:
+        assert emu.voice is not None
+        config = parse_config(
+            {
+                "discord": {"rest_url": emu.rest_url, "ca_file": emu.voice.ca_file},
+                "shards": {"intents": ["guilds", "guild_voice_states"]},
+                "ipc": {"runtime_dir": str(tmp_path)},
+                "restart": {"backoff_initial": 0.1},
+            }
+        )
+        pcm = tmp_path / "tone.pcm"
+        pcm.write_bytes(
+            b"".join(
+                struct.pack("<hh", v, v)
+                for v in (int(5000 * math.sin(i / 20)) for i in range(960 * 10))
+            )
+        )
+        async with fleet_with(config, emu, tmp_path) as sup, app(sup) as client:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            guild = emu.world.guild_ids[0]
+            channel = emu.world.voice_channel_id(guild)
+            reply = await client.request(
+                "shardline.voice.join", {"guild_id": str(guild), "channel_id": str(channel)}
+            )
+            assert reply["ok"], reply
+
+            def voice_state() -> str:
+                sessions = sup.status()["voice"]
+                return sessions[0]["state"] if sessions else "none"
+
+            await eventually(lambda: voice_state() == "connected", timeout=30)
+            reply = await client.request(
+                "shardline.voice.play", {"guild_id": str(guild), "path": str(pcm)}
+            )
+            assert reply == {"ok": True, "routed": f"voice:{guild}"}
+            await emu.voice.wait_until(
+                lambda: any(len(r.packets) >= 15 for r in emu.voice.sessions.values())
+            )
+            record = next(r for r in emu.voice.sessions.values() if len(r.packets) >= 15)
+            assert record.undecryptable == 0 and record.speaking[0] == 1
+            # kill the voice process: the supervisor joins again
+            voice = sup.voice[guild]
+            assert voice.proc is not None
+            voice.proc.kill()
+            await eventually(lambda: voice.rejoins == 1 and voice_state() == "connected", 30)
+            assert len(emu.voice.sessions) == 2  # a second, fresh voice session
+            reply = await client.request("shardline.voice.leave", {"guild_id": str(guild)})
+            assert reply["ok"] and sup.status()["voice"] == []
+            reply = await client.request(
+                "shardline.voice.play", {"guild_id": str(guild), "path": str(pcm)}
+            )
+            assert reply == {"ok": False, "error": f"voice not connected in guild {guild}"}

@@ -1,0 +1,114 @@
+"""The supervisor's side of voice: one process per guild's voice session.
+
+A join asks the owning shard to send op 4; the shard forwards the bot's VOICE_STATE_UPDATE
+(session id) and the VOICE_SERVER_UPDATE (token, endpoint); with both, a voice process
+starts. Later VOICE_SERVER_UPDATEs (region moves) go to it; a leave, a disconnect or its
+death reap it (a death rejoins, a bounded number of times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MAX_REJOINS", "VoiceWorker"]
+
+MAX_REJOINS = 3
+
+
+@dataclass
+class VoiceWorker:
+    guild: int
+    channel: int
+    user_id: int = 0
+    session_id: str = ""
+    token: str = ""
+    endpoint: str = ""
+    proc: asyncio.subprocess.Process | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    leaving: bool = False
+    rejoins: int = 0
+    started_at: float = 0.0
+
+    @property
+    def ready_to_start(self) -> bool:
+        return bool(self.session_id and self.token and self.endpoint) and self.proc is None
+
+    @property
+    def state(self) -> str:
+        if self.proc is None:
+            return "joining" if not self.leaving else "leaving"
+        return str(self.status.get("state", "connecting"))
+
+    def summary(self) -> dict[str, Any]:
+        s = self.status
+        return {
+            "guild": str(self.guild),
+            "channel": str(self.channel),
+            "state": self.state,
+            "ping": s.get("ping_ms"),
+            "packets": s.get("packets", 0),
+            "late": s.get("late", 0),
+            "jitter": s.get("jitter_p99_ms"),
+            "rejoins": self.rejoins,
+        }
+
+    async def start(
+        self,
+        control: str,
+        ca_file: str,
+        log_level: str,
+        preexec: Callable[[], None],
+        on_exit: Callable[[VoiceWorker, int], Awaitable[None]],
+    ) -> None:
+        args = [
+            sys.executable,
+            "-m",
+            "voiceworker",
+            "--guild",
+            str(self.guild),
+            "--user",
+            str(self.user_id),
+            "--session",
+            self.session_id,
+            "--endpoint",
+            self.endpoint,
+            "--control",
+            control,
+            "--log-level",
+            log_level,
+        ]
+        if ca_file:
+            args += ["--ca-file", ca_file]
+        env = {**os.environ, "SHARDLINE_VOICE_TOKEN": self.token}
+        self.proc = await asyncio.create_subprocess_exec(
+            *args, env=env, preexec_fn=preexec, start_new_session=True
+        )
+        self.started_at = time.monotonic()
+        proc = self.proc
+
+        async def watch() -> None:
+            code = await proc.wait()
+            if self.proc is proc:
+                self.proc = None
+            await on_exit(self, code)
+
+        asyncio.get_running_loop().create_task(watch())
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
