@@ -65,6 +65,7 @@ class Client:
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._count_gaps = True
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.server_key = server_key  # the supervisor's CURVE public key, for tcp:// endpoints
         # (index, count): this process handles guild events with (guild_id >> 22) % count
@@ -89,6 +90,8 @@ class Client:
     # -- running --------------------------------------------------------------------------
 
     def connect(self, prefixes: list[bytes] | None = None) -> None:
+        # A gap in seq means loss only when every type is subscribed to.
+        self._count_gaps = prefixes is None or b"" in prefixes
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         secure(sub, self.server_key)
@@ -142,7 +145,7 @@ class Client:
                 if envelope.seq <= last:
                     if self.dedupe:
                         return
-                elif envelope.seq > last + 1:
+                elif envelope.seq > last + 1 and self._count_gaps:
                     self.gaps += envelope.seq - last - 1
             if last is None or envelope.seq > last:
                 self._seen[key] = envelope.seq

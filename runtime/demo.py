@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import struct
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,37 @@ from runtime.plan import plan_fleet
 from runtime.supervisor import Supervisor
 
 __all__ = ["run_demo"]
+
+
+async def _voice(app: Client, emu: Emulator, supervisor: Supervisor, runtime_dir: Path) -> None:
+    """Once the fleet is up: join a voice channel and play a tone, every 20 seconds."""
+    while not supervisor.workers or not all(
+        w.state == "ready" for w in supervisor.workers.values()
+    ):
+        await asyncio.sleep(0.5)
+    guild = emu.world.guild_ids[0]
+    channel = emu.world.voice_channel_id(guild)
+    tone = runtime_dir / "tone.pcm"
+    tone.write_bytes(_tone(seconds=2.0))
+    reply = await app.request(
+        "shardline.voice.join", {"guild_id": str(guild), "channel_id": str(channel)}
+    )
+    print(f"demo: voice join in guild {guild}: {reply}", flush=True)
+    while True:
+        await asyncio.sleep(3.0)
+        reply = await app.request(
+            "shardline.voice.play", {"guild_id": str(guild), "path": str(tone)}
+        )
+        print(f"demo: voice play: {reply}", flush=True)
+        await asyncio.sleep(17.0)
+
+
+def _tone(seconds: float) -> bytes:
+    """A 440 Hz tone as raw s16le 48 kHz stereo PCM."""
+    samples = (
+        int(6000 * math.sin(2 * math.pi * 440 * i / 48_000)) for i in range(int(48_000 * seconds))
+    )
+    return b"".join(struct.pack("<hh", v, v) for v in samples)
 
 
 async def run_demo(
@@ -42,8 +75,13 @@ async def run_demo(
         print(f"demo: {emu.ready_line()}", flush=True)
         config = parse_config(
             {
-                "discord": {"rest_url": emu.rest_url},
-                "shards": {"intents": ["guilds", "guild_messages", "message_content"]},
+                "discord": {
+                    "rest_url": emu.rest_url,
+                    "ca_file": emu.voice.ca_file if emu.voice else "",
+                },
+                "shards": {
+                    "intents": ["guilds", "guild_messages", "message_content", "guild_voice_states"]
+                },
                 "ipc": {"runtime_dir": str(runtime_dir)},
                 "apps": [{"module": "examples.bot", "processes": 2}],
             },
@@ -78,6 +116,7 @@ async def run_demo(
 
         app.connect([b"MESSAGE_CREATE ", b"shardline.error"])
         app_task = asyncio.create_task(app.run())
+        voice_task = asyncio.create_task(_voice(app, emu, supervisor, runtime_dir))
         n = 0
         try:
             while not fleet.done():
@@ -92,6 +131,7 @@ async def run_demo(
                 if n % 3 == 1:
                     print(format_status(supervisor.status()), flush=True)
         finally:
+            voice_task.cancel()
             app_task.cancel()
             app.close()
             code = await fleet
