@@ -200,6 +200,8 @@ class Client:
         options: dict[str, Any] | None = None,
         timeout: float = 10.0,
     ) -> dict[str, Any]:
+        if self._closed.is_set():
+            raise CommandError("the client is closed")
         if self._dealer is None:
             self.connect([])
         assert self._dealer is not None
@@ -208,9 +210,13 @@ class Client:
         request_id = str(next(self._ids)).encode()
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        await self._dealer.send_multipart(
-            [request_id, type_name.encode(), orjson.dumps(body), orjson.dumps(options or {})]
-        )
+        try:
+            await self._dealer.send_multipart(
+                [request_id, type_name.encode(), orjson.dumps(body), orjson.dumps(options or {})]
+            )
+        except zmq.ZMQError as exc:
+            self._pending.pop(request_id, None)
+            raise CommandError(f"cannot send to the supervisor: {exc}") from None
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
