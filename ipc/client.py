@@ -193,6 +193,28 @@ class Client:
             raise CommandError(str(reply.get("error")))
         return reply
 
+    async def join_voice(self, guild_id: int, channel_id: int) -> dict[str, Any]:
+        """Join (or move to) a voice channel: the supervisor starts the guild's voice process."""
+        return await self._voice("join", guild_id, channel_id=str(channel_id))
+
+    async def leave_voice(self, guild_id: int) -> dict[str, Any]:
+        return await self._voice("leave", guild_id)
+
+    async def play(self, guild_id: int, path: str) -> dict[str, Any]:
+        """Play a raw s16le 48 kHz stereo PCM file in the guild's voice session."""
+        return await self._voice("play", guild_id, path=os.path.abspath(path))
+
+    async def stop_playing(self, guild_id: int) -> dict[str, Any]:
+        return await self._voice("stop", guild_id)
+
+    async def _voice(self, action: str, guild_id: int, **fields: str) -> dict[str, Any]:
+        reply = await self.request(
+            f"shardline.voice.{action}", {"guild_id": str(guild_id), **fields}
+        )
+        if not reply.get("ok"):
+            raise CommandError(str(reply.get("error")))
+        return reply
+
     async def request(
         self,
         type_name: str,

@@ -392,3 +392,66 @@ async def test_voice_join_play_and_rejoin_after_a_kill(tmp_path: Path) -> None:
                 "shardline.voice.play", {"guild_id": str(guild), "path": str(pcm)}
             )
             assert reply == {"ok": False, "error": f"voice not connected in guild {guild}"}
+
+
+async def test_example_bot_plays_a_clip_on_request(tmp_path: Path) -> None:
+    async with emulator(shards=1, max_concurrency=1) as emu:
+        assert emu.voice is not None
+        config = parse_config(
+            {
+                "discord": {"rest_url": emu.rest_url, "ca_file": emu.voice.ca_file},
+                "shards": {"intents": ["guilds", "guild_messages", "guild_voice_states"]},
+                "ipc": {"runtime_dir": str(tmp_path)},
+                "apps": [{"module": "examples.bot"}],
+            }
+        )
+        async with fleet_with(config, emu, tmp_path) as sup:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            guild = emu.world.guild_ids[0]
+            channel = emu.world.voice_channel_id(guild)
+            for _ in range(30):  # the app subscribes a moment after it starts
+                await emu.message(guild, f"!play {channel}")
+                with contextlib.suppress(TimeoutError):
+                    await emu.voice.wait_until(lambda: bool(emu.voice.sessions), timeout=1)  # type: ignore[union-attr]
+                    break
+            await emu.voice.wait_until(
+                lambda: any(len(r.packets) >= 55 for r in emu.voice.sessions.values()),  # type: ignore[union-attr]
+                timeout=30,
+            )
+            record = next(r for r in emu.voice.sessions.values() if len(r.packets) >= 55)
+            assert record.undecryptable == 0 and record.speaking[0] == 1
+
+
+async def test_rolling_restart_loses_no_dispatch(tmp_path: Path) -> None:
+    from ipc.codec import decode_bus
+
+    async with emulator(shards=2, max_concurrency=2) as emu, fleet(emu, tmp_path) as sup:
+        await eventually(lambda: all_ready(sup), timeout=30)
+        async with app(sup) as client:
+            seen: dict[tuple[str, str | None], set[int]] = {}
+            original = client._dispatch
+
+            async def spy(frames: list[bytes]) -> None:
+                envelope, _ = decode_bus(frames)
+                if envelope.kind == "dispatch" and envelope.seq is not None:
+                    seen.setdefault((envelope.source, envelope.session), set()).add(envelope.seq)
+                await original(frames)
+
+            client._dispatch = spy  # type: ignore[method-assign]
+            await client.request("shardline.status", {})
+            sessions = {s.shard_id: s for s in emu.sessions() if not s.invalid}
+            start = {shard: s.seq + 1 for shard, s in sessions.items()}
+            streams = [emu.stream(shard, rate=500, count=1500) for shard in (0, 1)]
+            await asyncio.wait_for(sup.rolling_restart(), 60)
+            for stream in streams:
+                await stream
+            for shard, session in sessions.items():
+                key = (f"shard:{shard}", session.id)
+                final = session.seq
+                await eventually(
+                    lambda key=key, shard=shard, final=final: (
+                        set(range(start[shard], final + 1)) <= seen.get(key, set())
+                    ),
+                    timeout=30,
+                )
+            assert len(emu.gateway.identifies) == 2  # both shards resumed their sessions
