@@ -157,6 +157,17 @@ class VoiceServer:
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
 
+    async def close_session(self, code: int, reason: str = "") -> int:
+        """Close every voice connection with ``code`` (4015 crash, 4014 disconnect...)."""
+        connections = list(self.connections)
+        for ws in connections:
+            await ws.close(code, reason)
+        return len(connections)
+
+    def resumes(self) -> int:
+        """How many RESUMEs (op 7) clients have sent."""
+        return sum(1 for r in self.sessions.values() for p in r.received if p.get("op") == 7)
+
     def expect(self, token: str, guild_id: str, user_id: str, session_id: str) -> None:
         """The gateway handed out ``token`` for this voice state: accept its IDENTIFY."""
         self.pending[token] = (guild_id, user_id, session_id)
@@ -192,6 +203,15 @@ class VoiceServer:
                     return
                 if record is not None:
                     record.received.append(payload)
+                if op == 7 and record is None:
+                    record = self._resume(d)
+                    if record is None:
+                        await ws.close(4006, "Session is no longer valid.")
+                        return
+                    record.received.append(payload)
+                    await send(9, None)
+                    await self._notify()
+                    continue
                 if op == 0:
                     record = await self._identify(ws, d)
                     if record is None:
@@ -236,6 +256,15 @@ class VoiceServer:
         finally:
             self.connections.remove(ws)
             await self._notify()
+
+    def _resume(self, d: Any) -> VoiceSessionRecord | None:
+        d = d if isinstance(d, dict) else {}
+        for record in self.sessions.values():
+            if record.session_id == str(d.get("session_id")) and record.guild_id == str(
+                d.get("server_id")
+            ):
+                return record
+        return None
 
     async def _identify(self, ws: ServerConnection, d: Any) -> VoiceSessionRecord | None:
         d = d if isinstance(d, dict) else {}

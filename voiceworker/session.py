@@ -142,15 +142,36 @@ class VoiceSession:
     # -- the loop -------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The one loop. A close the gateway says to resume after (a dropped socket, 4015,
+        our own zombie close) reconnects and RESUMEs here, keeping UDP and keys; anything
+        else ends the loop with ``failure`` saying why."""
         gw = self.gateway
-        url = gw.credentials.url()
-        self.ws = await WebSocketTransport.connect(
-            url,
-            lambda m: self.inbox.put_nowait(("ws", m)),
-            lambda t, info: self.inbox.put_nowait(("closed", info)),
-            ssl_context=self.ssl_context,
-        )
-        self._act(gw.on_connected(time.monotonic()))
+        attempt = 0
+        while True:
+            try:
+                self.ws = await WebSocketTransport.connect(
+                    gw.credentials.url(),
+                    lambda m: self.inbox.put_nowait(("ws", m)),
+                    lambda t, info: self.inbox.put_nowait(("closed", info)),
+                    ssl_context=self.ssl_context,
+                )
+            except OSError as exc:
+                if not gw.resumable or attempt >= 5:
+                    self.failure = Failed(None, "rejoin", f"cannot reach the voice server: {exc}")
+                    return
+                attempt += 1
+                await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
+                continue
+            self._act(gw.on_connected(time.monotonic()))
+            await self._serve()
+            if gw.state is not VoiceState.BACKING_OFF:
+                return
+            attempt += 1
+            await asyncio.sleep(min(5.0, 0.05 * 2**attempt) if attempt > 1 else 0)
+
+    async def _serve(self) -> None:
+        """Serve one websocket connection until it closes."""
+        gw = self.gateway
         while True:
             deadline = gw.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -167,7 +188,8 @@ class VoiceSession:
             elif kind == "closed":
                 assert isinstance(item, ClosedInfo)
                 self._act(gw.on_closed(item.code, now))
-                self.connected.clear()
+                if gw.state is not VoiceState.BACKING_OFF:
+                    self.connected.clear()
                 return
             self._act(gw.poll(now))
 

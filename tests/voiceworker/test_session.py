@@ -3,6 +3,7 @@ every frame (both AEAD modes), in order, 960 samples apart, ending in five silen
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import math
@@ -13,6 +14,7 @@ import pytest
 
 from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig
 from tests.emulator.client import PlainClient
+from tests.shards.helpers import eventually
 from voiceworker.audio import SILENCE, PCMSource
 from voiceworker.crypto import AES_GCM, XCHACHA, aes_gcm_available
 from voiceworker.gateway import VoiceCredentials
@@ -90,3 +92,28 @@ async def test_a_bad_token_is_refused() -> None:
         )
         with pytest.raises(Exception, match="4004"):
             await session.connect()
+
+
+async def test_resume_after_4015_and_clean_end_on_4014() -> None:
+    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
+    async with Emulator(config) as emu:
+        assert emu.voice is not None
+        context = ssl.create_default_context(cafile=emu.voice.ca_file)
+        session = VoiceSession(await join(emu), ssl_context=context)
+        await session.connect()
+        try:
+            assert await emu.voice.close_session(4015, "crashed") == 1
+            await emu.voice.wait_until(lambda: emu.voice.resumes() == 1)  # type: ignore[union-attr]
+            await emu.voice.wait_until(lambda: len(emu.voice.connections) == 1)  # type: ignore[union-attr]
+            await eventually(lambda: session.state.value == "connected")  # RESUMED arrived
+            assert session.connected.is_set()
+            await session.play(PCMSource(io.BytesIO(tone(3))))  # audio still flows
+            record = next(iter(emu.voice.sessions.values()))
+            await emu.voice.wait_until(lambda: len(record.packets) == 8)
+            assert record.undecryptable == 0
+            await emu.voice.close_session(4014, "moved")
+            await asyncio.wait_for(session.connected_lost(), 10)
+            assert session.state.value == "waiting for server"
+            assert session.failure is not None and "4014" in session.failure.message
+        finally:
+            await session.leave()
