@@ -201,7 +201,7 @@ class Client:
         return await self._voice("leave", guild_id)
 
     async def play(self, guild_id: int, path: str) -> dict[str, Any]:
-        """Play a raw s16le 48 kHz stereo PCM file in the guild's voice session."""
+        """Play an audio file (anything ffmpeg reads; ``.pcm`` is raw s16le 48 kHz stereo)."""
         return await self._voice("play", guild_id, path=os.path.abspath(path))
 
     async def stop_playing(self, guild_id: int) -> dict[str, Any]:

@@ -108,7 +108,7 @@ class VoiceStatus(Event):
 
 
 class VoicePlay(Command):
-    """Play a file of raw s16le 48 kHz stereo PCM (``path``) in the guild's voice session."""
+    """Play an audio file (``path``; ffmpeg decodes it, ``.pcm`` is raw s16le 48 kHz stereo)."""
 
     __slots__ = ()
     type_name = "control.voice_play"

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="voice sessions: join GUILD CHANNEL | leave GUILD | play GUILD FILE | stop GUILD",
         description=(
             "Ask the running supervisor to join a voice channel (one voice process per guild), "
-            "leave it, play a file of raw s16le 48 kHz stereo PCM, or stop playing."
+            "leave it, play an audio file (anything ffmpeg reads; .pcm files are raw s16le "
+            "48 kHz stereo), or stop playing."
         ),
     )
     voice.add_argument("action", choices=["join", "leave", "play", "stop"])

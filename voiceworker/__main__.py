@@ -15,7 +15,7 @@ import sys
 from ipc.control import Shutdown, VoicePlay, VoiceServerMove, VoiceStatus, VoiceStop
 from ipc.logfmt import setup_logging
 from shards.links import ControlLink
-from voiceworker.audio import PCMSource
+from voiceworker.audio import open_source
 from voiceworker.gateway import VoiceCredentials
 from voiceworker.session import VoiceError, VoiceSession
 
@@ -54,7 +54,7 @@ async def amain(args: argparse.Namespace) -> int:
     log.info("voice connected", extra={"fields": {"guild": args.guild}})
     if args.control is None:
         if args.play:
-            await session.play(PCMSource(open(args.play, "rb")))
+            await session.play(open_source(args.play))
         await session.leave()
         return 0
     control = ControlLink(args.control, f"voice:{args.guild}")
@@ -92,8 +92,8 @@ async def amain(args: argparse.Namespace) -> int:
                 if playing is not None:
                     playing.cancel()
                 try:
-                    source = PCMSource(open(command.path, "rb"))
-                except OSError as exc:
+                    source = open_source(command.path)
+                except (OSError, ValueError) as exc:
                     log.warning(f"cannot play {command.path}: {exc}")
                     continue
                 playing = asyncio.create_task(session.play(source))

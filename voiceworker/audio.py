@@ -14,9 +14,11 @@ __all__ = [
     "FRAME_BYTES",
     "SILENCE",
     "AudioSource",
+    "FFmpegSource",
     "OpusEncoder",
     "OpusUnavailableError",
     "PCMSource",
+    "open_source",
     "scale_volume",
 ]
 
@@ -97,3 +99,73 @@ class PCMSource:
     def __iter__(self) -> Iterator[bytes]:
         while (frame := self.read()) is not None:
             yield frame
+
+
+def ffmpeg_executable() -> str:
+    """The ffmpeg that ``imageio-ffmpeg`` ships (a wheel with the binary inside), else one on
+    PATH. Raises FileNotFoundError naming both places."""
+    import shutil
+
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except Exception:
+        found = shutil.which("ffmpeg")
+        if found:
+            return found
+    raise FileNotFoundError("no ffmpeg: install imageio-ffmpeg (pip) or put ffmpeg on PATH")
+
+
+class FFmpegSource:
+    """Any audio file ffmpeg can read (mp3, ogg, wav, flac...), decoded to 48 kHz stereo
+    s16le by an ffmpeg child process and encoded to Opus frame by frame."""
+
+    def __init__(
+        self, path: str, *, encoder: OpusEncoder | None = None, volume: float = 1.0
+    ) -> None:
+        import subprocess
+
+        self.path = path
+        self.process = subprocess.Popen(
+            [
+                ffmpeg_executable(),
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-i",
+                path,
+                "-f",
+                "s16le",
+                "-ar",
+                str(SAMPLE_RATE),
+                "-ac",
+                str(CHANNELS),
+                "pipe:1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        stdout: Any = self.process.stdout
+        self.pcm = PCMSource(stdout, encoder=encoder, volume=volume)
+
+    def read(self) -> bytes | None:
+        frame = self.pcm.read()
+        if frame is None and self.process.poll() not in (None, 0):
+            assert self.process.stderr is not None
+            error = self.process.stderr.read().decode(errors="replace").strip()
+            raise ValueError(f"ffmpeg could not decode {self.path}: {error[:300]}")
+        return frame
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.pcm.close()
+
+
+def open_source(path: str, volume: float = 1.0) -> AudioSource:
+    """Raw PCM for ``.pcm``/``.raw`` files, ffmpeg for anything else."""
+    if path.lower().endswith((".pcm", ".raw", ".s16le")):
+        return PCMSource(open(path, "rb"), volume=volume)
+    return FFmpegSource(path, volume=volume)
