@@ -117,3 +117,14 @@ async def test_resume_after_4015_and_clean_end_on_4014() -> None:
             assert session.failure is not None and "4014" in session.failure.message
         finally:
             await session.leave()
+
+
+def test_the_library_walkthrough_example_runs() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "voice_session.py"
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "played 55 frames; the voice server decrypted 55"
