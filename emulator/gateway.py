@@ -620,10 +620,20 @@ class GatewayServer:
         async with session.lock:
             return await self._dispatch_locked(session, t, d)
 
-    async def _dispatch_locked(self, session: Session, t: str, d: Any) -> int:
+    async def dispatch_encoded(self, session: Session, t: str, body: bytes) -> int:
+        """:meth:`dispatch` with ``d`` already JSON-encoded (benchmark feeds)."""
+        async with session.lock:
+            return await self._dispatch_locked(session, t, None, body)
+
+    async def _dispatch_locked(
+        self, session: Session, t: str, d: Any, body: bytes | None = None
+    ) -> int:
         session.seq += 1
         seq = session.seq
-        payload = _frame(0, d, seq, t)
+        if body is None:
+            payload = _frame(0, d, seq, t)
+        else:
+            payload = b'{"t":"%s","s":%d,"op":0,"d":%s}' % (t.encode(), seq, body)
         session.buffer.append((seq, payload))
         if len(session.buffer) > self.rules.replay_buffer:
             session.buffer.popleft()
