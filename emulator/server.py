@@ -478,7 +478,7 @@ class Emulator:
             "count": count,
             "seconds": seconds,
             "bytes": sum(len(p) for p in payloads),
-            "distinct": _distinct(pool),
+            "distinct": len(set(pool)),
             "t": t,
         }
 
@@ -521,10 +521,6 @@ class Emulator:
         if action == "drop":
             return {"connections": self.drop(shard)}
         return None
-
-
-def _distinct(items: list[bytes]) -> int:
-    return len(set(items))
 
 
 def _server_frame(data: bytes, *, binary: bool) -> bytes:

@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 __all__ = ["build_parser", "main"]
 
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _run_until_signal(coro_factory: object) -> None:
+def _run_until_signal(coro_factory: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``coro_factory(stop_event)`` until SIGINT/SIGTERM sets the event."""
 
     async def runner() -> None:
@@ -183,7 +183,7 @@ def _run_until_signal(coro_factory: object) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await coro_factory(stop)  # type: ignore[operator]
+        await coro_factory(stop)
 
     asyncio.run(runner())
 

@@ -88,12 +88,14 @@ async def test_zombie_detected_within_one_interval_then_resumed() -> None:
     async with emulator(heartbeat_interval_ms=300) as emu, running_shard(emu) as (_, bus):
         await until_ready(bus)
         first = connections(emu)[0]
+        before = len([r for r in emu.received(op=1) if r.connection == first])
         emu.zombie(0)
         await until_ready(bus, 2)  # RESUMED on a new connection
         assert [e for e in bus.errors(ConnectionLost) if "zombied" in e.message]
-        # after zombie mode began, one heartbeat went unanswered, and the next tick closed
-        heartbeats_after = [r for r in emu.received(op=1) if r.connection == first]
-        assert 1 <= len(heartbeats_after)
+        # After zombie mode began, one heartbeat went unanswered and the next tick closed,
+        # one interval later (a heartbeat already in flight when it began may add one).
+        after = len([r for r in emu.received(op=1) if r.connection == first]) - before
+        assert after in (1, 2), after
         second = connections(emu)[-1]
         assert opcodes(emu, second)[0] == 6  # RESUME, not IDENTIFY
         assert bus.dispatches[-1][0] == "RESUMED"
