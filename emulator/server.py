@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -239,6 +240,25 @@ class Emulator:
             while transport.get_write_buffer_size() > 0:
                 await asyncio.sleep(0.0005)
             return time.perf_counter() - start
+
+    async def move_voice(self, guild_id: int) -> str:
+        """A region move: a new VOICE_SERVER_UPDATE (new token, the voice server under its
+        other name, 127.0.0.1 <-> localhost) to the guild's shard. Returns the new endpoint."""
+        if self.voice is None:
+            raise LookupError("the emulator runs without voice")
+        host = "localhost" if self.gateway.voice_endpoint.startswith("127.") else "127.0.0.1"
+        endpoint = f"{host}:{self.voice.port}"
+        self.gateway.voice_endpoint = endpoint
+        token = secrets.token_hex(8)
+        for session in self.gateway.sessions_for_guild(guild_id):
+            voice_session = next(
+                (r.session_id for r in self.voice.sessions.values() if r.guild_id == str(guild_id)),
+                "",
+            )
+            self.voice.expect(token, str(guild_id), str(self.world.bot_id), voice_session)
+            body = {"token": token, "guild_id": str(guild_id), "endpoint": endpoint}
+            await self.gateway.dispatch(session, "VOICE_SERVER_UPDATE", body)
+        return endpoint
 
     def zombie(self, shard: int, enabled: bool = True) -> int:
         """Stop (or resume) ACKing heartbeats on the shard's current connections."""

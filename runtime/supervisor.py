@@ -630,7 +630,10 @@ class Supervisor:
         elif message.t == "VOICE_SERVER_UPDATE":
             if not d.get("endpoint"):
                 return  # the server is gone; the next update names a new one
-            moved = voice.proc is not None and voice.endpoint != d["endpoint"]
+            # A new server or a new token (a move to another channel): identify afresh there.
+            moved = voice.proc is not None and (
+                voice.endpoint != d["endpoint"] or voice.token != d["token"]
+            )
             voice.token, voice.endpoint = str(d["token"]), str(d["endpoint"])
             if moved:
                 self._send_voice(guild, VoiceServerMove(token=voice.token, endpoint=voice.endpoint))

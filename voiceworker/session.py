@@ -18,6 +18,7 @@ import logging
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from shards.transport import ClosedInfo, WebSocketTransport
@@ -57,6 +58,20 @@ class _Udp(asyncio.DatagramProtocol):
         self.inbox.put_nowait(("udp", data))
 
 
+def _feeders(
+    inbox: asyncio.Queue[Any],
+) -> tuple[Callable[[bytes | str], None], Callable[[WebSocketTransport, ClosedInfo], None]]:
+    """The transport's callbacks, bound to one connection's inbox."""
+
+    def on_message(message: bytes | str) -> None:
+        inbox.put_nowait(("ws", message))
+
+    def on_closed(transport: WebSocketTransport, info: ClosedInfo) -> None:
+        inbox.put_nowait(("closed", info))
+
+    return on_message, on_closed
+
+
 class VoiceSession:
     def __init__(
         self,
@@ -80,12 +95,13 @@ class VoiceSession:
         self._loop_task: asyncio.Task[None] | None = None
         self._discovery: asyncio.Future[tuple[str, int]] | None = None
         self._frames: deque[bytes] = deque()
+        self.ended = asyncio.Event()
 
     # -- the library face -----------------------------------------------------------------
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Open the voice connection and wait until audio may flow."""
-        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        self._loop_task = asyncio.get_running_loop().create_task(self._run_and_mark())
         waiter = asyncio.ensure_future(self.connected.wait())
         done, _ = await asyncio.wait(
             {waiter, self._loop_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -130,16 +146,22 @@ class VoiceSession:
         await self.connect()
 
     async def leave(self) -> None:
-        if self.ws is not None:
-            self.ws.close(1000, "leaving")
+        """Close the connection. The loop is stopped first, so that it does not read its own
+        close as the connection ending by itself."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        if self.ws is not None:
+            self.ws.close(1000, "leaving")
         if self.udp is not None:
             self.udp.close()
 
     # -- the loop -------------------------------------------------------------------------
+
+    async def _run_and_mark(self) -> None:
+        await self._run()
+        self.ended.set()  # ended by itself (not cancelled by leave or move): failure says why
 
     async def _run(self) -> None:
         """The one loop. A close the gateway says to resume after (a dropped socket, 4015,
@@ -148,12 +170,10 @@ class VoiceSession:
         gw = self.gateway
         attempt = 0
         while True:
+            on_message, on_closed = _feeders(self.inbox)  # a move gives the next a new inbox
             try:
                 self.ws = await WebSocketTransport.connect(
-                    gw.credentials.url(),
-                    lambda m: self.inbox.put_nowait(("ws", m)),
-                    lambda t, info: self.inbox.put_nowait(("closed", info)),
-                    ssl_context=self.ssl_context,
+                    gw.credentials.url(), on_message, on_closed, ssl_context=self.ssl_context
                 )
             except OSError as exc:
                 if not gw.resumable or attempt >= 5:
@@ -254,10 +274,8 @@ class VoiceSession:
         self.packets_sent += 1
 
     async def connected_lost(self) -> None:
-        """Return when the voice loop ends (the connection closed for good)."""
-        if self._loop_task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(self._loop_task)
+        """Return when the voice connection has ended for good (not by leave or move)."""
+        await self.ended.wait()
 
     @property
     def state(self) -> VoiceState:

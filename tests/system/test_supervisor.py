@@ -455,3 +455,37 @@ async def test_rolling_restart_loses_no_dispatch(tmp_path: Path) -> None:
                     timeout=30,
                 )
             assert len(emu.gateway.identifies) == 2  # both shards resumed their sessions
+
+
+async def test_voice_region_move_and_rejoin_after_4006(tmp_path: Path) -> None:
+    async with emulator(shards=1, max_concurrency=1) as emu:
+        assert emu.voice is not None
+        voice_server = emu.voice
+        config = parse_config(
+            {
+                "discord": {"rest_url": emu.rest_url, "ca_file": voice_server.ca_file},
+                "shards": {"intents": ["guilds", "guild_voice_states"]},
+                "ipc": {"runtime_dir": str(tmp_path)},
+            }
+        )
+        async with fleet_with(config, emu, tmp_path) as sup, app(sup) as client:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            guild = emu.world.guild_ids[0]
+            await client.join_voice(guild, emu.world.voice_channel_id(guild))
+
+            def connected(sessions: int) -> bool:
+                voice = sup.status()["voice"]
+                return (
+                    bool(voice)
+                    and voice[0]["state"] == "connected"
+                    and len(voice_server.sessions) == sessions
+                )
+
+            await eventually(lambda: connected(1), timeout=30)
+            pid = sup.voice[guild].proc.pid  # type: ignore[union-attr]
+            endpoint = await emu.move_voice(guild)  # same process, new server
+            await eventually(lambda: connected(2), timeout=30)
+            assert sup.voice[guild].endpoint == endpoint
+            assert sup.voice[guild].proc.pid == pid  # type: ignore[union-attr]
+            await voice_server.close_session(4006, "session no longer valid")
+            await eventually(lambda: sup.voice[guild].rejoins == 1 and connected(3), timeout=30)
