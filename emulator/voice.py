@@ -125,6 +125,7 @@ class VoiceServer:
         self.pending: dict[str, tuple[str, str, str]] = {}  # token -> (guild, user, session)
         self.sessions: dict[int, VoiceSessionRecord] = {}  # by ssrc
         self.connections: list[ServerConnection] = []
+        self.keepalives = 0
         self._dir = Path(tempfile.mkdtemp(prefix="shardline-voice-"))
         self.cert_file, self._key_file = make_certificate(host, self._dir)
         self._server: Server | None = None
@@ -295,6 +296,9 @@ class VoiceServer:
             reply = struct.pack(">HHI64sH", 2, 70, ssrc, addr[0].encode(), addr[1])
             if transport is not None:
                 transport.sendto(reply, addr)
+            return
+        if len(data) == 8:
+            self.keepalives += 1  # a client's UDP keepalive
             return
         if len(data) < 12 + 16 + 4 or data[0] >> 6 != 2:
             return

@@ -79,6 +79,7 @@ class VoiceSession:
         *,
         ssl_context: ssl.SSLContext | None = None,
         modes: tuple[str, ...] = MODES,
+        keepalive_interval: float = 5.0,
     ) -> None:
         self.gateway = VoiceGateway(credentials, max_dave_protocol_version=0)
         self.ssl_context = ssl_context
@@ -95,6 +96,9 @@ class VoiceSession:
         self._loop_task: asyncio.Task[None] | None = None
         self._discovery: asyncio.Future[tuple[str, int]] | None = None
         self._frames: deque[bytes] = deque()
+        self.keepalive_interval = keepalive_interval
+        self._next_keepalive: float | None = None
+        self._keepalives = 0
         self.ended = asyncio.Event()
 
     # -- the library face -----------------------------------------------------------------
@@ -193,12 +197,15 @@ class VoiceSession:
         """Serve one websocket connection until it closes."""
         gw = self.gateway
         while True:
-            deadline = gw.next_deadline()
+            deadlines = [d for d in (gw.next_deadline(), self._next_keepalive) if d is not None]
+            deadline = min(deadlines) if deadlines else None
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 kind, item = await asyncio.wait_for(self.inbox.get(), timeout)
             except TimeoutError:
-                self._act(gw.poll(time.monotonic()))
+                now = time.monotonic()
+                self._act(gw.poll(now))
+                self._keepalive(now)
                 continue
             now = time.monotonic()
             if kind == "ws":
@@ -212,6 +219,7 @@ class VoiceSession:
                     self.connected.clear()
                 return
             self._act(gw.poll(now))
+            self._keepalive(now)
 
     def _act(self, actions: list[VoiceAction]) -> None:
         for action in actions:
@@ -226,6 +234,7 @@ class VoiceSession:
             elif isinstance(action, Connected):
                 self.cipher = TransportCipher(action.mode, action.secret_key)
                 self.rtp = RtpPacketizer(action.ssrc)
+                self._next_keepalive = time.monotonic() + self.keepalive_interval
                 self.connected.set()
             elif isinstance(action, Failed):
                 self.failure = action
@@ -259,6 +268,14 @@ class VoiceSession:
                 return
             gw.session.mode = offered[0]
         self._act(gw.on_discovered(address, port))
+
+    def _keepalive(self, now: float) -> None:
+        """8 bytes on UDP every few seconds keep NAT mappings open while nothing plays."""
+        if self._next_keepalive is None or now < self._next_keepalive or self.udp is None:
+            return
+        self._keepalives += 1
+        self.udp.sendto(self._keepalives.to_bytes(8, "little"))
+        self._next_keepalive = now + self.keepalive_interval
 
     def _on_udp(self, data: bytes) -> None:
         if self._discovery is not None and not self._discovery.done() and len(data) == 74:

@@ -128,3 +128,16 @@ def test_the_library_walkthrough_example_runs() -> None:
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "played 55 frames; the voice server decrypted 55"
+
+
+async def test_udp_keepalives_flow_while_idle() -> None:
+    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
+    async with Emulator(config) as emu:
+        assert emu.voice is not None
+        context = ssl.create_default_context(cafile=emu.voice.ca_file)
+        session = VoiceSession(await join(emu), ssl_context=context, keepalive_interval=0.05)
+        await session.connect()
+        try:
+            await eventually(lambda: emu.voice.keepalives >= 3)  # type: ignore[union-attr]
+        finally:
+            await session.leave()
