@@ -200,14 +200,25 @@ class Client:
     async def leave_voice(self, guild_id: int) -> dict[str, Any]:
         return await self._voice("leave", guild_id)
 
-    async def play(self, guild_id: int, path: str) -> dict[str, Any]:
-        """Play an audio file (anything ffmpeg reads; ``.pcm`` is raw s16le 48 kHz stereo)."""
-        return await self._voice("play", guild_id, path=os.path.abspath(path))
+    async def play(self, guild_id: int, path: str, *, queue: bool = False) -> dict[str, Any]:
+        """Play an audio file (anything ffmpeg reads; ``.pcm`` is raw s16le 48 kHz stereo);
+        with ``queue``, after what is playing."""
+        return await self._voice("play", guild_id, path=os.path.abspath(path), queue=queue)
 
     async def stop_playing(self, guild_id: int) -> dict[str, Any]:
         return await self._voice("stop", guild_id)
 
-    async def _voice(self, action: str, guild_id: int, **fields: str) -> dict[str, Any]:
+    async def pause(self, guild_id: int) -> dict[str, Any]:
+        return await self._voice("pause", guild_id)
+
+    async def resume(self, guild_id: int) -> dict[str, Any]:
+        return await self._voice("resume", guild_id)
+
+    async def set_volume(self, guild_id: int, volume: float) -> dict[str, Any]:
+        """Scale the guild's playback (1.0 = as is, up to 2.0)."""
+        return await self._voice("volume", guild_id, volume=str(volume))
+
+    async def _voice(self, action: str, guild_id: int, **fields: Any) -> dict[str, Any]:
         reply = await self.request(
             f"shardline.voice.{action}", {"guild_id": str(guild_id), **fields}
         )

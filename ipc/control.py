@@ -8,7 +8,7 @@ vouches for: when the bus has the checkpoint for seq N, it has every dispatch up
 
 from __future__ import annotations
 
-from ipc.fields import integer, number, optional_string, raw, string
+from ipc.fields import boolean, integer, number, optional_string, raw, string
 from ipc.messages import Command, Event
 
 __all__ = [
@@ -18,10 +18,13 @@ __all__ = [
     "SessionCheckpoint",
     "ShardStatus",
     "Shutdown",
+    "VoicePause",
     "VoicePlay",
+    "VoiceResume",
     "VoiceServerMove",
     "VoiceStatus",
     "VoiceStop",
+    "VoiceVolume",
     "WorkerHello",
 ]
 
@@ -113,6 +116,23 @@ class VoicePlay(Command):
     __slots__ = ()
     type_name = "control.voice_play"
     path = string()
+    queue = boolean(default=False)  # after what is playing, instead of replacing it
+
+
+class VoicePause(Command):
+    __slots__ = ()
+    type_name = "control.voice_pause"
+
+
+class VoiceResume(Command):
+    __slots__ = ()
+    type_name = "control.voice_resume"
+
+
+class VoiceVolume(Command):
+    __slots__ = ()
+    type_name = "control.voice_volume"
+    volume = number()
 
 
 class VoiceStop(Command):

@@ -129,16 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     voice = sub.add_parser(
         "voice",
-        help="voice sessions: join GUILD CHANNEL | leave GUILD | play GUILD FILE | stop GUILD",
+        help="voice sessions: join GUILD CHANNEL | leave | play GUILD FILE [--queue] | stop | "
+        "pause | resume | volume GUILD N",
         description=(
             "Ask the running supervisor to join a voice channel (one voice process per guild), "
             "leave it, play an audio file (anything ffmpeg reads; .pcm files are raw s16le "
             "48 kHz stereo), or stop playing."
         ),
     )
-    voice.add_argument("action", choices=["join", "leave", "play", "stop"])
+    voice.add_argument(
+        "action", choices=["join", "leave", "play", "stop", "pause", "resume", "volume"]
+    )
     voice.add_argument("guild", type=int, help="guild id")
-    voice.add_argument("arg", nargs="?", help="join: the channel id; play: the file")
+    voice.add_argument(
+        "arg", nargs="?", help="join: the channel id; play: the file; volume: 0.0-2.0"
+    )
+    voice.add_argument("--queue", action="store_true", help="play: after what is playing")
     voice.add_argument("--config", default="config/shardline.toml", help="TOML config file")
     voice.set_defaults(func=_cmd_voice)
 
@@ -372,14 +378,19 @@ def _cmd_restart(args: argparse.Namespace) -> int:
 
 def _cmd_voice(args: argparse.Namespace) -> int:
     body: dict[str, object] = {"guild_id": str(args.guild)}
-    if args.action in ("join", "play"):
+    needs = {
+        "join": ("channel_id", "a channel id"),
+        "play": ("path", "a file"),
+        "volume": ("volume", "a number"),
+    }
+    if args.action in needs:
+        key, what = needs[args.action]
         if not args.arg:
-            what = "a channel id" if args.action == "join" else "a file"
             print(f"shardline: voice {args.action} needs {what}", file=sys.stderr)
             return 2
-        body["channel_id" if args.action == "join" else "path"] = (
-            args.arg if args.action == "join" else os.path.abspath(args.arg)
-        )
+        body[key] = os.path.abspath(args.arg) if key == "path" else args.arg
+        if args.action == "play":
+            body["queue"] = args.queue
     reply = _request(args.config, f"shardline.voice.{args.action}", body)
     if not reply.get("ok"):
         print(f"shardline: {reply.get('error')}", file=sys.stderr)

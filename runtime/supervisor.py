@@ -35,10 +35,13 @@ from ipc.control import (
     SessionCheckpoint,
     ShardStatus,
     Shutdown,
+    VoicePause,
     VoicePlay,
+    VoiceResume,
     VoiceServerMove,
     VoiceStatus,
     VoiceStop,
+    VoiceVolume,
     WorkerHello,
 )
 from ipc.intents import names_from_bits
@@ -590,10 +593,21 @@ class Supervisor:
             path = str(data.get("path", ""))
             if not os.path.isfile(path):
                 return {"ok": False, "error": f"no such file: {path!r}"}
-            self._send_voice(guild, VoicePlay(path=os.path.abspath(path)))
+            queued = bool(data.get("queue", False))
+            self._send_voice(guild, VoicePlay(path=os.path.abspath(path), queue=queued))
             return {"ok": True, "routed": f"voice:{guild}"}
-        if action == "stop":
-            self._send_voice(guild, VoiceStop())
+        if action == "volume":
+            try:
+                volume = float(data["volume"])
+            except (KeyError, TypeError, ValueError):
+                return {"ok": False, "error": "voice volume needs a number (1.0 = as is)"}
+            if not 0.0 <= volume <= 2.0:
+                return {"ok": False, "error": f"volume {volume} is outside 0.0-2.0"}
+            self._send_voice(guild, VoiceVolume(volume=volume))
+            return {"ok": True, "routed": f"voice:{guild}"}
+        simple = {"stop": VoiceStop, "pause": VoicePause, "resume": VoiceResume}
+        if action in simple:
+            self._send_voice(guild, simple[action]())
             return {"ok": True, "routed": f"voice:{guild}"}
         return {"ok": False, "error": f"unknown voice command {action!r}"}
 

@@ -12,7 +12,16 @@ import signal
 import ssl
 import sys
 
-from ipc.control import Shutdown, VoicePlay, VoiceServerMove, VoiceStatus, VoiceStop
+from ipc.control import (
+    Shutdown,
+    VoicePause,
+    VoicePlay,
+    VoiceResume,
+    VoiceServerMove,
+    VoiceStatus,
+    VoiceStop,
+    VoiceVolume,
+)
 from ipc.logfmt import setup_logging
 from shards.links import ControlLink
 from voiceworker.audio import open_source
@@ -63,7 +72,23 @@ async def amain(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    playing: asyncio.Task[int] | None = None
+    playing: asyncio.Task[None] | None = None
+    queue: list[str] = []
+
+    async def player() -> None:
+        """Play the queue, one file after the other."""
+        while queue:
+            path = queue.pop(0)
+            try:
+                source = open_source(path)
+            except (OSError, ValueError) as exc:
+                log.warning(f"cannot play {path}: {exc}")
+                continue
+            source.volume = session.volume  # type: ignore[attr-defined]
+            try:
+                await session.play(source)
+            except ValueError as exc:  # ffmpeg could not decode it
+                log.warning(str(exc))
 
     async def statuses() -> None:
         while True:
@@ -89,16 +114,25 @@ async def amain(args: argparse.Namespace) -> int:
         while True:
             command = await control.receive()
             if isinstance(command, VoicePlay):
+                busy = playing is not None and not playing.done()
+                if command.queue and busy:
+                    queue.append(command.path)
+                    continue
                 if playing is not None:
                     playing.cancel()
-                try:
-                    source = open_source(command.path)
-                except (OSError, ValueError) as exc:
-                    log.warning(f"cannot play {command.path}: {exc}")
-                    continue
-                playing = asyncio.create_task(session.play(source))
-            elif isinstance(command, VoiceStop) and playing is not None:
-                playing.cancel()
+                queue[:] = [command.path]
+                session.resume()
+                playing = asyncio.create_task(player())
+            elif isinstance(command, VoiceStop):
+                queue.clear()
+                if playing is not None:
+                    playing.cancel()
+            elif isinstance(command, VoicePause):
+                session.pause()
+            elif isinstance(command, VoiceResume):
+                session.resume()
+            elif isinstance(command, VoiceVolume):
+                session.set_volume(command.volume)
             elif isinstance(command, VoiceServerMove):
                 log.info("voice server moved; reconnecting there")
                 await session.move(command.token, command.endpoint)

@@ -150,6 +150,14 @@ class FFmpegSource:
         stdout: Any = self.process.stdout
         self.pcm = PCMSource(stdout, encoder=encoder, volume=volume)
 
+    @property
+    def volume(self) -> float:
+        return self.pcm.volume
+
+    @volume.setter
+    def volume(self, value: float) -> None:
+        self.pcm.volume = value
+
     def read(self) -> bytes | None:
         frame = self.pcm.read()
         if frame is None and self.process.poll() not in (None, 0):

@@ -100,6 +100,10 @@ class VoiceSession:
         self._next_keepalive: float | None = None
         self._keepalives = 0
         self.ended = asyncio.Event()
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
+        self.current: AudioSource | None = None
+        self.volume = 1.0
 
     # -- the library face -----------------------------------------------------------------
 
@@ -117,27 +121,64 @@ class VoiceSession:
             raise VoiceError(f"voice connection failed: {why}")
 
     async def play(self, source: AudioSource) -> int:
-        """Send the source's frames on the 20 ms clock, then five silence frames.
-        Returns the frames sent. SPEAKING goes out first."""
+        """Send the source's frames on the 20 ms clock (read one at a time, so a long file
+        starts at once), pausing when asked, then five silence frames. SPEAKING goes out
+        first. Returns the audio frames sent, silence included."""
         if not self.connected.is_set() or self.ws is None:
             raise VoiceError("not connected")
+        self.current = source
         self._act([self.gateway.speaking(1)])
-        sent = 0
         clock = self.clock = SendClock(time.monotonic())
-        frames: list[bytes] = []
-        while (frame := source.read()) is not None:
-            frames.append(frame)
-        frames += [SILENCE] * 5
-        for frame in frames:
-            delay = clock.deadline() - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._send_audio(frame)
-            clock.sent_at(time.monotonic())
-            sent += 1
-        self._act([self.gateway.speaking(0)])
-        source.close()
+        sent = 0
+        try:
+            while (frame := source.read()) is not None:
+                if not self._unpaused.is_set():
+                    sent += await self._silence(clock)
+                    self._act([self.gateway.speaking(0)])
+                    paused_at = time.monotonic()
+                    await self._unpaused.wait()
+                    if self.rtp is not None:  # the timestamp keeps counting real time
+                        self.rtp.skip(int((time.monotonic() - paused_at) / 0.020))
+                    self._act([self.gateway.speaking(1)])
+                    clock.restart(time.monotonic())
+                await self._send_on_time(clock, frame)
+                sent += 1
+            sent += await self._silence(clock)
+        finally:
+            self._act([self.gateway.speaking(0)])
+            source.close()
+            self.current = None
         return sent
+
+    async def _send_on_time(self, clock: SendClock, frame: bytes) -> None:
+        delay = clock.deadline() - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._send_audio(frame)
+        clock.sent_at(time.monotonic())
+
+    async def _silence(self, clock: SendClock) -> int:
+        """Five silence frames: how a transmission ends, so that decoders do not glitch."""
+        for _ in range(5):
+            await self._send_on_time(clock, SILENCE)
+        return 5
+
+    def pause(self) -> None:
+        """Stop sending after the current frame (with five silence frames)."""
+        self._unpaused.clear()
+
+    def resume(self) -> None:
+        self._unpaused.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._unpaused.is_set()
+
+    def set_volume(self, volume: float) -> None:
+        """Scale what is playing (and what plays next) by ``volume`` (1.0 = as is)."""
+        self.volume = max(0.0, volume)
+        if self.current is not None and hasattr(self.current, "volume"):
+            self.current.volume = self.volume
 
     async def move(self, token: str, endpoint: str) -> None:
         """A new VOICE_SERVER_UPDATE (a region move): connect to the new server afresh."""

@@ -489,3 +489,52 @@ async def test_voice_region_move_and_rejoin_after_4006(tmp_path: Path) -> None:
             assert sup.voice[guild].proc.pid == pid  # type: ignore[union-attr]
             await voice_server.close_session(4006, "session no longer valid")
             await eventually(lambda: sup.voice[guild].rejoins == 1 and connected(3), timeout=30)
+
+
+async def test_voice_queue_pause_resume_and_volume_commands(tmp_path: Path) -> None:
+    import math
+    import struct
+
+    async with emulator(shards=1, max_concurrency=1) as emu:
+        assert emu.voice is not None
+        voice_server = emu.voice
+        config = parse_config(
+            {
+                "discord": {"rest_url": emu.rest_url, "ca_file": voice_server.ca_file},
+                "shards": {"intents": ["guilds", "guild_voice_states"]},
+                "ipc": {"runtime_dir": str(tmp_path)},
+            }
+        )
+        clips = []
+        for n, freq in enumerate((300, 600)):
+            path = tmp_path / f"clip{n}.pcm"
+            path.write_bytes(
+                b"".join(
+                    struct.pack("<hh", v, v)
+                    for v in (int(5000 * math.sin(freq * i / 48_000)) for i in range(960 * 10))
+                )
+            )
+            clips.append(path)
+        async with fleet_with(config, emu, tmp_path) as sup, app(sup) as client:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            guild = emu.world.guild_ids[0]
+            await client.join_voice(guild, emu.world.voice_channel_id(guild))
+            await eventually(
+                lambda: (
+                    bool(sup.status()["voice"]) and sup.status()["voice"][0]["state"] == "connected"
+                ),
+                timeout=30,
+            )
+            await client.play(guild, str(clips[0]))
+            await client.play(guild, str(clips[1]), queue=True)
+            await voice_server.wait_until(
+                lambda: sum(len(r.packets) for r in voice_server.sessions.values()) == 30
+            )  # both clips, each ending in five silence frames
+            for reply in (
+                await client.pause(guild),
+                await client.resume(guild),
+                await client.set_volume(guild, 0.5),
+            ):
+                assert reply == {"ok": True, "routed": f"voice:{guild}"}
+            with pytest.raises(CommandError, match=r"outside 0\.0-2\.0"):
+                await client.set_volume(guild, 5.0)

@@ -141,3 +141,40 @@ async def test_udp_keepalives_flow_while_idle() -> None:
             await eventually(lambda: emu.voice.keepalives >= 3)  # type: ignore[union-attr]
         finally:
             await session.leave()
+
+
+async def test_pause_sends_silence_then_resume_continues_with_the_clock() -> None:
+    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
+    async with Emulator(config) as emu:
+        assert emu.voice is not None
+        context = ssl.create_default_context(cafile=emu.voice.ca_file)
+        session = VoiceSession(await join(emu), ssl_context=context)
+        await session.connect()
+        try:
+            source = PCMSource(io.BytesIO(tone(30)))
+            playing = asyncio.create_task(session.play(source))
+            record = None
+            await emu.voice.wait_until(
+                lambda: any(len(r.packets) >= 10 for r in emu.voice.sessions.values())  # type: ignore[union-attr]
+            )
+            record = next(iter(emu.voice.sessions.values()))
+            session.set_volume(0.5)
+            assert source.volume == 0.5
+            session.pause()
+            await emu.voice.wait_until(
+                lambda: [p.opus for p in record.packets[-5:]] == [SILENCE] * 5  # type: ignore[union-attr]
+            )
+            at_pause = len(record.packets)
+            assert session.paused and record.speaking[-1] == 0
+            session.resume()
+            sent = await asyncio.wait_for(playing, 10)
+            await emu.voice.wait_until(lambda: len(record.packets) == sent)  # type: ignore[union-attr]
+        finally:
+            await session.leave()
+        assert sent == 30 + 5 + 5  # the tone, silence at the pause, silence at the end
+        assert record.speaking[-2:] == [1, 0]
+        resumed = record.packets[at_pause]
+        before = record.packets[at_pause - 1]
+        assert resumed.seq == before.seq + 1  # seq continues
+        assert resumed.timestamp - before.timestamp >= 960  # the timestamp kept real time
+        assert record.undecryptable == 0
