@@ -126,6 +126,7 @@ class VoiceServer:
         self.sessions: dict[int, VoiceSessionRecord] = {}  # by ssrc
         self.connections: list[ServerConnection] = []
         self.keepalives = 0
+        self._live: dict[ServerConnection, VoiceSessionRecord] = {}  # identified connections
         self._dir = Path(tempfile.mkdtemp(prefix="shardline-voice-"))
         self.cert_file, self._key_file = make_certificate(host, self._dir)
         self._server: Server | None = None
@@ -166,6 +167,38 @@ class VoiceServer:
         for ws in connections:
             await ws.close(code, reason)
         return len(connections)
+
+    async def member_speaks(self, user_id: int, frames: list[bytes]) -> int:
+        """An emulated call member speaks: SPEAKING (op 5, user id and SSRC) on each client's
+        voice websocket, then the Opus ``frames`` as RTP packets encrypted with each client's
+        session key, to its UDP address. Returns the packets sent."""
+        transport = self._udp.transport if self._udp else None
+        ssrc = 0x7000_0000 + user_id % 0x0FFF_FFFF
+        sent = 0
+        for ws, record in list(self._live.items()):
+            if record.client_address is None or transport is None or not record.secret_key:
+                continue
+            record.seq += 1
+            speaking = {"user_id": str(user_id), "ssrc": ssrc, "speaking": 1}
+            await ws.send(orjson.dumps({"op": 5, "d": speaking, "seq": record.seq}).decode())
+            for n, opus in enumerate(frames):
+                header = struct.pack(">BBHII", 0x80, 0x78, n, n * 960, ssrc)
+                transport.sendto(self._encrypt(record, header, opus, n), record.client_address)
+                sent += 1
+        return sent
+
+    @staticmethod
+    def _encrypt(record: VoiceSessionRecord, header: bytes, opus: bytes, counter: int) -> bytes:
+        nonce4 = counter.to_bytes(4, "big")
+        if record.mode == MODES[0]:
+            sealed = bindings.crypto_aead_aes256gcm_encrypt(
+                opus, header, nonce4 + bytes(8), record.secret_key
+            )
+        else:
+            sealed = bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+                opus, header, nonce4 + bytes(20), record.secret_key
+            )
+        return header + sealed + nonce4
 
     def resumes(self) -> int:
         """How many RESUMEs (op 7) clients have sent."""
@@ -219,6 +252,7 @@ class VoiceServer:
                     record = await self._identify(ws, d)
                     if record is None:
                         return
+                    self._live[ws] = record
                     await send(
                         2,
                         {
@@ -258,6 +292,7 @@ class VoiceServer:
             pass
         finally:
             self.connections.remove(ws)
+            self._live.pop(ws, None)
             await self._notify()
 
     def _resume(self, d: Any) -> VoiceSessionRecord | None:
@@ -293,6 +328,8 @@ class VoiceServer:
         transport = self._udp.transport if self._udp else None
         if len(data) == 74 and data[:2] == b"\x00\x01":
             ssrc = struct.unpack(">I", data[4:8])[0]
+            if ssrc in self.sessions:
+                self.sessions[ssrc].client_address = addr
             reply = struct.pack(">HHI64sH", 2, 70, ssrc, addr[0].encode(), addr[1])
             if transport is not None:
                 transport.sendto(reply, addr)

@@ -30,6 +30,7 @@ __all__ = [
     "Failed",
     "Send",
     "SendBinary",
+    "Speaking",
     "VoiceAction",
     "VoiceCredentials",
     "VoiceGateway",
@@ -143,6 +144,14 @@ class DaveMessage:
 
 
 @dataclass(slots=True)
+class Speaking:
+    """Another member's SSRC (op 5 from the server): which user a stream of packets is."""
+
+    user_id: int
+    ssrc: int
+
+
+@dataclass(slots=True)
 class Failed:
     """The connection cannot continue as is: ``outcome`` says what happens next."""
 
@@ -151,7 +160,7 @@ class Failed:
     message: str
 
 
-VoiceAction = Send | SendBinary | Close | Discover | Connected | DaveMessage | Failed
+VoiceAction = Send | SendBinary | Close | Discover | Connected | DaveMessage | Speaking | Failed
 
 
 @dataclass
@@ -329,6 +338,12 @@ class VoiceGateway:
         self.state = VoiceState.CONNECTED
         return []
 
+    def _on_speaking(self, d: Any, now: float) -> list[VoiceAction]:
+        try:
+            return [Speaking(int(d["user_id"]), int(d["ssrc"]))]
+        except (KeyError, TypeError, ValueError):
+            return []
+
     def _on_heartbeat_ack(self, d: Any, now: float) -> list[VoiceAction]:
         self.awaiting_ack = False
         self.latency = now - self.heartbeat_sent_at
@@ -370,6 +385,7 @@ class VoiceGateway:
 _HANDLERS: dict[int, Callable[[VoiceGateway, Any, float], list[VoiceAction]]] = {
     2: VoiceGateway._on_ready,
     4: VoiceGateway._on_session_description,
+    5: VoiceGateway._on_speaking,
     6: VoiceGateway._on_heartbeat_ack,
     8: VoiceGateway._on_hello,
     9: VoiceGateway._on_resumed,

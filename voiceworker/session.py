@@ -24,7 +24,7 @@ from typing import Any
 from shards.transport import ClosedInfo, WebSocketTransport
 from voiceworker.audio import SILENCE, AudioSource
 from voiceworker.clock import SendClock
-from voiceworker.crypto import MODES, TransportCipher
+from voiceworker.crypto import MODES, DecryptError, TransportCipher
 from voiceworker.discovery import build_request, parse_response
 from voiceworker.gateway import (
     Close,
@@ -34,6 +34,7 @@ from voiceworker.gateway import (
     Failed,
     Send,
     SendBinary,
+    Speaking,
     VoiceAction,
     VoiceCredentials,
     VoiceGateway,
@@ -104,6 +105,10 @@ class VoiceSession:
         self._unpaused.set()
         self.current: AudioSource | None = None
         self.volume = 1.0
+        # Receiving: set on_audio(user_id, opus_frame) to hear the other members.
+        self.on_audio: Callable[[int, bytes], None] | None = None
+        self.ssrc_users: dict[int, int] = {}
+        self.undecryptable = 0
 
     # -- the library face -----------------------------------------------------------------
 
@@ -280,6 +285,8 @@ class VoiceSession:
             elif isinstance(action, Failed):
                 self.failure = action
                 log.warning(action.message)
+            elif isinstance(action, Speaking):
+                self.ssrc_users[action.ssrc] = action.user_id
             elif isinstance(action, DaveMessage):
                 log.debug(f"DAVE opcode {action.op} ignored: DAVE is not implemented yet")
 
@@ -319,11 +326,22 @@ class VoiceSession:
         self._next_keepalive = now + self.keepalive_interval
 
     def _on_udp(self, data: bytes) -> None:
-        if self._discovery is not None and not self._discovery.done() and len(data) == 74:
-            try:
-                self._discovery.set_result(parse_response(data, self.gateway.session.ssrc))
-            except ValueError:
-                pass
+        if len(data) == 74:
+            if self._discovery is not None and not self._discovery.done():
+                with contextlib.suppress(ValueError):
+                    self._discovery.set_result(parse_response(data, self.gateway.session.ssrc))
+            return
+        if self.cipher is None or self.on_audio is None:
+            return  # receiving is off unless someone listens
+        try:
+            header, opus = self.cipher.decrypt(data)
+        except DecryptError:
+            self.undecryptable += 1  # garbage or not ours: counted, never fatal
+            return
+        ssrc = int.from_bytes(header[8:12], "big")
+        user = self.ssrc_users.get(ssrc)
+        if user is not None and opus != SILENCE:
+            self.on_audio(user, opus)
 
     def _send_audio(self, opus: bytes) -> None:
         if self.udp is None or self.cipher is None or self.rtp is None:

@@ -178,3 +178,32 @@ async def test_pause_sends_silence_then_resume_continues_with_the_clock() -> Non
         assert resumed.seq == before.seq + 1  # seq continues
         assert resumed.timestamp - before.timestamp >= 960  # the timestamp kept real time
         assert record.undecryptable == 0
+
+
+async def test_receiving_maps_ssrc_to_the_member_and_survives_garbage() -> None:
+    from voiceworker.audio import OpusEncoder
+
+    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
+    async with Emulator(config) as emu:
+        assert emu.voice is not None
+        context = ssl.create_default_context(cafile=emu.voice.ca_file)
+        session = VoiceSession(await join(emu), ssl_context=context)
+        heard: list[tuple[int, bytes]] = []
+        session.on_audio = lambda user, opus: heard.append((user, opus))
+        await session.connect()
+        try:
+            # the server learns our UDP address from discovery; garbage first, then a member
+            assert session.udp is not None
+            encoder = OpusEncoder()
+            pcm = tone(5)
+            frames = [encoder.encode(pcm[i * 3840 : (i + 1) * 3840]) for i in range(5)]
+            transport = emu.voice._udp.transport  # type: ignore[union-attr]
+            record = next(iter(emu.voice.sessions.values()))
+            assert record.client_address is not None and transport is not None
+            transport.sendto(b"\x80\x78" + bytes(40), record.client_address)  # undecryptable
+            assert await emu.voice.member_speaks(4242, frames) == 5
+            await eventually(lambda: len(heard) == 5)
+        finally:
+            await session.leave()
+        assert heard == [(4242, frame) for frame in frames]
+        assert session.undecryptable == 1 and session.state.value != "disconnected"
