@@ -33,7 +33,7 @@ class OpusUnavailableError(RuntimeError):
     """libopus is not installed (opuslib finds it with ctypes at import)."""
 
 
-def _opuslib() -> Any:
+def opus_library() -> Any:
     try:
         import opuslib
     except Exception as exc:  # opuslib raises a bare Exception when libopus is missing
@@ -48,7 +48,7 @@ class OpusEncoder:
     """48 kHz stereo, 20 ms frames, tuned for music (Discord's bitrate default: 64 kbit/s)."""
 
     def __init__(self, bitrate: int = 64_000) -> None:
-        opuslib = _opuslib()
+        opuslib = opus_library()
         self._encoder = opuslib.Encoder(SAMPLE_RATE, CHANNELS, opuslib.APPLICATION_AUDIO)
         self._encoder.bitrate = bitrate
 

@@ -207,3 +207,33 @@ async def test_receiving_maps_ssrc_to_the_member_and_survives_garbage() -> None:
             await session.leave()
         assert heard == [(4242, frame) for frame in frames]
         assert session.undecryptable == 1 and session.state.value != "disconnected"
+
+
+async def test_record_writes_one_wav_per_member(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import wave
+
+    from voiceworker.audio import OpusEncoder
+    from voiceworker.recorder import Recorder
+
+    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
+    async with Emulator(config) as emu:
+        assert emu.voice is not None
+        context = ssl.create_default_context(cafile=emu.voice.ca_file)
+        session = VoiceSession(await join(emu), ssl_context=context)
+        recorder = Recorder(tmp_path / "rec")
+        session.on_audio = recorder.on_audio
+        await session.connect()
+        try:
+            encoder = OpusEncoder()
+            pcm = tone(8)
+            frames = [encoder.encode(pcm[i * 3840 : (i + 1) * 3840]) for i in range(8)]
+            await emu.voice.member_speaks(7, frames)
+            await emu.voice.member_speaks(8, frames[:3])
+            await eventually(lambda: recorder.frames == {7: 8, 8: 3})
+        finally:
+            await session.leave()
+            recorder.close()
+        with wave.open(str(recorder.path(7))) as w:
+            assert (w.getnchannels(), w.getframerate(), w.getnframes()) == (2, 48_000, 8 * 960)
+        with wave.open(str(recorder.path(8))) as w:
+            assert w.getnframes() == 3 * 960
