@@ -54,6 +54,19 @@ def make_config(emu: Emulator, runtime_dir: Path, **shards: Any) -> Config:
     )
 
 
+def voice_config(emu: Emulator, runtime_dir: Path, intents: list[str], **extra: Any) -> Config:
+    """A config for the emulator with voice: its certificate trusted as an extra CA."""
+    assert emu.voice is not None
+    return parse_config(
+        {
+            "discord": {"rest_url": emu.rest_url, "ca_file": emu.voice.ca_file},
+            "shards": {"intents": intents},
+            "ipc": {"runtime_dir": str(runtime_dir)},
+            **extra,
+        }
+    )
+
+
 @asynccontextmanager
 async def fleet(emu: Emulator, runtime_dir: Path, **shards: Any) -> AsyncIterator[Supervisor]:
     async with fleet_with(make_config(emu, runtime_dir, **shards), emu, runtime_dir) as sup:
@@ -342,13 +355,8 @@ async def test_voice_join_play_and_rejoin_after_a_kill(tmp_path: Path) -> None:
 
     async with emulator(shards=2) as emu:
         assert emu.voice is not None
-        config = parse_config(
-            {
-                "discord": {"rest_url": emu.rest_url, "ca_file": emu.voice.ca_file},
-                "shards": {"intents": ["guilds", "guild_voice_states"]},
-                "ipc": {"runtime_dir": str(tmp_path)},
-                "restart": {"backoff_initial": 0.1},
-            }
+        config = voice_config(
+            emu, tmp_path, ["guilds", "guild_voice_states"], restart={"backoff_initial": 0.1}
         )
         pcm = tmp_path / "tone.pcm"
         pcm.write_bytes(
@@ -397,13 +405,11 @@ async def test_voice_join_play_and_rejoin_after_a_kill(tmp_path: Path) -> None:
 async def test_example_bot_plays_a_clip_on_request(tmp_path: Path) -> None:
     async with emulator(shards=1, max_concurrency=1) as emu:
         assert emu.voice is not None
-        config = parse_config(
-            {
-                "discord": {"rest_url": emu.rest_url, "ca_file": emu.voice.ca_file},
-                "shards": {"intents": ["guilds", "guild_messages", "guild_voice_states"]},
-                "ipc": {"runtime_dir": str(tmp_path)},
-                "apps": [{"module": "examples.bot"}],
-            }
+        config = voice_config(
+            emu,
+            tmp_path,
+            ["guilds", "guild_messages", "guild_voice_states"],
+            apps=[{"module": "examples.bot"}],
         )
         async with fleet_with(config, emu, tmp_path) as sup:
             await eventually(lambda: all_ready(sup), timeout=30)
@@ -461,13 +467,7 @@ async def test_voice_region_move_and_rejoin_after_4006(tmp_path: Path) -> None:
     async with emulator(shards=1, max_concurrency=1) as emu:
         assert emu.voice is not None
         voice_server = emu.voice
-        config = parse_config(
-            {
-                "discord": {"rest_url": emu.rest_url, "ca_file": voice_server.ca_file},
-                "shards": {"intents": ["guilds", "guild_voice_states"]},
-                "ipc": {"runtime_dir": str(tmp_path)},
-            }
-        )
+        config = voice_config(emu, tmp_path, ["guilds", "guild_voice_states"])
         async with fleet_with(config, emu, tmp_path) as sup, app(sup) as client:
             await eventually(lambda: all_ready(sup), timeout=30)
             guild = emu.world.guild_ids[0]
@@ -498,13 +498,7 @@ async def test_voice_queue_pause_resume_and_volume_commands(tmp_path: Path) -> N
     async with emulator(shards=1, max_concurrency=1) as emu:
         assert emu.voice is not None
         voice_server = emu.voice
-        config = parse_config(
-            {
-                "discord": {"rest_url": emu.rest_url, "ca_file": voice_server.ca_file},
-                "shards": {"intents": ["guilds", "guild_voice_states"]},
-                "ipc": {"runtime_dir": str(tmp_path)},
-            }
-        )
+        config = voice_config(emu, tmp_path, ["guilds", "guild_voice_states"])
         clips = []
         for n, freq in enumerate((300, 600)):
             path = tmp_path / f"clip{n}.pcm"

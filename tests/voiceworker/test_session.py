@@ -9,6 +9,7 @@ import itertools
 import math
 import ssl
 import struct
+from typing import Any
 
 import pytest
 
@@ -52,10 +53,23 @@ async def join(emu: Emulator) -> VoiceCredentials:
     )
 
 
+def voice_emulator() -> Emulator:
+    """An emulator with one guild and its voice server."""
+    return Emulator(
+        EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
+    )
+
+
+async def new_session(emu: Emulator, **options: Any) -> VoiceSession:
+    """A session with credentials from a gateway join, trusting the emulator's certificate."""
+    assert emu.voice is not None
+    context = ssl.create_default_context(cafile=emu.voice.ca_file)
+    return VoiceSession(await join(emu), ssl_context=context, **options)
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_join_speak_and_the_server_decrypts_every_frame(mode: str) -> None:
-    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
-    async with Emulator(config) as emu:
+    async with voice_emulator() as emu:
         assert emu.voice is not None
         credentials = await join(emu)
         context = ssl.create_default_context(cafile=emu.voice.ca_file)
@@ -82,8 +96,7 @@ async def test_join_speak_and_the_server_decrypts_every_frame(mode: str) -> None
 
 
 async def test_a_bad_token_is_refused() -> None:
-    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
-    async with Emulator(config) as emu:
+    async with voice_emulator() as emu:
         assert emu.voice is not None
         good = await join(emu)
         bad = VoiceCredentials(good.guild_id, good.user_id, good.session_id, "nope", good.endpoint)
@@ -95,11 +108,8 @@ async def test_a_bad_token_is_refused() -> None:
 
 
 async def test_resume_after_4015_and_clean_end_on_4014() -> None:
-    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
-    async with Emulator(config) as emu:
-        assert emu.voice is not None
-        context = ssl.create_default_context(cafile=emu.voice.ca_file)
-        session = VoiceSession(await join(emu), ssl_context=context)
+    async with voice_emulator() as emu:
+        session = await new_session(emu)
         await session.connect()
         try:
             assert await emu.voice.close_session(4015, "crashed") == 1
@@ -131,11 +141,8 @@ def test_the_library_walkthrough_example_runs() -> None:
 
 
 async def test_udp_keepalives_flow_while_idle() -> None:
-    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
-    async with Emulator(config) as emu:
-        assert emu.voice is not None
-        context = ssl.create_default_context(cafile=emu.voice.ca_file)
-        session = VoiceSession(await join(emu), ssl_context=context, keepalive_interval=0.05)
+    async with voice_emulator() as emu:
+        session = await new_session(emu, keepalive_interval=0.05)
         await session.connect()
         try:
             await eventually(lambda: emu.voice.keepalives >= 3)  # type: ignore[union-attr]
@@ -144,11 +151,8 @@ async def test_udp_keepalives_flow_while_idle() -> None:
 
 
 async def test_pause_sends_silence_then_resume_continues_with_the_clock() -> None:
-    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
-    async with Emulator(config) as emu:
-        assert emu.voice is not None
-        context = ssl.create_default_context(cafile=emu.voice.ca_file)
-        session = VoiceSession(await join(emu), ssl_context=context)
+    async with voice_emulator() as emu:
+        session = await new_session(emu)
         await session.connect()
         try:
             source = PCMSource(io.BytesIO(tone(30)))
@@ -183,11 +187,8 @@ async def test_pause_sends_silence_then_resume_continues_with_the_clock() -> Non
 async def test_receiving_maps_ssrc_to_the_member_and_survives_garbage() -> None:
     from voiceworker.audio import OpusEncoder
 
-    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
-    async with Emulator(config) as emu:
-        assert emu.voice is not None
-        context = ssl.create_default_context(cafile=emu.voice.ca_file)
-        session = VoiceSession(await join(emu), ssl_context=context)
+    async with voice_emulator() as emu:
+        session = await new_session(emu)
         heard: list[tuple[int, bytes]] = []
         session.on_audio = lambda user, opus: heard.append((user, opus))
         await session.connect()
@@ -215,11 +216,8 @@ async def test_record_writes_one_wav_per_member(tmp_path) -> None:  # type: igno
     from voiceworker.audio import OpusEncoder
     from voiceworker.recorder import Recorder
 
-    config = EmulatorConfig(rules=GatewayRules(identify_interval=0), world=WorldConfig(guilds=1))
-    async with Emulator(config) as emu:
-        assert emu.voice is not None
-        context = ssl.create_default_context(cafile=emu.voice.ca_file)
-        session = VoiceSession(await join(emu), ssl_context=context)
+    async with voice_emulator() as emu:
+        session = await new_session(emu)
         recorder = Recorder(tmp_path / "rec")
         session.on_audio = recorder.on_audio
         await session.connect()
