@@ -685,12 +685,14 @@ class Supervisor:
             voice.status = dict(message.raw)
 
     def _send_voice(self, guild: int, message: Any) -> None:
-        frames = [f"voice:{guild}".encode(), message.type_name.encode(), orjson.dumps(message.raw)]
-        with contextlib.suppress(zmq.ZMQError):
-            self.control.send_multipart(frames, flags=zmq.NOBLOCK)
+        self._send_to(f"voice:{guild}", message)
 
     def _send_control(self, shard: int, message: Any) -> None:
-        frames = [f"shard:{shard}".encode(), message.type_name.encode(), orjson.dumps(message.raw)]
+        self._send_to(f"shard:{shard}", message)
+
+    def _send_to(self, identity: str, message: Any) -> None:
+        """A control message to one worker, never blocking the supervisor."""
+        frames = [identity.encode(), message.type_name.encode(), orjson.dumps(message.raw)]
         with contextlib.suppress(zmq.ZMQError):
             self.control.send_multipart(frames, flags=zmq.NOBLOCK)
 
