@@ -206,7 +206,8 @@ class GatewayServer:
         self.url = ""  # set by the emulator once it listens
         self.voice_endpoint = ""  # host:port of the voice server
         # told of each voice token handed out: (token, guild_id, user_id, session_id)
-        self.on_voice_token: Callable[[str, str, str, str], None] | None = None
+        # token, guild, user, voice session, channel: what the voice server will accept
+        self.on_voice_token: Callable[[str, str, str, str, str], None] | None = None
         self.sessions: dict[str, Session] = {}
         self.connections: list[Connection] = []
         self.received: list[Received] = []
@@ -524,7 +525,11 @@ class GatewayServer:
             }
             if self.on_voice_token is not None:
                 self.on_voice_token(
-                    server["token"], str(guild_id), str(self.world.bot_id), voice_session
+                    server["token"],
+                    str(guild_id),
+                    str(self.world.bot_id),
+                    voice_session,
+                    str(channel_id),
                 )
             await self.dispatch(session, "VOICE_SERVER_UPDATE", server)
         return True

@@ -43,6 +43,7 @@ class EmulatorConfig:
     large_members: int = 5000
     voice: bool = True  # serve the voice gateway (wss) and UDP
     require_dave: bool = False  # close 4017 when a voice client offers no DAVE
+    dave: bool = True  # run calls at DAVE protocol version 1 for clients that offer it
     rules: GatewayRules | None = None  # overrides the fields above when given
     world: WorldConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -102,7 +103,9 @@ class Emulator:
         self.rest_port = await self._http.start(host, self.config.port)
         self.gateway.url = f"ws://{host}:{self.gateway_port}"
         if self.config.voice:
-            self.voice = VoiceServer(host, require_dave=self.config.require_dave)
+            self.voice = VoiceServer(
+                host, require_dave=self.config.require_dave, dave=self.config.dave
+            )
             await self.voice.start()
             self.gateway.voice_endpoint = self.voice.endpoint
             self.gateway.on_voice_token = self.voice.expect
@@ -251,11 +254,15 @@ class Emulator:
         self.gateway.voice_endpoint = endpoint
         token = secrets.token_hex(8)
         for session in self.gateway.sessions_for_guild(guild_id):
-            voice_session = next(
-                (r.session_id for r in self.voice.sessions.values() if r.guild_id == str(guild_id)),
-                "",
+            voice_session, channel = next(
+                (
+                    (r.session_id, str(r.channel_id))
+                    for r in self.voice.sessions.values()
+                    if r.guild_id == str(guild_id)
+                ),
+                ("", str(self.world.voice_channel_id(guild_id))),
             )
-            self.voice.expect(token, str(guild_id), str(self.world.bot_id), voice_session)
+            self.voice.expect(token, str(guild_id), str(self.world.bot_id), voice_session, channel)
             body = {"token": token, "guild_id": str(guild_id), "endpoint": endpoint}
             await self.gateway.dispatch(session, "VOICE_SERVER_UPDATE", body)
         return endpoint

@@ -4,7 +4,8 @@ A voice connection needs three things your gateway connection gives you after yo
 (Update Voice State): the ``session_id`` of the bot's VOICE_STATE_UPDATE, and the ``token`` and
 ``endpoint`` of the VOICE_SERVER_UPDATE. With them:
 
-    session = VoiceSession(VoiceCredentials(guild_id, bot_user_id, session_id, token, endpoint))
+    credentials = VoiceCredentials(guild_id, bot_user_id, session_id, token, endpoint, channel_id)
+    session = VoiceSession(credentials)
     await session.connect()                      # voice gateway, UDP discovery, encryption
     await session.play(open_source("song.mp3"))  # SPEAKING, 20 ms frames, 5 silence frames
     await session.leave()
@@ -78,7 +79,12 @@ async def credentials_from_gateway(emu: Emulator) -> VoiceCredentials:
             elif payload.get("t") == "VOICE_SERVER_UPDATE":
                 server = payload["d"]
     return VoiceCredentials(
-        guild, emu.world.bot_id, state["session_id"], server["token"], server["endpoint"]
+        guild,
+        emu.world.bot_id,
+        state["session_id"],
+        server["token"],
+        server["endpoint"],
+        int(state["channel_id"]),
     )
 
 

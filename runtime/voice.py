@@ -79,6 +79,8 @@ class VoiceWorker:
             self.session_id,
             "--endpoint",
             self.endpoint,
+            "--channel",
+            str(self.channel),
             "--control",
             control,
             "--log-level",

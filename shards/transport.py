@@ -287,11 +287,12 @@ class WebSocketTransport(asyncio.Protocol):
             and not self.transport.is_closing()
         )
 
-    def send(self, data: bytes) -> None:
-        """Send one text message. Raises ConnectionError when the socket is not open."""
+    def send(self, data: bytes, *, binary: bool = False) -> None:
+        """Send one text (or binary) message. Raises ConnectionError when the socket is
+        not open."""
         if not self.open:
             raise ConnectionError("websocket is not open")
-        self._write_frame(OP_TEXT, data)
+        self._write_frame(OP_BINARY if binary else OP_TEXT, data)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the close handshake; ``on_closed`` fires when the TCP connection is gone."""

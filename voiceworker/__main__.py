@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", type=int, required=True, help="the bot's user id")
     p.add_argument("--session", required=True, help="session_id from VOICE_STATE_UPDATE")
     p.add_argument("--endpoint", required=True, help="endpoint from VOICE_SERVER_UPDATE")
+    p.add_argument("--channel", type=int, required=True, help="the voice channel's id (DAVE)")
     p.add_argument("--control", help="supervisor control endpoint; none: play --play and exit")
     p.add_argument("--play", help="standalone: a raw PCM file to play, then leave")
     p.add_argument("--ca-file", help="extra CA bundle (PEM) to trust for wss://")
@@ -53,7 +54,9 @@ async def amain(args: argparse.Namespace) -> int:
     context = ssl.create_default_context()
     if args.ca_file:
         context.load_verify_locations(args.ca_file)
-    credentials = VoiceCredentials(args.guild, args.user, args.session, token, args.endpoint)
+    credentials = VoiceCredentials(
+        args.guild, args.user, args.session, token, args.endpoint, args.channel
+    )
     session = VoiceSession(credentials, ssl_context=context)
     try:
         await session.connect()

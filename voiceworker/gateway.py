@@ -91,6 +91,7 @@ class VoiceCredentials:
     session_id: str
     token: str
     endpoint: str
+    channel_id: int  # the voice channel: DAVE's MLS group is named after it
 
     def url(self) -> str:
         host = self.endpoint.removeprefix("wss://").rstrip("/")
@@ -137,7 +138,8 @@ class Connected:
 
 @dataclass(slots=True)
 class DaveMessage:
-    """A DAVE opcode (21-31) for the DAVE driver; ``payload`` is JSON ``d`` or binary."""
+    """A DAVE opcode (21-31) or a membership change (11 clients connect, 13 client
+    disconnect) for the DAVE driver; ``payload`` is JSON ``d`` or binary."""
 
     op: int
     payload: Any
@@ -260,7 +262,9 @@ class VoiceGateway:
     def new_server(self, token: str, endpoint: str) -> None:
         """A VOICE_SERVER_UPDATE (region move): identify afresh at the new endpoint."""
         c = self.credentials
-        self.credentials = VoiceCredentials(c.guild_id, c.user_id, c.session_id, token, endpoint)
+        self.credentials = VoiceCredentials(
+            c.guild_id, c.user_id, c.session_id, token, endpoint, c.channel_id
+        )
         self.resumable = False
         self.seq_ack = -1
         self.state = VoiceState.DISCONNECTED
@@ -282,7 +286,7 @@ class VoiceGateway:
         handler = _HANDLERS.get(op)
         if handler is not None:
             return handler(self, d, now)
-        if 21 <= op <= 31:
+        if 21 <= op <= 31 or op in (11, 13):  # DAVE, and the call's membership it needs
             return [DaveMessage(op, d)]
         return []
 

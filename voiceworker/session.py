@@ -6,8 +6,8 @@ send clock, all driven from one place. The library face of the voice worker:
     await session.play(PCMSource(open("clip.pcm", "rb")))
     await session.leave()
 
-DAVE (end-to-end encryption) is not implemented yet: the session identifies with
-``max_dave_protocol_version`` 0, which Discord refuses for non-stage channels (4017).
+DAVE (end-to-end encryption) runs in :class:`voiceworker.dave.DaveDriver`: Opus frames are
+encrypted end to end before transport encryption once the call's MLS group is formed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from shards.transport import ClosedInfo, WebSocketTransport
 from voiceworker.audio import SILENCE, AudioSource
 from voiceworker.clock import SendClock
 from voiceworker.crypto import MODES, DecryptError, TransportCipher
+from voiceworker.dave import MAX_VERSION, DaveDriver
 from voiceworker.discovery import build_request, parse_response
 from voiceworker.gateway import (
     Close,
@@ -82,7 +83,8 @@ class VoiceSession:
         modes: tuple[str, ...] = MODES,
         keepalive_interval: float = 5.0,
     ) -> None:
-        self.gateway = VoiceGateway(credentials, max_dave_protocol_version=0)
+        self.gateway = VoiceGateway(credentials, max_dave_protocol_version=MAX_VERSION)
+        self.dave = DaveDriver(credentials.user_id, credentials.channel_id)
         self.ssl_context = ssl_context
         self.modes = modes
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -271,7 +273,7 @@ class VoiceSession:
         for action in actions:
             if isinstance(action, Send | SendBinary):
                 if self.ws is not None and self.ws.open:
-                    self.ws.send(action.data)
+                    self.ws.send(action.data, binary=isinstance(action, SendBinary))
             elif isinstance(action, Close):
                 if self.ws is not None:
                     self.ws.close(action.code, action.reason)
@@ -282,13 +284,16 @@ class VoiceSession:
                 self.rtp = RtpPacketizer(action.ssrc)
                 self._next_keepalive = time.monotonic() + self.keepalive_interval
                 self.connected.set()
+                self._act(self.dave.start(action.dave_protocol_version))
             elif isinstance(action, Failed):
                 self.failure = action
                 log.warning(action.message)
             elif isinstance(action, Speaking):
                 self.ssrc_users[action.ssrc] = action.user_id
             elif isinstance(action, DaveMessage):
-                log.debug(f"DAVE opcode {action.op} ignored: DAVE is not implemented yet")
+                if action.op == 13:
+                    self._forget_member(action.payload)
+                self._act(self.dave.receive(action.op, action.payload))
 
     async def _discover(self, action: Discover) -> None:
         loop = asyncio.get_running_loop()
@@ -340,12 +345,26 @@ class VoiceSession:
             return
         ssrc = int.from_bytes(header[8:12], "big")
         user = self.ssrc_users.get(ssrc)
-        if user is not None and opus != SILENCE:
-            self.on_audio(user, opus)
+        if user is None or opus == SILENCE:
+            return
+        plain = self.dave.decrypt(user, opus)
+        if plain is None:
+            self.undecryptable += 1
+            return
+        self.on_audio(user, plain)
+
+    def _forget_member(self, d: Any) -> None:
+        """Client disconnect (op 13): its SSRC may be reused by somebody else."""
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            user = int(d["user_id"])
+            for ssrc in [s for s, u in self.ssrc_users.items() if u == user]:
+                del self.ssrc_users[ssrc]
 
     def _send_audio(self, opus: bytes) -> None:
         if self.udp is None or self.cipher is None or self.rtp is None:
             return
+        if opus != SILENCE:  # silence frames go out without E2EE
+            opus = self.dave.encrypt(opus)
         self.udp.sendto(self.cipher.encrypt(self.rtp.next_header(), opus))
         self.packets_sent += 1
 

@@ -19,7 +19,9 @@ from voiceworker.gateway import (
     VoiceState,
 )
 
-CREDS = VoiceCredentials(guild_id=10, user_id=20, session_id="vs", token="vt", endpoint="host:443")
+CREDS = VoiceCredentials(
+    guild_id=10, user_id=20, session_id="vs", token="vt", endpoint="host:443", channel_id=30
+)
 
 
 def sent(actions: list[object]) -> list[dict[str, object]]:

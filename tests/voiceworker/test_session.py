@@ -49,7 +49,12 @@ async def join(emu: Emulator) -> VoiceCredentials:
     state = (await client.recv_until("VOICE_STATE_UPDATE"))[-1]["d"]
     server = (await client.recv_until("VOICE_SERVER_UPDATE"))[-1]["d"]
     return VoiceCredentials(
-        guild, emu.world.bot_id, state["session_id"], server["token"], server["endpoint"]
+        guild,
+        emu.world.bot_id,
+        state["session_id"],
+        server["token"],
+        server["endpoint"],
+        int(state["channel_id"]),
     )
 
 
@@ -99,7 +104,9 @@ async def test_a_bad_token_is_refused() -> None:
     async with voice_emulator() as emu:
         assert emu.voice is not None
         good = await join(emu)
-        bad = VoiceCredentials(good.guild_id, good.user_id, good.session_id, "nope", good.endpoint)
+        bad = VoiceCredentials(
+            good.guild_id, good.user_id, good.session_id, "nope", good.endpoint, good.channel_id
+        )
         session = VoiceSession(
             bad, ssl_context=ssl.create_default_context(cafile=emu.voice.ca_file)
         )
