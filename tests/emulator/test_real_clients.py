@@ -8,6 +8,7 @@ the library asks), then injected MESSAGE_CREATEs as its own typed objects, and l
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -171,4 +172,72 @@ async def test_hikari_accepts_the_emulator() -> None:
         )
         dm = next(e for e in messages if e.message.content == "a direct message")  # type: ignore[attr-defined]
         assert isinstance(dm, hikari.DMMessageCreateEvent)
+        assert problems(logs) == []
+
+
+async def test_discord_py_voice_client_joins_plays_and_the_emulator_decrypts_it() -> None:
+    """discord.py's own VoiceClient (DAVE through davey, as it ships) against the emulator's
+    voice server: it is welcomed into the call's MLS group by an emulated member, plays PCM,
+    and every frame arrives transport-decryptable and end-to-end decryptable."""
+    discord = pytest.importorskip("discord", reason="install the [bench] extra")
+    import ssl
+
+    import aiohttp
+    import yarl
+    from discord.gateway import DiscordWebSocket
+
+    from voiceworker.audio import SILENCE
+
+    async with Emulator(emulator_config()) as emu:
+        assert emu.voice is not None
+        guild_id = emu.world.guild_ids[0]
+        channel_id = emu.world.voice_channel_id(guild_id)
+        member = await emu.voice.add_member(channel_id, 4242)
+        old_base, old_gateway = discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
+        discord.http.Route.BASE = emu.rest_url
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(emu.gateway_url)
+        # The library's general way to trust a CA: its HTTP connector (wss goes through it).
+        trust = ssl.create_default_context(cafile=emu.voice.ca_file)
+        client = discord.Client(
+            intents=discord.Intents.default(), connector=aiohttp.TCPConnector(ssl=trust)
+        )
+        ready = asyncio.Event()
+
+        @client.event
+        async def on_ready() -> None:
+            ready.set()
+
+        pcm = bytes(3840) * 2 + b"".join(  # a ramp, so frames differ
+            bytes((i % 251, 0)) * 1920 for i in range(25)
+        )
+        with captured_logs("discord") as logs:
+            task = asyncio.create_task(client.start(DEFAULT_TOKEN))
+            try:
+                await asyncio.wait_for(ready.wait(), 30)
+                channel = client.get_channel(channel_id)
+                voice = await channel.connect(timeout=15, self_deaf=True)  # type: ignore[union-attr]
+                async with asyncio.timeout(15):
+                    while not (voice._connection.can_encrypt and member.ready):
+                        await asyncio.sleep(0.01)
+                finished = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                voice.play(
+                    discord.PCMAudio(io.BytesIO(pcm)),
+                    after=lambda _: loop.call_soon_threadsafe(finished.set),
+                )
+                await asyncio.wait_for(finished.wait(), 15)
+                record = next(r for r in emu.voice.sessions.values() if r.guild_id == str(guild_id))
+                await emu.voice.wait_until(lambda: len(record.packets) >= 27 + 5)
+                await voice.disconnect()
+            finally:
+                await client.close()
+                await task
+                discord.http.Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = old_base, old_gateway
+        audio = [p for p in record.packets if p.opus != SILENCE]
+        assert len(audio) == 27 and all(p.e2ee for p in audio)  # DAVE on every audio frame
+        assert record.undecryptable == 0 and record.e2ee_undecryptable == 0
+        seqs = [p.seq for p in record.packets]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert all(not p.opus.endswith(b"\xfa\xfa") for p in audio)  # opened end to end
+        assert 1 in record.speaking  # SPEAKING (microphone) before the audio
         assert problems(logs) == []
