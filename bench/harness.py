@@ -37,6 +37,7 @@ class EmulatorProcess:
         self.gateway = line[3].split("=", 1)[1]
         self.control = self.rest.removesuffix("/api/v10") + "/_emulator"
         self.token = DEFAULT_TOKEN
+        self.voice_ca = str(self.state().get("voice_ca", ""))  # the voice server's certificate
 
     def post(self, action: str, body: dict[str, Any]) -> Any:
         req = urllib.request.Request(
@@ -68,7 +69,8 @@ class SupervisorProcess:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="shardline-bench-"))
         config = self.runtime_dir / "bench.toml"
         config.write_text(
-            f'[discord]\nrest_url = "{emu.rest}"\n[shards]\n{shards}\n'
+            f'[discord]\nrest_url = "{emu.rest}"\nca_file = "{emu.voice_ca}"\n'
+            f"[shards]\n{shards}\n"
             f'[ipc]\nruntime_dir = "{self.runtime_dir}"\n[log]\nlevel = "warning"\n{extra}'
         )
         self.events = f"ipc://{self.runtime_dir}/events.sock"

@@ -346,6 +346,11 @@ class Emulator:
             "rest": self.rest_url,
             "gateway": self.gateway_url,
             "guilds": len(self.world.guild_ids),
+            "guild_ids": [str(g) for g in self.world.guild_ids],
+            "voice_ca": "" if self.voice is None else self.voice.ca_file,  # trust it for wss
+            "voice_channels": {
+                str(g): str(self.world.voice_channel_id(g)) for g in self.world.guild_ids
+            },
             "session_start_limit": {
                 "total": rules.session_start_total,
                 "remaining": rules.session_start_remaining,
@@ -547,6 +552,40 @@ class Emulator:
             return {"connections": await self.close_shard(shard, code, body.get("reason"))}
         if action == "drop":
             return {"connections": self.drop(shard)}
+        if action.startswith("voice_"):
+            return await self._control_voice(action, body)
+        return None
+
+    async def _control_voice(self, action: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """``voice_member {guild_id, user_id, leave?}``: an emulated member joins (or leaves)
+        the guild's call; ``voice_packets {guild_id, clear?, count?}``: every RTP packet
+        its voice sessions sent, as ``[seq, timestamp, arrival (monotonic s), e2ee]`` (with
+        ``count``: ``[how many]`` instead);
+        ``voice_close {code}``: close every voice connection with ``code``."""
+        if self.voice is None:
+            raise LookupError("the emulator runs without voice")
+        if action == "voice_close":
+            return {"connections": await self.voice.close_session(int(body["code"]))}
+        guild = int(body["guild_id"])
+        if action == "voice_member":
+            channel, user = self.world.voice_channel_id(guild), int(body["user_id"])
+            if body.get("leave"):
+                await self.voice.remove_member(channel, user)
+            else:
+                await self.voice.add_member(channel, user)
+            return {"channel_id": str(channel)}
+        if action == "voice_packets":
+            sessions = []
+            for record in self.voice.sessions.values():
+                if record.guild_id != str(guild):
+                    continue
+                rows = [[p.seq, p.timestamp, p.arrival, p.e2ee] for p in record.packets]
+                if body.get("count"):  # just how many (cheap to poll while audio flows)
+                    rows = [len(rows)]  # type: ignore[list-item]
+                elif body.get("clear"):
+                    record.packets.clear()
+                sessions.append({"ssrc": record.ssrc, "mode": record.mode, "packets": rows})
+            return {"sessions": sessions}
         return None
 
 
@@ -568,6 +607,7 @@ def _opt_int(value: Any) -> int | None:
 async def run_forever(config: EmulatorConfig, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set; prints the ready line once listening."""
     async with Emulator(config) as emu:
+        gc.freeze()  # the generated world stays: full collections over it would stall I/O
         print(emu.ready_line(), flush=True)
         await stop.wait()
         with contextlib.suppress(Exception):

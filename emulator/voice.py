@@ -155,6 +155,7 @@ class VoiceServer:
         self._server: Server | None = None
         self._udp: _Udp | None = None
         self._changed = asyncio.Condition()
+        self._notify_scheduled = False
 
     @property
     def ca_file(self) -> str:
@@ -243,6 +244,7 @@ class VoiceServer:
                 await self._changed.wait_for(predicate)
 
     async def _notify(self) -> None:
+        self._notify_scheduled = False
         async with self._changed:
             self._changed.notify_all()
 
@@ -511,7 +513,9 @@ class VoiceServer:
         if e2ee:
             opus = self._open_e2ee(record, opus)
         record.packets.append(RtpRecord(seq, timestamp, ssrc, time.monotonic(), opus, e2ee))
-        asyncio.get_running_loop().create_task(self._notify())
+        if not self._notify_scheduled:  # one wake-up for a burst of packets, not one each
+            self._notify_scheduled = True
+            asyncio.get_running_loop().create_task(self._notify())
 
     def _open_e2ee(self, record: VoiceSessionRecord, frame: bytes) -> bytes:
         """Decrypt a DAVE frame as an emulated member of the call hears it; a frame none

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -57,13 +58,14 @@ async def amain(args: argparse.Namespace) -> int:
     credentials = VoiceCredentials(
         args.guild, args.user, args.session, token, args.endpoint, args.channel
     )
-    session = VoiceSession(credentials, ssl_context=context)
+    session = VoiceSession(credentials, ssl_context=context, precise=True)
     try:
         await session.connect()
     except VoiceError as exc:
         log.error(str(exc))
         return 1
     log.info("voice connected", extra={"fields": {"guild": args.guild}})
+    gc.freeze()  # what startup built stays: keep full collections off it while frames flow
     if args.control is None:
         if args.play:
             await session.play(open_source(args.play))
@@ -83,11 +85,10 @@ async def amain(args: argparse.Namespace) -> int:
         while queue:
             path = queue.pop(0)
             try:
-                source = open_source(path)
+                source = open_source(path, session.volume)  # not 1: decode, no passthrough
             except (OSError, ValueError) as exc:
                 log.warning(f"cannot play {path}: {exc}")
                 continue
-            source.volume = session.volume  # type: ignore[attr-defined]
             try:
                 await session.play(source)
             except ValueError as exc:  # ffmpeg could not decode it
@@ -159,7 +160,13 @@ def main() -> int:
     args = build_parser().parse_args()
     setup_logging("voice", str(args.guild), args.log_level, args.log_format)
     try:
-        return asyncio.run(amain(args))
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run  # type: ignore[assignment]
+    try:
+        return runner(amain(args))
     except Exception:
         log.exception("voice worker crashed")
         return 1

@@ -173,7 +173,17 @@ class FFmpegSource:
 
 
 def open_source(path: str, volume: float = 1.0) -> AudioSource:
-    """Raw PCM for ``.pcm``/``.raw`` files, ffmpeg for anything else."""
-    if path.lower().endswith((".pcm", ".raw", ".s16le")):
+    """Raw PCM for ``.pcm``/``.raw`` files; Ogg Opus with 20 ms packets passed through as
+    it is (unless a volume other than 1 asks for decoding); ffmpeg for anything else."""
+    lower = path.lower()
+    if lower.endswith((".pcm", ".raw", ".s16le")):
         return PCMSource(open(path, "rb"), volume=volume)
+    if lower.endswith((".opus", ".ogg", ".oga")) and volume == 1.0:
+        from voiceworker.ogg import NotOggOpusError, OggOpusSource
+
+        stream = open(path, "rb")
+        try:
+            return OggOpusSource(stream)
+        except NotOggOpusError:
+            stream.close()  # Vorbis, or other packet sizes: ffmpeg decodes it
     return FFmpegSource(path, volume=volume)

@@ -47,6 +47,8 @@ __all__ = ["VoiceError", "VoiceSession"]
 
 log = logging.getLogger("shardline.voice")
 
+PRECISE_STRETCH = 0.002  # with ``precise``: the last 2 ms before a frame are slept exactly
+
 
 class VoiceError(RuntimeError):
     """The voice connection failed; the message says why."""
@@ -82,6 +84,7 @@ class VoiceSession:
         ssl_context: ssl.SSLContext | None = None,
         modes: tuple[str, ...] = MODES,
         keepalive_interval: float = 5.0,
+        precise: bool = False,
     ) -> None:
         self.gateway = VoiceGateway(credentials, max_dave_protocol_version=MAX_VERSION)
         self.dave = DaveDriver(credentials.user_id, credentials.channel_id)
@@ -100,6 +103,9 @@ class VoiceSession:
         self._discovery: asyncio.Future[tuple[str, int]] | None = None
         self._frames: deque[bytes] = deque()
         self.keepalive_interval = keepalive_interval
+        # The voice process owns its loop: it may sleep the last stretch before each frame
+        # exactly (blocking), which a library user sharing a loop may not want.
+        self.precise = precise
         self._next_keepalive: float | None = None
         self._keepalives = 0
         self.ended = asyncio.Event()
@@ -159,7 +165,12 @@ class VoiceSession:
 
     async def _send_on_time(self, clock: SendClock, frame: bytes) -> None:
         delay = clock.deadline() - time.monotonic()
-        if delay > 0:
+        if self.precise and delay > PRECISE_STRETCH:
+            await asyncio.sleep(delay - PRECISE_STRETCH)
+            delay = clock.deadline() - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # to the microsecond: loop timers wake up to 1 ms late
+        elif delay > 0:
             await asyncio.sleep(delay)
         self._send_audio(frame)
         clock.sent_at(time.monotonic())

@@ -242,3 +242,48 @@ async def test_record_writes_one_wav_per_member(tmp_path) -> None:  # type: igno
             assert (w.getnchannels(), w.getframerate(), w.getnframes()) == (2, 48_000, 8 * 960)
         with wave.open(str(recorder.path(8))) as w:
             assert w.getnframes() == 3 * 960
+
+
+async def test_ogg_opus_plays_without_reencoding(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from voiceworker.audio import ffmpeg_executable, open_source
+    from voiceworker.ogg import OggOpusSource, ogg_packets
+
+    path = tmp_path / "clip.opus"
+    subprocess.run(
+        [
+            ffmpeg_executable(),
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=330:duration=0.4",
+            "-ar",
+            "48000",
+            "-ac",
+            "2",
+            "-c:a",
+            "libopus",
+            "-frame_duration",
+            "20",
+            str(path),
+        ],
+        check=True,
+    )
+    with open(path, "rb") as f:
+        in_file = [p for p in ogg_packets(f)][2:]  # after OpusHead and OpusTags
+    async with voice_emulator() as emu:
+        session = await new_session(emu)
+        await session.connect()
+        try:
+            source = open_source(str(path))
+            assert isinstance(source, OggOpusSource)
+            sent = await session.play(source)
+            record = next(iter(emu.voice.sessions.values()))  # type: ignore[union-attr]
+            await emu.voice.wait_until(lambda: len(record.packets) == sent)  # type: ignore[union-attr]
+        finally:
+            await session.leave()
+    assert [p.opus for p in record.packets] == in_file + [SILENCE] * 5  # byte for byte
