@@ -218,6 +218,11 @@ class Client:
         """Scale the guild's playback (1.0 = as is, up to 2.0)."""
         return await self._voice("volume", guild_id, volume=str(volume))
 
+    async def record(self, guild_id: int, *, stop: bool = False) -> dict[str, Any]:
+        """Record every member of the guild's call to one WAV file each; the reply names
+        the directory. ``stop=True`` ends the recording (and closes the files)."""
+        return await self._voice("record", guild_id, stop=stop)
+
     async def _voice(self, action: str, guild_id: int, **fields: Any) -> dict[str, Any]:
         reply = await self.request(
             f"shardline.voice.{action}", {"guild_id": str(guild_id), **fields}

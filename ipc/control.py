@@ -20,6 +20,7 @@ __all__ = [
     "Shutdown",
     "VoicePause",
     "VoicePlay",
+    "VoiceRecord",
     "VoiceResume",
     "VoiceServerMove",
     "VoiceStatus",
@@ -138,6 +139,15 @@ class VoiceVolume(Command):
 class VoiceStop(Command):
     __slots__ = ()
     type_name = "control.voice_stop"
+
+
+class VoiceRecord(Command):
+    """Start recording every member to one WAV file each in ``directory``; an empty
+    ``directory`` stops (and closes the files)."""
+
+    __slots__ = ()
+    type_name = "control.voice_record"
+    directory = string()
 
 
 class VoiceServerMove(Command):

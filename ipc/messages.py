@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 Kind = Literal["event", "command"]
-BUILTIN_MODULES = ("ipc.events", "ipc.commands", "ipc.errors", "ipc.control")
+BUILTIN_MODULES = ("ipc.events", "ipc.commands", "ipc.errors", "ipc.control", "ipc.voice")
 
 
 class RegistryConflictError(TypeError):

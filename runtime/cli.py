@@ -130,21 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     voice = sub.add_parser(
         "voice",
         help="voice sessions: join GUILD CHANNEL | leave | play GUILD FILE [--queue] | stop | "
-        "pause | resume | volume GUILD N",
+        "pause | resume | volume GUILD N | record GUILD [--stop]",
         description=(
             "Ask the running supervisor to join a voice channel (one voice process per guild), "
             "leave it, play an audio file (anything ffmpeg reads; .pcm files are raw s16le "
-            "48 kHz stereo), or stop playing."
+            "48 kHz stereo; Ogg Opus is sent without re-encoding), stop playing, or record "
+            "every member to one WAV file each (voice.record_dir; --stop ends it)."
         ),
     )
     voice.add_argument(
-        "action", choices=["join", "leave", "play", "stop", "pause", "resume", "volume"]
+        "action",
+        choices=["join", "leave", "play", "stop", "pause", "resume", "volume", "record"],
     )
     voice.add_argument("guild", type=int, help="guild id")
     voice.add_argument(
         "arg", nargs="?", help="join: the channel id; play: the file; volume: 0.0-2.0"
     )
     voice.add_argument("--queue", action="store_true", help="play: after what is playing")
+    voice.add_argument("--stop", action="store_true", help="record: stop recording")
     voice.add_argument("--config", default="config/shardline.toml", help="TOML config file")
     voice.set_defaults(func=_cmd_voice)
 
@@ -391,11 +394,15 @@ def _cmd_voice(args: argparse.Namespace) -> int:
         body[key] = os.path.abspath(args.arg) if key == "path" else args.arg
         if args.action == "play":
             body["queue"] = args.queue
+    if args.action == "record":
+        body["stop"] = args.stop
     reply = _request(args.config, f"shardline.voice.{args.action}", body)
     if not reply.get("ok"):
         print(f"shardline: {reply.get('error')}", file=sys.stderr)
         return 1
     print(f"shardline: voice {args.action} routed to {reply.get('routed')}")
+    if reply.get("directory"):
+        print(f"shardline: recording to {reply['directory']}")
     return 0
 
 

@@ -98,6 +98,13 @@ class RestartConfig:
 
 
 @dataclass(frozen=True)
+class VoiceConfig:
+    nice: int = -10  # CPU priority voice processes ask for (needs CAP_SYS_NICE; else ignored)
+    receive: bool = False  # publish every member's Opus frames on the bus (VoiceAudio)
+    record_dir: str = ""  # where `voice record` writes; empty: <runtime dir>/recordings
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -120,6 +127,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
     apps: tuple[AppConfig, ...] = ()
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -205,8 +213,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         level=reader.get("log.level", "info", _choice(LOG_LEVELS)),
         format=reader.get("log.format", "text", _choice(LOG_FORMATS)),
     )
+    voice = VoiceConfig(
+        nice=reader.get("voice.nice", -10, _int_range(-20, 19)),
+        receive=reader.get("voice.receive", False, _bool),
+        record_dir=reader.get("voice.record_dir", "", _string),
+    )
     reader.reject_unknown()
-    return Config(discord, shards, ipc, restart, log, source, apps)
+    return Config(discord, shards, ipc, restart, log, source, apps, voice)
 
 
 def _apps(value: Any, source: str) -> tuple[AppConfig, ...]:
@@ -378,6 +391,12 @@ def _int_range(lo: int, hi: int) -> Validator:
         return value
 
     return check
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise _Invalid("true or false")
+    return value
 
 
 def _positive_float(value: Any) -> float:

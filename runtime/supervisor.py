@@ -37,6 +37,7 @@ from ipc.control import (
     Shutdown,
     VoicePause,
     VoicePlay,
+    VoiceRecord,
     VoiceResume,
     VoiceServerMove,
     VoiceStatus,
@@ -605,6 +606,14 @@ class Supervisor:
                 return {"ok": False, "error": f"volume {volume} is outside 0.0-2.0"}
             self._send_voice(guild, VoiceVolume(volume=volume))
             return {"ok": True, "routed": f"voice:{guild}"}
+        if action == "record":
+            if data.get("stop"):
+                self._send_voice(guild, VoiceRecord(directory=""))
+                return {"ok": True, "routed": f"voice:{guild}"}
+            base = Path(self.config.voice.record_dir or self.runtime_dir / "recordings")
+            directory = base / f"{guild}-{time.strftime('%Y%m%d-%H%M%S')}"
+            self._send_voice(guild, VoiceRecord(directory=str(directory)))
+            return {"ok": True, "routed": f"voice:{guild}", "directory": str(directory)}
         simple = {"stop": VoiceStop, "pause": VoicePause, "resume": VoiceResume}
         if action in simple:
             self._send_voice(guild, simple[action]())
@@ -655,8 +664,10 @@ class Supervisor:
         if voice.ready_to_start:
             await voice.start(
                 self.endpoints.control,
+                self.endpoints.bus_in,
                 self.config.discord.ca_file,
                 self.config.log.level,
+                self.config.voice,
                 _exit_with_parent,
                 self._voice_exited,
             )

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.config import VoiceConfig
+
 __all__ = ["MAX_REJOINS", "VoiceWorker"]
 
 MAX_REJOINS = 3
@@ -62,8 +64,10 @@ class VoiceWorker:
     async def start(
         self,
         control: str,
+        events: str,
         ca_file: str,
         log_level: str,
+        options: VoiceConfig,
         preexec: Callable[[], None],
         on_exit: Callable[[VoiceWorker, int], Awaitable[None]],
     ) -> None:
@@ -83,11 +87,17 @@ class VoiceWorker:
             str(self.channel),
             "--control",
             control,
+            "--events",
+            events,
+            "--nice",
+            str(options.nice),
             "--log-level",
             log_level,
         ]
         if ca_file:
             args += ["--ca-file", ca_file]
+        if options.receive:
+            args.append("--receive")
         env = {**os.environ, "SHARDLINE_VOICE_TOKEN": self.token}
         self.proc = await asyncio.create_subprocess_exec(
             *args, env=env, preexec_fn=preexec, start_new_session=True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -17,6 +18,7 @@ from ipc.control import (
     Shutdown,
     VoicePause,
     VoicePlay,
+    VoiceRecord,
     VoiceResume,
     VoiceServerMove,
     VoiceStatus,
@@ -24,9 +26,11 @@ from ipc.control import (
     VoiceVolume,
 )
 from ipc.logfmt import setup_logging
-from shards.links import ControlLink
+from ipc.voice import TrackEnd, TrackStart, VoiceAudio, VoiceFailure, VoiceStats
+from shards.links import ControlLink, EventPublisher, NullPublisher
 from voiceworker.audio import open_source
 from voiceworker.gateway import VoiceCredentials
+from voiceworker.recorder import Recorder
 from voiceworker.session import VoiceError, VoiceSession
 
 log = logging.getLogger("shardline.voice")
@@ -42,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", help="supervisor control endpoint; none: play --play and exit")
     p.add_argument("--play", help="standalone: a raw PCM file to play, then leave")
     p.add_argument("--ca-file", help="extra CA bundle (PEM) to trust for wss://")
+    p.add_argument("--events", help="the event bus to publish on (the supervisor's XSUB)")
+    p.add_argument(
+        "--receive", action="store_true", help="publish every member's Opus frames on the bus"
+    )
+    p.add_argument(
+        "--nice", type=int, default=0, help="a better CPU priority to ask for (e.g. -10)"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     return p
@@ -52,6 +63,7 @@ async def amain(args: argparse.Namespace) -> int:
     if not token:
         log.error("no voice token: set SHARDLINE_VOICE_TOKEN")
         return 2
+    raise_priority(args.nice)
     context = ssl.create_default_context()
     if args.ca_file:
         context.load_verify_locations(args.ca_file)
@@ -59,10 +71,14 @@ async def amain(args: argparse.Namespace) -> int:
         args.guild, args.user, args.session, token, args.endpoint, args.channel
     )
     session = VoiceSession(credentials, ssl_context=context, precise=True)
+    source_name = f"voice:{args.guild}"
+    bus = EventPublisher(args.events, source_name) if args.events else NullPublisher(source_name)
     try:
         await session.connect()
     except VoiceError as exc:
         log.error(str(exc))
+        bus.event(VoiceFailure(message=str(exc), source=source_name, guild_id=args.guild))
+        bus.close()
         return 1
     log.info("voice connected", extra={"fields": {"guild": args.guild}})
     gc.freeze()  # what startup built stays: keep full collections off it while frames flow
@@ -70,90 +86,205 @@ async def amain(args: argparse.Namespace) -> int:
         if args.play:
             await session.play(open_source(args.play))
         await session.leave()
+        bus.close()
         return 0
-    control = ControlLink(args.control, f"voice:{args.guild}")
-    control.hello("voice", str(args.guild))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    playing: asyncio.Task[None] | None = None
-    queue: list[str] = []
+    worker = Worker(args, session, bus, ControlLink(args.control, source_name))
+    return await worker.run()
 
-    async def player() -> None:
-        """Play the queue, one file after the other."""
-        while queue:
-            path = queue.pop(0)
+
+def raise_priority(nice: int) -> None:
+    """Ask for a better CPU priority (voice.nice), so that nothing else on the machine
+    delays a frame; without the right to (CAP_SYS_NICE), say so and run as we are."""
+    if nice >= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except (PermissionError, OSError) as exc:
+        log.info(f"voice.nice {nice} not applied ({exc.strerror}): running at normal priority")
+
+
+class Worker:
+    """The process around a connected session: the supervisor's commands, a play queue,
+    status to the supervisor, and events on the bus."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        session: VoiceSession,
+        bus: NullPublisher,
+        control: ControlLink,
+    ) -> None:
+        self.args = args
+        self.guild = int(args.guild)
+        self.session = session
+        self.bus = bus
+        self.control = control
+        self.source = f"voice:{args.guild}"
+        self.stop = asyncio.Event()
+        self.playing: asyncio.Task[None] | None = None
+        self.queue: list[str] = []
+        self.recorder: Recorder | None = None
+        self.receive = bool(args.receive)
+        if self.receive:
+            session.on_audio = self.on_audio
+
+    async def run(self) -> int:
+        self.control.hello("voice", str(self.guild))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        tasks = [asyncio.create_task(self.statuses()), asyncio.create_task(self.commands())]
+        closed = asyncio.create_task(self.session.connected_lost())
+        await asyncio.wait(
+            [asyncio.create_task(self.stop.wait()), closed], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in tasks:
+            task.cancel()
+        if self.playing is not None:
+            self.playing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.playing
+        if not self.stop.is_set() and self.session.failure is not None:
+            message = self.session.failure.message
+            self.bus.event(VoiceFailure(message=message, source=self.source, guild_id=self.guild))
+        await self.session.leave()
+        self.record("")
+        self.control.send(VoiceStatus(guild=str(self.guild), state="disconnected"))
+        self.control.close()
+        self.bus.close()
+        return 0 if self.stop.is_set() else 1
+
+    # -- audio in -------------------------------------------------------------------------
+
+    def on_audio(self, user_id: int, opus: bytes) -> None:
+        if self.receive:
+            self.bus.event(VoiceAudio.of(self.guild, user_id, opus))
+        if self.recorder is not None:
+            self.recorder.on_audio(user_id, opus)
+
+    def record(self, directory: str) -> None:
+        """Start recording into ``directory`` (one WAV per member), or stop with ""."""
+        if self.recorder is not None:
+            self.recorder.close()
+            log.info(f"recording stopped: {self.recorder.frames} frames by user")
+            self.recorder = None
+        if directory:
+            self.recorder = Recorder(directory)
+            self.session.on_audio = self.on_audio
+            log.info(f"recording to {directory}")
+        elif not self.receive:
+            self.session.on_audio = None  # nobody listens: received packets are skipped
+
+    # -- audio out ------------------------------------------------------------------------
+
+    async def player(self) -> None:
+        """Play the queue, one file after the other; each track starts and ends on the bus."""
+        while self.queue:
+            path = self.queue.pop(0)
             try:
-                source = open_source(path, session.volume)  # not 1: decode, no passthrough
+                source = open_source(path, self.session.volume)  # not 1: decode, no passthrough
             except (OSError, ValueError) as exc:
-                log.warning(f"cannot play {path}: {exc}")
+                self.track_failed(path, 0, f"cannot play {path}: {exc}")
                 continue
+            self.bus.event(TrackStart(guild_id=self.guild, path=path))
+            frames, reason, error = 0, "finished", None
             try:
-                await session.play(source)
-            except ValueError as exc:  # ffmpeg could not decode it
-                log.warning(str(exc))
+                frames = await self.session.play(source)
+            except asyncio.CancelledError:
+                reason = "stopped"
+                self.bus.event(TrackEnd(guild_id=self.guild, path=path, reason=reason))
+                raise
+            except (ValueError, VoiceError) as exc:  # ffmpeg could not decode it; or we left
+                reason, error = "error", str(exc)
+                self.track_failed(path, frames, error)
+                continue
+            self.bus.event(
+                TrackEnd(guild_id=self.guild, path=path, reason=reason, frames=frames, error=error)
+            )
 
-    async def statuses() -> None:
+    def track_failed(self, path: str, frames: int, error: str) -> None:
+        log.warning(error)
+        self.bus.event(
+            TrackEnd(guild_id=self.guild, path=path, reason="error", frames=frames, error=error)
+        )
+        self.bus.event(VoiceFailure(message=error, source=self.source, guild_id=self.guild))
+
+    # -- the supervisor -------------------------------------------------------------------
+
+    async def statuses(self) -> None:
+        """Status to the supervisor every second; stats on the bus every five."""
+        tick = 0
         while True:
-            clock = session.clock
-            stats = clock.stats() if clock else None
-            control.send(
+            session = self.session
+            stats = session.clock.stats() if session.clock else None
+            ping = None if session.gateway.latency is None else session.gateway.latency * 1000
+            jitter = round(stats.p99_ms, 3) if stats else None
+            late = stats.late if stats else 0
+            self.control.send(
                 VoiceStatus(
-                    guild=str(args.guild),
+                    guild=str(self.guild),
                     state=session.state.value,
-                    ping_ms=None
-                    if session.gateway.latency is None
-                    else round(session.gateway.latency * 1000, 2),
+                    ping_ms=None if ping is None else round(ping, 2),
                     packets=session.packets_sent,
-                    late=stats.late if stats else 0,
-                    jitter_p99_ms=round(stats.p99_ms, 3) if stats else None,
-                    playing=playing is not None and not playing.done(),
+                    late=late,
+                    jitter_p99_ms=jitter,
+                    playing=self.playing is not None and not self.playing.done(),
                 )
             )
+            if tick % 5 == 0:
+                self.bus.event(
+                    VoiceStats(
+                        guild_id=self.guild,
+                        state=session.state.value,
+                        ping_ms=None if ping is None else round(ping, 2),
+                        packets=session.packets_sent,
+                        late=late,
+                        jitter_p99_ms=jitter,
+                        dave_protocol_version=session.dave.version,
+                        e2ee=session.dave.active,
+                    )
+                )
+            tick += 1
             await asyncio.sleep(1.0)
 
-    async def commands() -> None:
-        nonlocal playing
+    async def commands(self) -> None:
+        session = self.session
         while True:
-            command = await control.receive()
+            command = await self.control.receive()
             if isinstance(command, VoicePlay):
-                busy = playing is not None and not playing.done()
+                busy = self.playing is not None and not self.playing.done()
                 if command.queue and busy:
-                    queue.append(command.path)
+                    self.queue.append(command.path)
                     continue
-                if playing is not None:
-                    playing.cancel()
-                queue[:] = [command.path]
+                if self.playing is not None:
+                    self.playing.cancel()
+                self.queue[:] = [command.path]
                 session.resume()
-                playing = asyncio.create_task(player())
+                self.playing = asyncio.create_task(self.player())
             elif isinstance(command, VoiceStop):
-                queue.clear()
-                if playing is not None:
-                    playing.cancel()
+                self.queue.clear()
+                if self.playing is not None:
+                    self.playing.cancel()
             elif isinstance(command, VoicePause):
                 session.pause()
             elif isinstance(command, VoiceResume):
                 session.resume()
             elif isinstance(command, VoiceVolume):
                 session.set_volume(command.volume)
+            elif isinstance(command, VoiceRecord):
+                try:
+                    self.record(command.directory)
+                except OSError as exc:
+                    message = f"cannot record to {command.directory}: {exc}"
+                    log.warning(message)
+                    self.bus.event(
+                        VoiceFailure(message=message, source=self.source, guild_id=self.guild)
+                    )
             elif isinstance(command, VoiceServerMove):
                 log.info("voice server moved; reconnecting there")
                 await session.move(command.token, command.endpoint)
             elif isinstance(command, Shutdown):
-                stop.set()
-
-    tasks = [asyncio.create_task(statuses()), asyncio.create_task(commands())]
-    closed = asyncio.create_task(session.connected_lost())
-    await asyncio.wait(
-        [asyncio.create_task(stop.wait()), closed], return_when=asyncio.FIRST_COMPLETED
-    )
-    for task in tasks:
-        task.cancel()
-    await session.leave()
-    control.send(VoiceStatus(guild=str(args.guild), state="disconnected"))
-    control.close()
-    return 0 if stop.is_set() else 1
+                self.stop.set()
 
 
 def main() -> int:

@@ -532,3 +532,72 @@ async def test_voice_queue_pause_resume_and_volume_commands(tmp_path: Path) -> N
                 assert reply == {"ok": True, "routed": f"voice:{guild}"}
             with pytest.raises(CommandError, match=r"outside 0\.0-2\.0"):
                 await client.set_volume(guild, 5.0)
+
+
+async def test_voice_events_received_audio_and_recording_through_the_supervisor(
+    tmp_path: Path,
+) -> None:
+    """With voice.receive on: track start/end and stats reach the app on the bus, a member's
+    end-to-end encrypted frames arrive decrypted as VoiceAudio events, and `record` writes
+    one WAV per member."""
+    import wave
+
+    from ipc.voice import TrackEnd, TrackStart, VoiceAudio, VoiceStats
+    from tests.voiceworker.test_dave_session import frames
+
+    async with emulator(shards=1, max_concurrency=1) as emu:
+        assert emu.voice is not None
+        voice_server = emu.voice
+        config = voice_config(
+            emu,
+            tmp_path,
+            ["guilds", "guild_voice_states"],
+            voice={"receive": True, "record_dir": str(tmp_path / "rec")},
+        )
+        clip = tmp_path / "clip.pcm"
+        clip.write_bytes(bytes(3840 * 4))
+        async with fleet_with(config, emu, tmp_path) as sup, app(sup) as client:
+            seen: list[Any] = []
+            for cls in (TrackStart, TrackEnd, VoiceAudio, VoiceStats):
+                client.on(cls)(seen.append)
+            await eventually(lambda: all_ready(sup), timeout=30)
+            guild = emu.world.guild_ids[0]
+            channel = emu.world.voice_channel_id(guild)
+            member = await voice_server.add_member(channel, 4242)
+            await client.join_voice(guild, channel)
+            await eventually(
+                lambda: (
+                    bool(sup.status()["voice"]) and sup.status()["voice"][0]["state"] == "connected"
+                ),
+                timeout=30,
+            )
+            await eventually(lambda: member.ready, timeout=10)  # the DAVE group formed
+            await eventually(lambda: any(isinstance(e, VoiceStats) and e.e2ee for e in seen), 15)
+            await client.play(guild, str(clip))
+            await eventually(lambda: any(isinstance(e, TrackEnd) for e in seen), timeout=15)
+            start = next(e for e in seen if isinstance(e, TrackStart))
+            end = next(e for e in seen if isinstance(e, TrackEnd))
+            assert start.guild_id == guild and start.path == str(clip)
+            assert (end.reason, end.frames, end.error) == ("finished", 4 + 5, None)
+
+            reply = await client.record(guild)
+            directory = Path(reply["directory"])
+            spoken = frames(6)
+            await eventually(lambda: directory.is_dir(), timeout=10)
+            await voice_server.member_speaks(4242, spoken)
+            audio = lambda: [e for e in seen if isinstance(e, VoiceAudio)]  # noqa: E731
+            await eventually(lambda: len(audio()) == 6, timeout=10)
+            assert [(e.guild_id, e.user_id, e.opus) for e in audio()] == [
+                (guild, 4242, f) for f in spoken
+            ]
+            await client.record(guild, stop=True)
+            path = directory / "4242.wav"
+
+            def finished() -> bool:
+                try:
+                    with wave.open(str(path)) as w:
+                        return w.getnframes() == 6 * 960
+                except (OSError, EOFError, wave.Error):
+                    return False
+
+            await eventually(finished, timeout=10)
