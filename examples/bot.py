@@ -79,7 +79,11 @@ async def _when_voice_connected(client: Client, guild_id: int, timeout: float = 
 
 
 def _clip(seconds: float = 1.0) -> str:
-    """A short two-tone chime as raw s16le 48 kHz stereo PCM, written once."""
+    """The bundled chime (Ogg Opus, played without re-encoding); else a short two-tone
+    chime as raw s16le 48 kHz stereo PCM, written once."""
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample.opus")
+    if os.path.exists(bundled):
+        return bundled
     path = os.path.join(tempfile.gettempdir(), "shardline-example-clip.pcm")
     if not os.path.exists(path):
         n = int(48_000 * seconds)

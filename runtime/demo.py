@@ -25,19 +25,22 @@ from runtime.config import parse_config
 from runtime.plan import plan_fleet
 from runtime.supervisor import Supervisor
 
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.opus"
+
 __all__ = ["run_demo"]
 
 
 async def _voice(app: Client, emu: Emulator, supervisor: Supervisor, runtime_dir: Path) -> None:
-    """Once the fleet is up: join a voice channel and play a tone, every 20 seconds."""
+    """Once the fleet is up: join a voice channel and play the bundled chime, every 20 s."""
     while not supervisor.workers or not all(
         w.state == "ready" for w in supervisor.workers.values()
     ):
         await asyncio.sleep(0.5)
     guild = emu.world.guild_ids[0]
     channel = emu.world.voice_channel_id(guild)
-    tone = runtime_dir / "tone.pcm"
-    tone.write_bytes(_tone(seconds=2.0))
+    sample = SAMPLE if SAMPLE.is_file() else runtime_dir / "tone.pcm"
+    if not SAMPLE.is_file():  # an installed package without examples/: a plain tone
+        sample.write_bytes(_tone(seconds=2.0))
     reply = await app.request(
         "shardline.voice.join", {"guild_id": str(guild), "channel_id": str(channel)}
     )
@@ -45,7 +48,7 @@ async def _voice(app: Client, emu: Emulator, supervisor: Supervisor, runtime_dir
     while True:
         await asyncio.sleep(3.0)
         reply = await app.request(
-            "shardline.voice.play", {"guild_id": str(guild), "path": str(tone)}
+            "shardline.voice.play", {"guild_id": str(guild), "path": str(sample)}
         )
         print(f"demo: voice play: {reply}", flush=True)
         await asyncio.sleep(17.0)

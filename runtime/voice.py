@@ -59,6 +59,7 @@ class VoiceWorker:
             "late": s.get("late", 0),
             "jitter": s.get("jitter_p99_ms"),
             "rejoins": self.rejoins,
+            "pid": None if self.proc is None else self.proc.pid,
         }
 
     async def start(
