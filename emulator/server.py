@@ -559,7 +559,7 @@ class Emulator:
     async def _control_voice(self, action: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """``voice_member {guild_id, user_id, leave?}``: an emulated member joins (or leaves)
         the guild's call; ``voice_packets {guild_id, clear?, count?}``: every RTP packet
-        its voice sessions sent, as ``[seq, timestamp, arrival (monotonic s), e2ee]`` (with
+        its voice sessions sent, as ``[seq, timestamp, arrival (Unix s, kernel stamp), e2ee]`` (with
         ``count``: ``[how many]`` instead);
         ``voice_close {code}``: close every voice connection with ``code``."""
         if self.voice is None:

@@ -19,8 +19,10 @@ import contextlib
 import datetime
 import ipaddress
 import secrets
+import socket
 import ssl
 import struct
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -89,7 +91,7 @@ class RtpRecord:
     seq: int
     timestamp: int
     ssrc: int
-    arrival: float
+    arrival: float  # Unix time: the kernel's receive timestamp where there is one
     opus: bytes  # after end-to-end decryption, when the frame was E2EE and it decrypted
     e2ee: bool = False  # the frame came end-to-end encrypted (DAVE)
 
@@ -117,16 +119,51 @@ class VoiceSessionRecord:
     client_address: tuple[str, int] | None = None
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: VoiceServer) -> None:
+# Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS); Python's socket module does not name it.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
+
+
+class _Udp:
+    """The voice server's UDP socket. Each datagram's arrival is the kernel's receive
+    timestamp (SO_TIMESTAMPNS) where there is one: when the packet arrived, not when this
+    process got round to reading it, so the server's own scheduling never shows up as a
+    client's jitter."""
+
+    def __init__(self, server: VoiceServer, sock: socket.socket) -> None:
         self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.transport = self  # what callers send through (sendto, close)
+        self.kernel_stamps = False
+        if SO_TIMESTAMPNS is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.kernel_stamps = True
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):  # a full buffer drops the datagram, as UDP does
+            self.sock.sendto(data, addr)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.server.on_datagram(data, addr)
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def _readable(self) -> None:
+        for _ in range(256):  # what has arrived, then back to the loop
+            try:
+                data, ancillary, _, addr = self.sock.recvmsg(4096, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            arrival = None
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+                    seconds, nanoseconds = struct.unpack("qq", payload[:16])
+                    arrival = seconds + nanoseconds / 1e9
+            self.server.on_datagram(data, addr, time.time() if arrival is None else arrival)
 
 
 class VoiceServer:
@@ -171,19 +208,19 @@ class VoiceServer:
         context.load_cert_chain(self.cert_file, self._key_file)
         self._server = await serve(self._handle, self.host, 0, ssl=context, compression=None)
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.host, 0)
-        )
-        self._udp = protocol
-        self.udp_port = int(transport.get_extra_info("sockname")[1])
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind((self.host, 0))
+        self._udp = _Udp(self, sock)
+        self.udp_port = int(sock.getsockname()[1])
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        if self._udp is not None and self._udp.transport is not None:
-            self._udp.transport.close()
+        if self._udp is not None:
+            self._udp.close()
 
     async def close_session(self, code: int, reason: str = "") -> int:
         """Close every voice connection with ``code`` (4015 crash, 4014 disconnect...)."""
@@ -484,7 +521,8 @@ class VoiceServer:
 
     # -- UDP ------------------------------------------------------------------------------
 
-    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+    def on_datagram(self, data: bytes, addr: tuple[str, int], arrival: float) -> None:
+        """One datagram that arrived at ``arrival`` (Unix time, seconds)."""
         transport = self._udp.transport if self._udp else None
         if len(data) == 74 and data[:2] == b"\x00\x01":
             ssrc = struct.unpack(">I", data[4:8])[0]
@@ -512,7 +550,7 @@ class VoiceServer:
         e2ee = opus.endswith(E2EE_MAGIC)
         if e2ee:
             opus = self._open_e2ee(record, opus)
-        record.packets.append(RtpRecord(seq, timestamp, ssrc, time.monotonic(), opus, e2ee))
+        record.packets.append(RtpRecord(seq, timestamp, ssrc, arrival, opus, e2ee))
         if not self._notify_scheduled:  # one wake-up for a burst of packets, not one each
             self._notify_scheduled = True
             asyncio.get_running_loop().create_task(self._notify())

@@ -172,8 +172,9 @@ class VoiceSession:
                 time.sleep(delay)  # to the microsecond: loop timers wake up to 1 ms late
         elif delay > 0:
             await asyncio.sleep(delay)
+        now = time.monotonic()  # the frame leaves now: the syscall's own time is the kernel's
         self._send_audio(frame)
-        clock.sent_at(time.monotonic())
+        clock.sent_at(now)
 
     async def _silence(self, clock: SendClock) -> int:
         """Five silence frames: how a transmission ends, so that decoders do not glitch."""
