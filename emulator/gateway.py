@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import DATA_OPCODES, Frame
 
 from emulator.world import DEFAULT_TOKEN, World, shard_for
 
@@ -124,6 +125,21 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+class StampedConnection(ServerConnection):
+    """A server connection that notes when each message's frame arrived: Discord judges
+    rate limits (identify buckets, the send window) by arrival, and under load this
+    process may only get round to a message later."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: deque[float] = deque()
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Frame) and event.opcode in DATA_OPCODES and event.fin:
+            self.arrivals.append(time.monotonic())
+        super().process_event(event)
+
+
 class Connection:
     """One client websocket and its state."""
 
@@ -141,6 +157,7 @@ class Connection:
         self.last_heartbeat = time.monotonic()
         self.lock = asyncio.Lock()
         self.closed = False
+        self.message_at = 0.0  # arrival of the message being handled
 
     async def send(self, payload: bytes) -> None:
         """Compress (per the connection's transport compression) and send, in order."""
@@ -290,7 +307,9 @@ class GatewayServer:
 
     async def _on_message(self, conn: Connection, message: str | bytes) -> bool:
         """Handle one client payload; False once the connection was closed."""
-        now = time.monotonic()
+        arrivals = getattr(conn.ws, "arrivals", None)
+        now = arrivals.popleft() if arrivals else time.monotonic()
+        conn.message_at = now
         data = message.encode() if isinstance(message, str) else message
         if len(data) > MAX_PAYLOAD:
             await conn.close(4002, "Payload too large.")
@@ -377,7 +396,7 @@ class GatewayServer:
             await conn.close(4014, f"Disallowed intent(s): {', '.join(disallowed)}.")
             return False
         bucket = shard_id % self.rules.max_concurrency
-        now = time.monotonic()
+        now = conn.message_at  # when the IDENTIFY arrived, however late we handle it
         last = self._bucket_last.get(bucket)
         if last is not None and now - last < self.rules.identify_interval:
             await self._record_identify(shard_id, shard_count, False, "rate_limited")

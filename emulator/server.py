@@ -19,7 +19,14 @@ from typing import Any, Self
 import orjson
 from websockets.asyncio.server import Server, serve
 
-from emulator.gateway import GatewayRules, GatewayServer, Received, Session, _frame
+from emulator.gateway import (
+    GatewayRules,
+    GatewayServer,
+    Received,
+    Session,
+    StampedConnection,
+    _frame,
+)
 from emulator.http import HttpRequest, HttpResponse, HttpServer, json_response
 from emulator.voice import VoiceServer
 from emulator.world import DEFAULT_TOKEN, World, WorldConfig
@@ -98,6 +105,7 @@ class Emulator:
             compression=None,
             max_size=2**20,
             ping_interval=None,
+            create_connection=StampedConnection,
         )
         self.gateway_port = int(next(iter(self._ws_server.sockets)).getsockname()[1])
         self.rest_port = await self._http.start(host, self.config.port)

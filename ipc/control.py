@@ -15,6 +15,7 @@ __all__ = [
     "GatewayForward",
     "IdentifyPermit",
     "IdentifyRequest",
+    "IdentifySent",
     "SessionCheckpoint",
     "ShardStatus",
     "Shutdown",
@@ -71,6 +72,15 @@ class SessionCheckpoint(Event):
 class IdentifyRequest(Event):
     __slots__ = ()
     type_name = "control.identify_request"
+    shard = integer()
+
+
+class IdentifySent(Event):
+    """The shard wrote its IDENTIFY: the bucket's next identify is spaced from now, not
+    from the permit (a busy shard can send it a second after being allowed to)."""
+
+    __slots__ = ()
+    type_name = "control.identify_sent"
     shard = integer()
 
 

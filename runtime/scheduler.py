@@ -47,6 +47,19 @@ class IdentifyScheduler:
         if shard_id not in bucket:
             heapq.heappush(bucket, shard_id)
 
+    def sent(self, shard_id: int, now: float) -> None:
+        """The shard's IDENTIFY went out (reported at ``now``, a little after): its bucket's
+        next identify waits a full interval from then, whenever the permit was granted."""
+        index = shard_id % self.max_concurrency
+        self._next_at[index] = max(self._next_at[index], now + self.interval + self._margin())
+
+    def _margin(self) -> float:
+        # A margin for the permit's trip to the shard and the identify's to Discord: two
+        # identifies granted exactly `interval` apart can arrive closer than that. (0.25 s:
+        # under a startup's load the trip varied by more than 50 ms, and a refused identify
+        # costs the shard a 1-5 s wait and a later round.)
+        return max(0.25, self.interval * 0.02)
+
     def cancel(self, shard_id: int) -> None:
         """The shard went away before its turn."""
         bucket = self._pending[shard_id % self.max_concurrency]
@@ -62,11 +75,7 @@ class IdentifyScheduler:
                 if self.remaining <= 0:
                     raise BudgetExhaustedError("no identifies left in today's session_start_limit")
                 grants.append(heapq.heappop(bucket))
-                # A margin for the permit's trip to the shard and the identify's to Discord:
-                # two identifies granted exactly `interval` apart can arrive closer than that.
-                # (0.25 s: under a startup's load the trip varied by more than 50 ms, and a
-                # refused identify costs the shard a 1-5 s wait and a later round.)
-                self._next_at[index] = now + self.interval + max(0.25, self.interval * 0.02)
+                self._next_at[index] = now + self.interval + self._margin()
                 self.remaining -= 1
                 self.granted += 1
         return grants

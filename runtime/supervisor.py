@@ -32,6 +32,7 @@ from ipc.control import (
     GatewayForward,
     IdentifyPermit,
     IdentifyRequest,
+    IdentifySent,
     SessionCheckpoint,
     ShardStatus,
     Shutdown,
@@ -542,6 +543,8 @@ class Supervisor:
                     worker.crashes_in_a_row = 0
             elif isinstance(message, IdentifyRequest):
                 self.scheduler.request(shard)
+            elif isinstance(message, IdentifySent):
+                self.scheduler.sent(shard, now)
             elif isinstance(message, SessionCheckpoint):
                 self.sessions.put(
                     Checkpoint(

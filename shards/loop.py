@@ -25,6 +25,7 @@ from ipc.control import (
     GatewayForward,
     IdentifyPermit,
     IdentifyRequest,
+    IdentifySent,
     SessionCheckpoint,
     ShardStatus,
     Shutdown,
@@ -313,6 +314,8 @@ class ShardRunner:
             self.protocol.on_send_failed(action)
             return
         self.protocol.on_sent(action)
+        if action.kind == "identify" and self.control is not None:
+            self.control.send(IdentifySent(shard=self.settings.shard_id))
 
     def _emit(self, event: ErrorEvent) -> None:
         self.errors.append(event)

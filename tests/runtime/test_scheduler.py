@@ -50,3 +50,15 @@ def test_exhausted_budget_refuses() -> None:
 def test_startup_bound() -> None:
     assert startup_seconds(64, 16) == 15.0
     assert startup_seconds(16, 16) == 0.0
+
+
+def test_a_late_identify_pushes_its_bucket_back_from_when_it_was_sent() -> None:
+    scheduler = IdentifyScheduler(max_concurrency=2, remaining=100, interval=5.0)
+    for shard in range(4):
+        scheduler.request(shard)
+    assert scheduler.poll(0.0) == [0, 1]
+    scheduler.sent(0, 1.2)  # shard 0 was busy: its IDENTIFY left 1.2 s after the permit
+    scheduler.sent(1, 0.05)  # on time: nothing moves
+    assert scheduler.poll(5.3) == [3]
+    assert scheduler.poll(6.3) == []
+    assert scheduler.poll(6.45) == [2]  # 1.2 + 5 + the margin
