@@ -399,7 +399,7 @@ class GatewayServer:
         now = conn.message_at  # when the IDENTIFY arrived, however late we handle it
         last = self._bucket_last.get(bucket)
         if last is not None and now - last < self.rules.identify_interval:
-            await self._record_identify(shard_id, shard_count, False, "rate_limited")
+            await self._record_identify(shard_id, shard_count, False, "rate_limited", now)
             await conn.send(_frame(9, False))
             return True
         if self.rules.session_start_remaining <= 0:
@@ -419,7 +419,7 @@ class GatewayServer:
         session = Session(secrets.token_hex(16), shard_id, shard_count, intents, large_threshold)
         self.sessions[session.id] = session
         await self._attach(conn, session)
-        await self._record_identify(shard_id, shard_count, True, "ready")
+        await self._record_identify(shard_id, shard_count, True, "ready", now)
         guilds = self.guilds_on(shard_id, shard_count)
         ready = {
             "v": 10,
@@ -447,14 +447,15 @@ class GatewayServer:
                     gid, large_threshold=large_threshold, presences=presences
                 )
                 await self.dispatch(session, "GUILD_CREATE", data)
+                await asyncio.sleep(0)  # one guild at a time: other connections get a turn
         return True
 
     async def _record_identify(
-        self, shard_id: int, shard_count: int, accepted: bool, outcome: str
+        self, shard_id: int, shard_count: int, accepted: bool, outcome: str, at: float = 0.0
     ) -> None:
         bucket = shard_id % self.rules.max_concurrency
         self.identifies.append(
-            IdentifyRecord(shard_id, shard_count, bucket, time.monotonic(), accepted, outcome)
+            IdentifyRecord(shard_id, shard_count, bucket, at or time.monotonic(), accepted, outcome)
         )
         await self._notify()
 
