@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -311,10 +312,21 @@ def request_sync(
         raise CommandError(f"no supervisor is running here (no socket at {path})")
     secure(sock, server_key)
     sock.connect(endpoint)
+    no_answer = CommandError(f"the supervisor at {endpoint} did not answer within {timeout}s")
+    deadline = time.monotonic() + timeout
     try:
-        sock.send_multipart([b"1", type_name.encode(), orjson.dumps(body or {}), b"{}"])
-        if not sock.poll(int(timeout * 1000)):
-            raise CommandError(f"the supervisor at {endpoint} did not answer within {timeout}s")
+        # A DEALER with no peer (nobody listening, or a refused CURVE handshake) blocks in
+        # send: wait for it to be writable within the timeout instead of forever.
+        if not sock.poll(int(timeout * 1000), zmq.POLLOUT):
+            raise no_answer
+        try:
+            sock.send_multipart(
+                [b"1", type_name.encode(), orjson.dumps(body or {}), b"{}"], flags=zmq.NOBLOCK
+            )
+        except zmq.Again:
+            raise no_answer from None
+        if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            raise no_answer
         _, reply = sock.recv_multipart()
         return dict(orjson.loads(reply))
     finally:

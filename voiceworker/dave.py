@@ -50,6 +50,13 @@ class DaveDriver:
 
     # -- the session description and membership -------------------------------------------
 
+    def forget_call(self) -> None:
+        """A fresh connection (a move to another server): nothing of the old call holds."""
+        self.users.clear()
+        self.pending.clear()
+        self._early.clear()
+        self.version = 0
+
     def start(self, version: int) -> list[VoiceAction]:
         """The session description named the call's protocol version: set up for it."""
         self.version = version

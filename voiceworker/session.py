@@ -203,6 +203,7 @@ class VoiceSession:
         """A new VOICE_SERVER_UPDATE (a region move): connect to the new server afresh."""
         await self.leave()
         self.gateway.new_server(token, endpoint)
+        self.dave.forget_call()
         self.inbox = asyncio.Queue()
         self.connected.clear()
         self.cipher = self.rtp = self.udp = self.ws = None

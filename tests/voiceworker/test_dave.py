@@ -125,3 +125,13 @@ def test_garbage_never_raises() -> None:
     ]:
         driver.receive(op, payload)  # no exception: logged and ignored
     assert not driver.active
+
+
+def test_a_new_server_forgets_the_old_call() -> None:
+    driver = DaveDriver(BOT, CHANNEL)
+    driver.receive(11, {"user_ids": [str(MEMBER)]})
+    driver.receive(25, b"early")  # buffered: no session yet
+    driver.receive(21, {"transition_id": 4, "protocol_version": 1})
+    driver.forget_call()
+    assert (driver.users, driver.pending, driver.version) == (set(), {}, 0)
+    assert driver.start(0) == []  # the buffered message is gone with the old call
