@@ -193,6 +193,7 @@ class VoiceServer:
         self._udp: _Udp | None = None
         self._changed = asyncio.Condition()
         self._notify_scheduled = False
+        self.udp_deaf = False  # test hook: drop every datagram (no echo, no record)
 
     @property
     def ca_file(self) -> str:
@@ -210,6 +211,8 @@ class VoiceServer:
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
+        with contextlib.suppress(OSError):  # room for bursts from many sessions (kernel-capped)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         sock.setblocking(False)
         sock.bind((self.host, 0))
         self._udp = _Udp(self, sock)
@@ -282,6 +285,7 @@ class VoiceServer:
 
     async def _notify(self) -> None:
         self._notify_scheduled = False
+        self.udp_deaf = False  # test hook: drop every datagram (no echo, no record)
         async with self._changed:
             self._changed.notify_all()
 
@@ -523,6 +527,8 @@ class VoiceServer:
 
     def on_datagram(self, data: bytes, addr: tuple[str, int], arrival: float) -> None:
         """One datagram that arrived at ``arrival`` (Unix time, seconds)."""
+        if self.udp_deaf:
+            return  # as if UDP were lost both ways
         transport = self._udp.transport if self._udp else None
         if len(data) == 74 and data[:2] == b"\x00\x01":
             ssrc = struct.unpack(">I", data[4:8])[0]
@@ -533,7 +539,9 @@ class VoiceServer:
                 transport.sendto(reply, addr)
             return
         if len(data) == 8:
-            self.keepalives += 1  # a client's UDP keepalive
+            self.keepalives += 1  # a client's UDP keepalive: echoed, as Discord does
+            if transport is not None:
+                transport.sendto(data, addr)
             return
         if len(data) < 12 + 16 + 4 or data[0] >> 6 != 2:
             return

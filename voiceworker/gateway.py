@@ -58,6 +58,7 @@ class CloseOutcome(Enum):
     REJOIN = "rejoin"
     WAIT_SERVER = "wait for a new server"
     STOP = "stop"
+    REIDENTIFY = "identify again"  # UDP went silent: a new connection, discovery and key
 
 
 # Close codes (topics/opcodes-and-status-codes#voice) and what they call for.
@@ -237,6 +238,13 @@ class VoiceGateway:
     def on_closed(self, code: int | None, now: float) -> list[VoiceAction]:
         """The websocket closed. Decide: resume, rejoin, wait for a new server, or stop."""
         self.heartbeat_interval = self.next_heartbeat = None
+        if self._closing is CloseOutcome.REIDENTIFY:  # UDP went silent: start afresh
+            self._closing = None
+            self.resumable = False
+            self.seq_ack = -1
+            self.state = VoiceState.BACKING_OFF
+            return [Failed(code, "reidentify", "UDP went silent: identifying again")]
+        outcome: CloseOutcome
         if self._closing is not None:  # we closed it on purpose (zombie): resume
             outcome, meaning = self._closing, "closed by us"
         elif code is None or code < 4000:
@@ -258,6 +266,12 @@ class VoiceGateway:
         if outcome is not CloseOutcome.RESUME:
             self.resumable = False
         return [Failed(code, outcome.value, f"voice gateway closed {code} ({meaning})")]
+
+    def udp_lost(self) -> list[VoiceAction]:
+        """UDP keepalives stopped coming back: close, then identify afresh (a new UDP
+        socket, IP discovery and key), the same credentials still being valid."""
+        self._closing = CloseOutcome.REIDENTIFY
+        return [Close(RESUMABLE_CLOSE, "UDP silent: reconnecting")]
 
     def new_server(self, token: str, endpoint: str) -> None:
         """A VOICE_SERVER_UPDATE (region move): identify afresh at the new endpoint."""

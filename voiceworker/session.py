@@ -84,6 +84,7 @@ class VoiceSession:
         ssl_context: ssl.SSLContext | None = None,
         modes: tuple[str, ...] = MODES,
         keepalive_interval: float = 5.0,
+        udp_silence_limit: int = 12,
         precise: bool = False,
     ) -> None:
         self.gateway = VoiceGateway(credentials, max_dave_protocol_version=MAX_VERSION)
@@ -108,6 +109,11 @@ class VoiceSession:
         self.precise = precise
         self._next_keepalive: float | None = None
         self._keepalives = 0
+        # Discord echoes UDP keepalives: once it has, this many unanswered in a row means
+        # UDP is gone (discord.js's limit: 12, a minute at 5 s), and we identify again.
+        self.udp_silence_limit = udp_silence_limit
+        self._keepalive_echoed = 0  # the last keepalive counter the server echoed
+        self.udp_reconnects = 0
         self.ended = asyncio.Event()
         self._unpaused = asyncio.Event()
         self._unpaused.set()
@@ -339,11 +345,23 @@ class VoiceSession:
         """8 bytes on UDP every few seconds keep NAT mappings open while nothing plays."""
         if self._next_keepalive is None or now < self._next_keepalive or self.udp is None:
             return
+        if self._keepalive_echoed and (
+            self._keepalives - self._keepalive_echoed >= self.udp_silence_limit
+        ):
+            log.warning(f"{self.udp_silence_limit} UDP keepalives unanswered: reconnecting")
+            self._keepalive_echoed = 0
+            self._next_keepalive = None
+            self.udp_reconnects += 1
+            self._act(self.gateway.udp_lost())
+            return
         self._keepalives += 1
         self.udp.sendto(self._keepalives.to_bytes(8, "little"))
         self._next_keepalive = now + self.keepalive_interval
 
     def _on_udp(self, data: bytes) -> None:
+        if len(data) == 8:  # the server echoing a keepalive
+            self._keepalive_echoed = max(self._keepalive_echoed, int.from_bytes(data, "little"))
+            return
         if len(data) == 74:
             if self._discovery is not None and not self._discovery.done():
                 with contextlib.suppress(ValueError):

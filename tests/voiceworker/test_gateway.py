@@ -163,3 +163,15 @@ def test_garbage_is_ignored() -> None:
     assert gw.receive(b"{nope", 1.0) == []
     assert gw.receive(b"\x00", 1.0) == []
     assert gw.state is VoiceState.CONNECTED
+
+
+def test_udp_loss_identifies_again_instead_of_resuming() -> None:
+    gw = VoiceGateway(CREDS, rng=lambda: 0.0)
+    connect(gw)
+    closes = [a for a in gw.udp_lost() if isinstance(a, Close)]
+    assert closes and closes[0].code == 4000
+    failed = gw.on_closed(4000, 5.0)
+    assert isinstance(failed[0], Failed) and failed[0].outcome == "reidentify"
+    assert gw.state is VoiceState.BACKING_OFF  # the session loop reconnects in place
+    again = sent(gw.on_connected(6.0))[0]
+    assert again["op"] == 0  # IDENTIFY, not RESUME: new UDP socket, discovery and key

@@ -287,3 +287,24 @@ async def test_ogg_opus_plays_without_reencoding(tmp_path) -> None:  # type: ign
         finally:
             await session.leave()
     assert [p.opus for p in record.packets] == in_file + [SILENCE] * 5  # byte for byte
+
+
+async def test_udp_silence_reconnects_with_a_fresh_identify() -> None:
+    async with voice_emulator() as emu:
+        assert emu.voice is not None
+        server = emu.voice
+        session = await new_session(emu, keepalive_interval=0.02, udp_silence_limit=5)
+        await session.connect()
+        try:
+            await eventually(lambda: session._keepalive_echoed > 0)  # the server echoes
+            server.udp_deaf = True  # UDP lost both ways
+            await server.wait_until(lambda: len(server.sessions) == 2)  # identified again
+            assert session.udp_reconnects == 1
+            server.udp_deaf = False
+            await eventually(lambda: session.state.value == "connected" and session.cipher)
+            record = next(r for r in server.sessions.values() if r.ssrc == session.rtp.ssrc)  # type: ignore[union-attr]
+            await session.play(PCMSource(io.BytesIO(tone(2))))
+            await server.wait_until(lambda: len(record.packets) == 7)
+        finally:
+            await session.leave()
+        assert record.undecryptable == 0 and server.resumes() == 0
