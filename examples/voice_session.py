@@ -1,8 +1,9 @@
 """Using the voice worker as a library: one guild's voice connection in your own program.
 
-A voice connection needs three things your gateway connection gives you after you send op 4
-(Update Voice State): the ``session_id`` of the bot's VOICE_STATE_UPDATE, and the ``token`` and
-``endpoint`` of the VOICE_SERVER_UPDATE. With them:
+A voice connection needs what your gateway connection gives you after you send op 4 (Update
+Voice State): the ``session_id`` (and ``channel_id``, which names the call's DAVE group) of the
+bot's VOICE_STATE_UPDATE, and the ``token`` and ``endpoint`` of the VOICE_SERVER_UPDATE. With
+them:
 
     credentials = VoiceCredentials(guild_id, bot_user_id, session_id, token, endpoint, channel_id)
     session = VoiceSession(credentials)
