@@ -293,7 +293,7 @@ async def test_udp_silence_reconnects_with_a_fresh_identify() -> None:
     async with voice_emulator() as emu:
         assert emu.voice is not None
         server = emu.voice
-        session = await new_session(emu, keepalive_interval=0.02, udp_silence_limit=5)
+        session = await new_session(emu, keepalive_interval=0.02, udp_silence_limit=10)
         await session.connect()
         try:
             await eventually(lambda: session._keepalive_echoed > 0)  # the server echoes
