@@ -5,8 +5,7 @@ Voice State): the ``session_id`` (and ``channel_id``, which names the call's DAV
 bot's VOICE_STATE_UPDATE, and the ``token`` and ``endpoint`` of the VOICE_SERVER_UPDATE. With
 them:
 
-    credentials = VoiceCredentials(guild_id, bot_user_id, session_id, token, endpoint, channel_id)
-    session = VoiceSession(credentials)
+    session = VoiceSession(VoiceCredentials.from_gateway(voice_state, voice_server))
     await session.connect()                      # voice gateway, UDP discovery, encryption
     await session.play(open_source("song.mp3"))  # SPEAKING, 20 ms frames, 5 silence frames
     await session.leave()
@@ -79,14 +78,7 @@ async def credentials_from_gateway(emu: Emulator) -> VoiceCredentials:
                 state = payload["d"]
             elif payload.get("t") == "VOICE_SERVER_UPDATE":
                 server = payload["d"]
-    return VoiceCredentials(
-        guild,
-        emu.world.bot_id,
-        state["session_id"],
-        server["token"],
-        server["endpoint"],
-        int(state["channel_id"]),
-    )
+    return VoiceCredentials.from_gateway(state, server)
 
 
 def tone_file() -> str:

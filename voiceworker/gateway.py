@@ -94,6 +94,19 @@ class VoiceCredentials:
     endpoint: str
     channel_id: int  # the voice channel: DAVE's MLS group is named after it
 
+    @classmethod
+    def from_gateway(cls, voice_state: Any, voice_server: Any) -> VoiceCredentials:
+        """From the ``d`` of the bot's VOICE_STATE_UPDATE (user, session, channel) and of
+        the guild's VOICE_SERVER_UPDATE (token, endpoint) that answered op 4."""
+        return cls(
+            int(voice_state["guild_id"]),
+            int(voice_state["user_id"]),
+            str(voice_state["session_id"]),
+            str(voice_server["token"]),
+            str(voice_server["endpoint"]),
+            int(voice_state["channel_id"]),
+        )
+
     def url(self) -> str:
         host = self.endpoint.removeprefix("wss://").rstrip("/")
         return f"wss://{host}/?v=8"

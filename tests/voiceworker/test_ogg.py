@@ -9,7 +9,8 @@ import struct
 
 import pytest
 
-from voiceworker.audio import FFmpegSource, ffmpeg_executable, open_source
+from tests.voiceworker.media import sine_opus
+from voiceworker.audio import FFmpegSource, open_source
 from voiceworker.ogg import NotOggOpusError, OggOpusSource, ogg_packets, packet_duration_ms
 
 FB_20MS = 0xFC  # TOC: CELT fullband 20 ms, stereo, one frame
@@ -67,38 +68,13 @@ def test_what_is_not_20ms_ogg_opus_is_refused_with_a_reason() -> None:
 
 
 def test_open_source_passes_ffmpeg_made_opus_through_and_decodes_others(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-
-    def encode(name: str, *codec: str) -> str:
-        path = str(tmp_path / name)
-        subprocess.run(
-            [
-                ffmpeg_executable(),
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:duration=1",
-                "-ar",
-                "48000",
-                "-ac",
-                "2",
-                *codec,
-                path,
-            ],
-            check=True,
-        )
-        return path
-
-    opus = encode("tone.opus", "-c:a", "libopus", "-frame_duration", "20")
+    opus = str(sine_opus(tmp_path / "tone.opus", seconds=1, frequency=440))
     source = open_source(opus)
     assert isinstance(source, OggOpusSource)
     packets = list(iter(source.read, None))
     assert 49 <= len(packets) <= 52 and all(packet_duration_ms(p) == 20 for p in packets)
     source.close()
-    sixty = encode("long.opus", "-c:a", "libopus", "-frame_duration", "60")
+    sixty = str(sine_opus(tmp_path / "long.opus", seconds=1, frequency=440, frame_ms=60))
     decoded = open_source(sixty)  # 60 ms packets: ffmpeg decodes, we re-encode 20 ms frames
     assert isinstance(decoded, FFmpegSource)
     assert 49 <= len(list(iter(decoded.read, None))) <= 52  # 1 s in 20 ms frames

@@ -48,14 +48,7 @@ async def join(emu: Emulator) -> VoiceCredentials:
     )
     state = (await client.recv_until("VOICE_STATE_UPDATE"))[-1]["d"]
     server = (await client.recv_until("VOICE_SERVER_UPDATE"))[-1]["d"]
-    return VoiceCredentials(
-        guild,
-        emu.world.bot_id,
-        state["session_id"],
-        server["token"],
-        server["endpoint"],
-        int(state["channel_id"]),
-    )
+    return VoiceCredentials.from_gateway(state, server)
 
 
 def voice_emulator() -> Emulator:
@@ -245,34 +238,11 @@ async def test_record_writes_one_wav_per_member(tmp_path) -> None:  # type: igno
 
 
 async def test_ogg_opus_plays_without_reencoding(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-
-    from voiceworker.audio import ffmpeg_executable, open_source
+    from tests.voiceworker.media import sine_opus
+    from voiceworker.audio import open_source
     from voiceworker.ogg import OggOpusSource, ogg_packets
 
-    path = tmp_path / "clip.opus"
-    subprocess.run(
-        [
-            ffmpeg_executable(),
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=330:duration=0.4",
-            "-ar",
-            "48000",
-            "-ac",
-            "2",
-            "-c:a",
-            "libopus",
-            "-frame_duration",
-            "20",
-            str(path),
-        ],
-        check=True,
-    )
+    path = sine_opus(tmp_path / "clip.opus", seconds=0.4, frequency=330)
     with open(path, "rb") as f:
         in_file = [p for p in ogg_packets(f)][2:]  # after OpusHead and OpusTags
     async with voice_emulator() as emu:
