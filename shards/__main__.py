@@ -16,6 +16,7 @@ import sys
 
 import orjson
 
+from ipc import eventloop
 from ipc.intents import UnknownIntentError, intents_from_names
 from ipc.logfmt import setup_logging
 from shards.links import ControlLink, EventPublisher, NullPublisher
@@ -142,13 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error(str(exc))
         return EXIT_USAGE
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run  # type: ignore[assignment]
-    try:
-        return runner(amain(args))
+        return eventloop.run(amain(args))
     except Exception:
         log.exception("shard crashed")
         return EXIT_CRASH

@@ -14,6 +14,7 @@ import signal
 import ssl
 import sys
 
+from ipc import eventloop
 from ipc.control import (
     Shutdown,
     VoicePause,
@@ -291,13 +292,7 @@ def main() -> int:
     args = build_parser().parse_args()
     setup_logging("voice", str(args.guild), args.log_level, args.log_format)
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run  # type: ignore[assignment]
-    try:
-        return runner(amain(args))
+        return eventloop.run(amain(args))
     except Exception:
         log.exception("voice worker crashed")
         return 1
