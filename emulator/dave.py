@@ -58,7 +58,6 @@ class DaveCall:
     transitions: dict[int, set[int]] = field(default_factory=dict)  # id -> not yet ready
     last_transition: int = 0
     corrupt_next_welcome: bool = False  # test hook: the next op 30 carries garbage
-    commits: int = 0
 
     def join(self, user_id: int) -> list[Outbound]:
         """A member entered the call: it gets the external sender (op 25)."""
@@ -96,7 +95,6 @@ class DaveCall:
             self.leaves.pop()
         assert self.epoch is not None
         self.epoch += 1
-        self.commits += 1
         self.last_transition = tid = self.last_transition % 0xFFFF + 1
         prefix = tid.to_bytes(2, "big")
         out = [Outbound(u, 29, prefix + commit) for u in remaining]

@@ -133,11 +133,9 @@ class _Udp:
         self.server = server
         self.sock = sock
         self.transport = self  # what callers send through (sendto, close)
-        self.kernel_stamps = False
-        if SO_TIMESTAMPNS is not None:
+        if SO_TIMESTAMPNS is not None:  # else arrivals are stamped when read
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-                self.kernel_stamps = True
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
 
