@@ -13,12 +13,14 @@ import os
 import signal
 import ssl
 import sys
+from dataclasses import dataclass
 
 import orjson
 
 from ipc import eventloop
 from ipc.intents import UnknownIntentError, intents_from_names
 from ipc.logfmt import setup_logging
+from shards import tls
 from shards.links import ControlLink, EventPublisher, NullPublisher
 from shards.links import shutdown as shutdown_links
 from shards.loop import LocalIdentifyBucket, ShardRunner
@@ -81,7 +83,7 @@ def parse_intents(text: str) -> int:
     return intents_from_names(n for n in text.split(",") if n.strip())
 
 
-async def amain(args: argparse.Namespace) -> int:
+async def amain(args: argparse.Namespace, context: ssl.SSLContext | None = None) -> int:
     token = os.environ.get(args.token_env)
     if not token:
         log.error(f"no token: set the {args.token_env} environment variable")
@@ -98,10 +100,6 @@ async def amain(args: argparse.Namespace) -> int:
     source = f"shard:{args.shard_id}"
     publisher = EventPublisher(args.events, source) if args.events else NullPublisher(source)
     control = ControlLink(args.control, source) if args.control else None
-    context = None
-    if args.ca_file:
-        context = ssl.create_default_context()
-        context.load_verify_locations(args.ca_file)
     runner = ShardRunner(
         settings,
         args.gateway,
@@ -134,19 +132,49 @@ async def amain(args: argparse.Namespace) -> int:
     return EXIT_FATAL if state is ShardState.FATAL else EXIT_STOPPED
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A shard ready to run: its options, and the TLS context for ``--ca-file`` (or why
+    that file could not be used)."""
+
+    args: argparse.Namespace
+    tls: ssl.SSLContext | None = None
+    tls_error: str | None = None
+
+
+def prepare(argv: list[str] | None = None) -> Prepared:
+    """What a shard does before its loop: parse the command line (``SystemExit`` on a usage
+    error, as argparse does), set up logging and load the TLS context it will use. The zygote
+    runs this before it forks, so that the work and what it builds stay in shared pages."""
     args = build_parser().parse_args(argv)
     setup_logging("shard", str(args.shard_id), args.log_level, args.log_format)
+    if not args.ca_file:
+        return Prepared(args)
     try:
-        parse_intents(args.intents)
+        return Prepared(args, tls=tls.client_context(args.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        return Prepared(args, tls_error=f"cannot use --ca-file {args.ca_file}: {exc}")
+
+
+def run(shard: Prepared) -> int:
+    """Run the shard that :func:`prepare` set up; returns the exit status."""
+    if shard.tls_error is not None:
+        log.error(shard.tls_error)
+        return EXIT_USAGE
+    try:
+        parse_intents(shard.args.intents)
     except UnknownIntentError as exc:
         log.error(str(exc))
         return EXIT_USAGE
     try:
-        return eventloop.run(amain(args))
+        return eventloop.run(amain(shard.args, shard.tls))
     except Exception:
         log.exception("shard crashed")
         return EXIT_CRASH
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(prepare(argv))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
+from shards import tls
+
 __all__ = ["ClosedInfo", "TransportError", "WebSocketTransport", "mask_payload"]
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -108,7 +110,7 @@ class WebSocketTransport(asyncio.Protocol):
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {self._key.decode()}\r\n"
             f"Sec-WebSocket-Version: 13\r\nUser-Agent: shardline\r\n\r\n"
         ).encode()
-        context = (ssl_context or ssl.create_default_context()) if secure else None
+        context = (ssl_context or tls.client_context()) if secure else None
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):

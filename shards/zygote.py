@@ -37,6 +37,7 @@ import shards.__main__ as shard_main
 import shards.inflate
 import shards.links
 import shards.loop  # noqa: F401
+from shards import tls
 
 try:
     import uvloop  # noqa: F401
@@ -72,6 +73,7 @@ def _warm_up() -> None:
         finally:
             loop.close()
     shard_main.build_parser().format_help()  # argparse imports shutil (and lzma, bz2) lazily
+    tls.client_context()  # the system CA store, loaded once for every wss:// shard
     ctx = zmq.Context()
     try:
         for kind in (zmq.XPUB, zmq.DEALER):
@@ -85,8 +87,9 @@ def _send(obj: dict[str, Any]) -> None:
     os.write(1, orjson.dumps(obj) + b"\n")
 
 
-def _child(argv: list[str], env: dict[str, str]) -> None:
-    """In the forked child: become a shard process."""
+def _child(shard: shard_main.Prepared | int, env: dict[str, str]) -> None:
+    """In the forked child: become the shard the zygote prepared (or exit with the status
+    its command line earned: argparse has already said why on stderr)."""
     try:
         os.setsid()
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -98,13 +101,23 @@ def _child(argv: list[str], env: dict[str, str]) -> None:
         os.dup2(devnull, 0)
         os.dup2(2, 1)  # our stdout is the zygote's reply channel: shards log to stderr
         signal.set_wakeup_fd(-1)
-        sys.argv = ["python -m shards", *argv]
-        code = shard_main.main(argv)
+        code = shard if isinstance(shard, int) else shard_main.run(shard)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
         code = 1
     os._exit(code)
+
+
+def _prepare(argv: list[str]) -> shard_main.Prepared | int:
+    """Parse, set up logging and load TLS here, before forking: a shard that did it after
+    the fork would copy every page that work touches (~2 MB per shard, bench/memory.py)."""
+    sys.argv = ["python -m shards", *argv]
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # our stdout carries replies: no --help there
+            return shard_main.prepare(argv)
+    except SystemExit as exc:  # a usage error: the child exits with argparse's status
+        return exc.code if isinstance(exc.code, int) else 2
 
 
 def _die_with_parent() -> None:
@@ -176,9 +189,11 @@ def _handle(line: bytes) -> int:
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         _send({"id": None, "error": f"bad request: {exc}"})
         return 0
+    shard = _prepare(argv)
+    gc.freeze()  # what it built is shared from now on: keep the fork's collector off it
     pid = os.fork()
     if pid == 0:
-        _child(argv, env)
+        _child(shard, env)
     _send({"id": request.get("id"), "pid": pid})
     return pid
 

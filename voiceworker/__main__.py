@@ -28,6 +28,7 @@ from ipc.control import (
 )
 from ipc.logfmt import setup_logging
 from ipc.voice import TrackEnd, TrackStart, VoiceAudio, VoiceFailure, VoiceStats
+from shards import tls
 from shards.links import ControlLink, EventPublisher, NullPublisher
 from voiceworker.audio import open_source
 from voiceworker.gateway import VoiceCredentials
@@ -65,9 +66,11 @@ async def amain(args: argparse.Namespace) -> int:
         log.error("no voice token: set SHARDLINE_VOICE_TOKEN")
         return 2
     raise_priority(args.nice)
-    context = ssl.create_default_context()
-    if args.ca_file:
-        context.load_verify_locations(args.ca_file)
+    try:
+        context = tls.client_context(args.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        log.error(f"cannot use --ca-file {args.ca_file}: {exc}")
+        return 2
     credentials = VoiceCredentials(
         args.guild, args.user, args.session, token, args.endpoint, args.channel
     )

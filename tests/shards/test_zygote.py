@@ -1,0 +1,138 @@
+"""``python -m shards.zygote``, the fork server, driven over its stdin/stdout protocol.
+
+It prepares each shard (parses its command line, sets up logging, loads TLS) before it forks,
+so what a child's command line gets wrong must still reach that child's exit status and
+stderr, and nothing a child prints may land in the zygote's reply channel."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VALID = ["--shard-id", "0", "--shard-count", "1", "--gateway", "ws://127.0.0.1:9"]
+
+
+class Zygote:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shards.zygote"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._ids = iter(range(1, 1000))
+        self._pending = b""
+        self.messages: list[dict[str, Any]] = []
+
+    def request(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        """Ask for a shard; returns the pid from the zygote's reply."""
+        request_id = next(self._ids)
+        self.write(orjson.dumps({"id": request_id, "argv": argv, "env": env or {}}) + b"\n")
+        reply = self.wait_for(lambda m: m.get("id") == request_id)
+        return int(reply["pid"])
+
+    def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def wait_for(self, wanted: Any, timeout: float = 30.0) -> dict[str, Any]:
+        """The first message (seen already, or arriving within ``timeout``) that matches."""
+        deadline = time.monotonic() + timeout
+        for message in self._messages(deadline):
+            if wanted(message):
+                return message
+        raise AssertionError(f"no such message within {timeout}s; saw {self.messages}")
+
+    def exit_status(self, pid: int) -> int:
+        return int(self.wait_for(lambda m: m.get("exit") == pid)["status"])
+
+    def _messages(self, deadline: float) -> Iterator[dict[str, Any]]:
+        yield from list(self.messages)
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._pending += chunk
+            *lines, self._pending = self._pending.split(b"\n")
+            for line in lines:
+                message = orjson.loads(line)  # every line on stdout is protocol: JSON
+                self.messages.append(message)
+                yield message
+
+    def close(self) -> tuple[int, str]:
+        """Close stdin (the supervisor is gone): returns the exit status and stderr."""
+        _, stderr = self.proc.communicate(timeout=30)  # closes stdin first
+        return self.proc.returncode, stderr.decode()
+
+
+@pytest.fixture
+def zygote() -> Iterator[Zygote]:
+    z = Zygote()
+    try:
+        yield z
+    finally:
+        if z.proc.poll() is None:
+            z.proc.kill()
+            z.proc.wait()
+
+
+def test_a_usage_error_reaches_the_child_exit_status_and_stderr(zygote: Zygote) -> None:
+    pid = zygote.request(["--shard-count", "1"])
+    assert zygote.exit_status(pid) == 2
+    code, stderr = zygote.close()
+    assert code == 0
+    assert "the following arguments are required: --shard-id" in stderr
+
+
+def test_help_goes_to_stderr_not_into_the_reply_channel(zygote: Zygote) -> None:
+    pid = zygote.request(["--help"])
+    assert zygote.exit_status(pid) == 0
+    # The zygote still answers: its stdout was never interleaved with the help text.
+    second = zygote.request(["--shard-count", "1"])
+    assert zygote.exit_status(second) == 2
+    _, stderr = zygote.close()
+    assert "usage: python -m shards" in stderr
+
+
+def test_an_unreadable_ca_file_is_named_and_exits_as_a_usage_error(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing-ca.pem"
+    pid = zygote.request([*VALID, "--ca-file", str(missing)], {"DISCORD_TOKEN": "x"})
+    assert zygote.exit_status(pid) == 2
+    _, stderr = zygote.close()
+    assert f"cannot use --ca-file {missing}" in stderr
+
+
+def test_the_child_gets_the_requested_environment(zygote: Zygote) -> None:
+    # No token in the child's environment, whatever the zygote's own holds.
+    pid = zygote.request(VALID, {"PATH": os.environ.get("PATH", "")})
+    assert zygote.exit_status(pid) == 2
+    _, stderr = zygote.close()
+    assert "no token: set the DISCORD_TOKEN environment variable" in stderr
+
+
+def test_a_malformed_request_is_answered_and_the_zygote_goes_on(zygote: Zygote) -> None:
+    zygote.write(b"{not json\n")
+    error = zygote.wait_for(lambda m: "error" in m)
+    assert error["id"] is None
+    assert error["error"].startswith("bad request")
+    pid = zygote.request(["--shard-count", "1"])
+    assert zygote.exit_status(pid) == 2
