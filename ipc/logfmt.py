@@ -46,9 +46,23 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def setup_logging(kind: str, ident: str, level: str = "info", fmt: str = "text") -> None:
+    """Log one line per event to stderr, tagged with the process ``kind`` and ``ident``.
+    Called again, it retags the handler it installed instead of building a new one (the shard
+    zygote calls it once per shard it forks: every object it allocates there is copied into
+    each fork)."""
+    root = logging.getLogger()
+    if len(root.handlers) == 1:
+        (handler,) = root.handlers
+        formatter = handler.formatter
+        if (
+            isinstance(formatter, KeyValueFormatter)
+            and getattr(handler, "stream", None) is sys.stderr
+        ):
+            formatter.kind, formatter.ident, formatter.json = kind, ident, fmt == "json"
+            root.setLevel(level.upper())
+            return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter(kind, ident, fmt))
-    root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # websockets logs every frame at debug, tokens included: keep it quiet whatever the level.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     return p
+
+
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """One parser per process: parse_args leaves it as it was, and the zygote parses a
+    command line per shard it forks."""
+    return build_parser()
 
 
 def parse_intents(text: str) -> int:
@@ -146,7 +154,7 @@ def prepare(argv: list[str] | None = None) -> Prepared:
     """What a shard does before its loop: parse the command line (``SystemExit`` on a usage
     error, as argparse does), set up logging and load the TLS context it will use. The zygote
     runs this before it forks, so that the work and what it builds stay in shared pages."""
-    args = build_parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     setup_logging("shard", str(args.shard_id), args.log_level, args.log_format)
     if not args.ca_file:
         return Prepared(args)
