@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import runtime.config as config_module
 from runtime.config import ConfigError, load_config, parse_config, parse_shard_ids
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,6 +20,23 @@ def test_shipped_configs_are_valid() -> None:
     example = load_config(ROOT / "config/production.example.toml")
     assert "message_content" in example.shards.intent_names
     assert example.shards.intents & (1 << 15)
+
+
+def test_the_production_example_sets_every_key_the_loader_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read: list[str] = []
+    original = config_module._Reader.get
+
+    def spy(reader: Any, dotted: str, default: Any, validate: Any) -> Any:
+        read.append(dotted)
+        return original(reader, dotted, default, validate)
+
+    monkeypatch.setattr(config_module._Reader, "get", spy)
+    parse_config({})
+    example = tomllib.loads((ROOT / "config/production.example.toml").read_text())
+    documented = {f"{s}.{k}" for s, table in example.items() for k in table}
+    assert read and set(read) - documented == set()
 
 
 def test_values_are_parsed() -> None:
