@@ -6,6 +6,11 @@ with the zygote and each other, which a thousand-shard host pays for once instea
 process, and they start in milliseconds instead of importing for a quarter of a second each
 (``bench/memory.py`` and ``bench/startup.py`` measure both).
 
+Before each fork it parses the request's command line and sets up logging and TLS
+(``shards.__main__.prepare``), so that a shard only runs its loop. Every page the zygote
+writes after a fork stays behind as that shard's private copy, so its work between forks is
+paid by every shard: it keeps that work small.
+
 Protocol on stdin/stdout, one JSON object per line:
   request  {"id": N, "argv": [...], "env": {...}}   fork ``python -m shards ARGV`` with ENV
   reply    {"id": N, "pid": P}                      it runs
@@ -111,7 +116,9 @@ def _child(shard: shard_main.Prepared | int, env: dict[str, str]) -> None:
 
 def _prepare(argv: list[str]) -> shard_main.Prepared | int:
     """Parse, set up logging and load TLS here, before forking: a shard that did it after
-    the fork would copy every page that work touches (~2 MB per shard, bench/memory.py)."""
+    the fork would copy every page that work touches (its own TLS context alone cost a
+    forked shard 2.2 MB). What this touches is copied into each fork too, so it stays small:
+    one parser, one log handler, cached TLS contexts."""
     sys.argv = ["python -m shards", *argv]
     try:
         with contextlib.redirect_stdout(sys.stderr):  # our stdout carries replies: no --help there

@@ -53,6 +53,10 @@ def test_a_replaced_ca_file_is_read_again(tmp_path: Path) -> None:
     assert second is tls.client_context(str(ca))
 
 
+def test_an_empty_ca_file_means_none() -> None:
+    assert tls.client_context("") is tls.client_context()
+
+
 def test_a_missing_ca_file_raises_naming_it(tmp_path: Path) -> None:
     with pytest.raises(OSError, match=re.escape("missing.pem")):
         tls.client_context(str(tmp_path / "missing.pem"))
