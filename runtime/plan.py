@@ -3,6 +3,8 @@ allows (``GET /gateway/bot``), and decide which shards this host runs."""
 
 from __future__ import annotations
 
+import ssl
+
 from runtime.config import Config
 from runtime.discord_rest import fetch_gateway_bot
 from runtime.supervisor import FleetPlan, StartupError
@@ -11,6 +13,8 @@ __all__ = ["plan_fleet"]
 
 
 def plan_fleet(config: Config, token: str) -> FleetPlan:
+    """Raises StartupError (saying what to fix) when the fleet cannot start as configured."""
+    check_ca_file(config.discord.ca_file)
     info = fetch_gateway_bot(config.discord.rest_url, token)
     count = config.shards.count or info.shards
     ids = config.shards.ids if config.shards.ids is not None else tuple(range(count))
@@ -28,3 +32,17 @@ def plan_fleet(config: Config, token: str) -> FleetPlan:
         remaining=info.remaining,
         reset_after_ms=info.reset_after_ms,
     )
+
+
+def check_ca_file(ca_file: str) -> None:
+    """Every worker would load ``discord.ca_file`` and exit on it (status 2): say so once,
+    before anything starts, instead."""
+    if not ca_file:
+        return
+    try:
+        ssl.create_default_context().load_verify_locations(ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"discord.ca_file {ca_file!r} cannot be used as a CA bundle ({exc}); "
+            "point it at a PEM file, or leave it empty"
+        ) from None

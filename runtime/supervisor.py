@@ -58,6 +58,7 @@ __all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
 
 log = logging.getLogger("shardline.supervisor")
 
+EXIT_USAGE = 2  # python -m shards: its command line or environment was refused
 EXIT_FATAL = 3  # python -m shards: a fatal close code
 
 
@@ -388,6 +389,15 @@ class Supervisor:
                 worker.last_exit = "fatal close code"
                 # A fatal code means the token or the config is wrong for every shard: stop the
                 # fleet with the shard's advice rather than watch each shard fail the same way.
+                self.request_stop(f"shard {worker.shard}: {worker.fatal}")
+                return
+            if code == EXIT_USAGE:
+                # A refused command line, token or CA file is refused again on every respawn.
+                worker.fatal = (
+                    "it refused its command line or environment (exit status 2; its log line "
+                    "says why: a missing token, or a discord.ca_file it cannot read)"
+                )
+                worker.last_exit = "usage error"
                 self.request_stop(f"shard {worker.shard}: {worker.fatal}")
                 return
             worker.last_exit = (

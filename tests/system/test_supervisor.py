@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,40 @@ async def test_refuses_to_start_without_enough_identifies(tmp_path: Path) -> Non
         supervisor = Supervisor(config, plan, emu.rules.token, runtime_dir=tmp_path)
         with pytest.raises(StartupError, match=r"allows 2 more identifies.*4 shards need one"):
             await supervisor.run(asyncio.Event())
+        assert emu.gateway.identifies == []
+
+
+async def test_refuses_to_start_with_a_ca_file_that_is_not_pem(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus-ca.pem"
+    bogus.write_text("not a certificate\n")
+    async with emulator(shards=2) as emu:
+        config = make_config(emu, tmp_path / "run")
+        config = replace(config, discord=replace(config.discord, ca_file=str(bogus)))
+        with pytest.raises(StartupError, match=r"discord.ca_file .*bogus-ca.pem"):
+            await asyncio.to_thread(plan_fleet, config, emu.rules.token)
+        assert emu.gateway.identifies == []
+
+
+async def test_a_shard_refusing_its_environment_stops_the_fleet_without_respawning(
+    tmp_path: Path,
+) -> None:
+    async with emulator(shards=2) as emu:
+        config = make_config(emu, tmp_path)
+        plan = await asyncio.to_thread(plan_fleet, config, emu.rules.token)
+        # The CA file went away after the start-up check: every shard would exit 2.
+        gone = replace(config.discord, ca_file=str(tmp_path / "deleted-ca.pem"))
+        lines: list[str] = []
+        supervisor = Supervisor(
+            replace(config, discord=gone),
+            plan,
+            emu.rules.token,
+            runtime_dir=tmp_path,
+            identify_interval=INTERVAL,
+            progress=lines.append,
+        )
+        assert await asyncio.wait_for(supervisor.run(asyncio.Event()), 60) == 1
+        assert "exit status 2" in supervisor.fatal_message
+        assert all(worker.restarts == 0 for worker in supervisor.workers.values())
         assert emu.gateway.identifies == []
 
 
