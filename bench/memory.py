@@ -4,7 +4,9 @@ exec'd as fresh interpreters (``shards.spawn``), measured side by side in one ru
 PSS (proportional set size, from /proc/PID/smaps_rollup) splits each shared page between the
 processes that share it, so it is what a shard really costs a host; the zygote's own PSS is
 shared out over its shards. Each fleet runs under ``shardline run`` against the emulator and
-is measured once every shard is ready and has idled past its memory trim.
+is measured once every shard is ready and has idled past its memory trim; the emulator asks
+for a heartbeat every 2 s, so every shard has run its heartbeat path by then too (at Discord's
+~41 s an 8 s idle would usually measure a shard that had not heartbeated yet).
 
 Run: .venv/bin/python bench/memory.py [--counts 1,16,64] [--idle 8]
 """
@@ -53,6 +55,7 @@ def measure(count: int, spawn: str, idle: float) -> dict[str, float]:
         max_concurrency=16,
         identify_interval=0.05,
         large_share=0,
+        heartbeat_interval=2000,
     )
     supervisor = SupervisorProcess(
         emu, shards=f'count = "auto"\nspawn = "{spawn}"', identify_interval=0.05
