@@ -79,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @functools.cache
-def _parser() -> argparse.ArgumentParser:
+def shared_parser() -> argparse.ArgumentParser:
     """One parser per process: parse_args leaves it as it was, and the zygote parses a
-    command line per shard it forks."""
+    command line per shard it forks (it builds this one before it freezes its heap)."""
     return build_parser()
 
 
@@ -154,7 +154,7 @@ def prepare(argv: list[str] | None = None) -> Prepared:
     """What a shard does before its loop: parse the command line (``SystemExit`` on a usage
     error, as argparse does), set up logging and load the TLS context it will use. The zygote
     runs this before it forks, so that the work and what it builds stay in shared pages."""
-    args = _parser().parse_args(argv)
+    args = shared_parser().parse_args(argv)
     setup_logging("shard", str(args.shard_id), args.log_level, args.log_format)
     if not args.ca_file:
         return Prepared(args)

@@ -77,7 +77,7 @@ def _warm_up() -> None:
             loop.run_until_complete(tick())
         finally:
             loop.close()
-    shard_main.build_parser().format_help()  # argparse imports shutil (and lzma, bz2) lazily
+    shard_main.shared_parser().format_help()  # argparse imports shutil (lzma, bz2) lazily
     tls.client_context()  # the system CA store, loaded once for every wss:// shard
     ctx = zmq.Context()
     try:
