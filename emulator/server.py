@@ -26,6 +26,7 @@ from emulator.gateway import (
     Session,
     StampedConnection,
     _frame,
+    server_frame,
 )
 from emulator.http import HttpRequest, HttpResponse, HttpServer, json_response
 from emulator.voice import VoiceServer
@@ -207,9 +208,10 @@ class Emulator:
         start = time.monotonic()
         while sent < count:
             due = min(count, int((time.monotonic() - start) * rate) + 1)
-            while sent < due:
-                await self.gateway.dispatch_encoded(session, t, pool[sent % len(pool)])
-                sent += 1
+            if due > sent:  # all that is due goes out in one write, as TCP would carry it
+                bodies = [pool[i % len(pool)] for i in range(sent, due)]
+                await self.gateway.dispatch_encoded_many(session, t, bodies)
+                sent = due
             if sent < count:
                 await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
         return sent
@@ -233,7 +235,7 @@ class Emulator:
                 session.buffer.append((session.seq, payload))
                 session.sent.append((session.seq, t))
                 data = conn.compressor(payload) if conn.compressor else payload
-                frames.append(_server_frame(data, binary=conn.compressor is not None))
+                frames.append(server_frame(data, binary=conn.compressor is not None))
             transport = conn.ws.transport
             start = time.perf_counter()
             batch: list[bytes] = []
@@ -595,17 +597,6 @@ class Emulator:
                 sessions.append({"ssrc": record.ssrc, "mode": record.mode, "packets": rows})
             return {"sessions": sessions}
         return None
-
-
-def _server_frame(data: bytes, *, binary: bool) -> bytes:
-    """One unmasked, unfragmented websocket frame (RFC 6455 section 5.2)."""
-    head = 0x82 if binary else 0x81
-    n = len(data)
-    if n < 126:
-        return bytes((head, n)) + data
-    if n < 65536:
-        return bytes((head, 126)) + n.to_bytes(2, "big") + data
-    return bytes((head, 127)) + n.to_bytes(8, "big") + data
 
 
 def _opt_int(value: Any) -> int | None:

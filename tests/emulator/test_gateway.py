@@ -400,6 +400,34 @@ async def test_stream_sends_count_dispatches() -> None:
         assert all(900 <= len(orjson.dumps(p["d"])) <= 1200 for p in got)
 
 
+@pytest.mark.parametrize("compress", ["", "zstd-stream"])
+async def test_stream_batches_arrive_whole_and_in_order(compress: str) -> None:
+    # Dispatches due together go out in one write: every frame must still parse on its own.
+    async with Emulator(config(guilds=2)) as emu:
+        client = await PlainClient.open(emu.gateway_url, compress=compress)
+        await client.hello_and_ready(intents=0)
+        sent = await emu.stream(0, rate=50_000, count=500)
+        got = [await client.recv() for _ in range(500)]
+        assert sent == 500
+        assert [p["s"] for p in got] == list(range(2, 502))
+        assert {p["t"] for p in got} == {"MESSAGE_CREATE"}
+        assert emu.sessions(0)[0].buffer[-1][0] == 501  # kept for a resume
+
+
+async def test_stream_to_a_dropped_connection_is_kept_for_the_resume() -> None:
+    async with Emulator(config(guilds=2)) as emu:
+        client = await PlainClient.open(emu.gateway_url, compress="zlib-stream")
+        ready = await client.hello_and_ready(intents=0)
+        assert emu.drop(0) == 1
+        assert await emu.stream(0, rate=50_000, count=100) == 100
+        again = await PlainClient.open(emu.gateway_url, compress="zlib-stream")
+        assert (await again.recv())["op"] == 10
+        await again.send(6, {"token": TOKEN, "session_id": ready["d"]["session_id"], "seq": 1})
+        got = [await again.recv() for _ in range(101)]
+        assert [p["s"] for p in got[:100]] == list(range(2, 102))
+        assert got[100]["t"] == "RESUMED"
+
+
 async def test_blast_sends_prepared_dispatches_in_order_and_keeps_them_for_replay() -> None:
     async with Emulator(config(guilds=2)) as emu:
         client = await PlainClient.open(emu.gateway_url, compress="zlib-stream")
