@@ -20,7 +20,16 @@ sys.path.insert(0, str(ROOT))
 from emulator.world import DEFAULT_TOKEN  # noqa: E402
 from ipc.client import CommandError, request_sync  # noqa: E402
 
-__all__ = ["ROOT", "EmulatorProcess", "SupervisorProcess"]
+__all__ = ["ROOT", "EmulatorProcess", "SupervisorProcess", "cpu_seconds"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class EmulatorProcess:
