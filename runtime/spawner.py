@@ -97,15 +97,18 @@ class ZygoteSpawner:
         self._children: dict[int, ChildHandle] = {}
         self._early_exits: dict[int, int] = {}
         self._lock = asyncio.Lock()
+        self._zygote_env: dict[str, str] = {}
 
     async def _ensure(self) -> asyncio.subprocess.Process:
         if self._proc is None or self._proc.returncode is not None:
+            self._zygote_env = dict(os.environ)
             self._proc = await asyncio.create_subprocess_exec(
                 self.python,
                 "-m",
                 "shards.zygote",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
+                env=self._zygote_env,
                 preexec_fn=self.preexec,
                 start_new_session=True,
             )
@@ -119,7 +122,14 @@ class ZygoteSpawner:
             request_id = next(self._ids)
             reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self._replies[request_id] = reply
-            proc.stdin.write(orjson.dumps({"id": request_id, "argv": argv, "env": env}) + b"\n")
+            base = self._zygote_env  # the zygote's own: send only what differs from it
+            request = {
+                "id": request_id,
+                "argv": argv,
+                "env": {k: v for k, v in env.items() if base.get(k) != v},
+                "unset": [k for k in base if k not in env],
+            }
+            proc.stdin.write(orjson.dumps(request) + b"\n")
             await proc.stdin.drain()
             answer = await asyncio.wait_for(reply, 30)
         if "pid" not in answer:

@@ -23,22 +23,28 @@ VALID = ["--shard-id", "0", "--shard-count", "1", "--gateway", "ws://127.0.0.1:9
 
 
 class Zygote:
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shards.zygote"],
             cwd=ROOT,
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         self._ids = iter(range(1, 1000))
         self._pending = b""
+        self._stderr = b""
         self.messages: list[dict[str, Any]] = []
 
-    def request(self, argv: list[str], env: dict[str, str] | None = None) -> int:
-        """Ask for a shard; returns the pid from the zygote's reply."""
+    def request(
+        self, argv: list[str], env: dict[str, str] | None = None, unset: list[str] | None = None
+    ) -> int:
+        """Ask for a shard (``env`` set over the zygote's environment, ``unset`` removed from
+        it); returns the pid from the zygote's reply."""
         request_id = next(self._ids)
-        self.write(orjson.dumps({"id": request_id, "argv": argv, "env": env or {}}) + b"\n")
+        request = {"id": request_id, "argv": argv, "env": env or {}, "unset": unset or []}
+        self.write(orjson.dumps(request) + b"\n")
         reply = self.wait_for(lambda m: m.get("id") == request_id)
         return int(reply["pid"])
 
@@ -76,10 +82,25 @@ class Zygote:
                 self.messages.append(message)
                 yield message
 
+    def wait_for_stderr(self, needle: str, timeout: float = 30.0) -> None:
+        """Read the zygote's (and its children's) stderr until ``needle`` shows."""
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout
+        while needle.encode() not in self._stderr:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, left))
+            if not ready:
+                raise AssertionError(f"{needle!r} not on stderr within {timeout}s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"stderr closed without {needle!r}")
+            self._stderr += chunk
+
     def close(self) -> tuple[int, str]:
         """Close stdin (the supervisor is gone): returns the exit status and stderr."""
         _, stderr = self.proc.communicate(timeout=30)  # closes stdin first
-        return self.proc.returncode, stderr.decode()
+        return self.proc.returncode, (self._stderr + stderr).decode()
 
 
 @pytest.fixture
@@ -121,12 +142,43 @@ def test_an_unreadable_ca_file_is_named_and_exits_as_a_usage_error(
     assert f"cannot use --ca-file {missing}" in stderr
 
 
-def test_the_child_gets_the_requested_environment(zygote: Zygote) -> None:
-    # No token in the child's environment, whatever the zygote's own holds.
-    pid = zygote.request(VALID, {"PATH": os.environ.get("PATH", "")})
-    assert zygote.exit_status(pid) == 2
-    _, stderr = zygote.close()
-    assert "no token: set the DISCORD_TOKEN environment variable" in stderr
+def test_a_child_loses_the_variables_its_request_unsets() -> None:
+    # The zygote's own environment holds a token; the request removes it from the child's.
+    zygote = Zygote({**os.environ, "DISCORD_TOKEN": "a.b.c"})
+    try:
+        pid = zygote.request(VALID, unset=["DISCORD_TOKEN"])
+        assert zygote.exit_status(pid) == 2
+        _, stderr = zygote.close()
+        assert "no token: set the DISCORD_TOKEN environment variable" in stderr
+    finally:
+        zygote.proc.kill()
+        zygote.proc.wait()
+
+
+CONNECTING = [*VALID, "--token-env", "SHARDLINE_TEST_TOKEN", "--log-level", "info"]
+
+
+def test_a_child_gets_the_variables_its_request_sets(zygote: Zygote) -> None:
+    # With a token the shard goes on to connect (it logs that) instead of exiting 2.
+    assert os.environ.get("SHARDLINE_TEST_TOKEN") is None
+    zygote.request(CONNECTING, env={"SHARDLINE_TEST_TOKEN": "a.b.c"})
+    zygote.wait_for_stderr("msg=connecting")
+    code, stderr = zygote.close()  # ends the zygote, which stops its children
+    assert code == 0
+    assert "no token" not in stderr
+
+
+def test_a_child_keeps_the_zygotes_environment_where_its_request_says_nothing() -> None:
+    zygote = Zygote({**os.environ, "SHARDLINE_TEST_TOKEN": "a.b.c"})
+    try:
+        zygote.request(CONNECTING, env={"SHARDLINE_OTHER": "1"})
+        zygote.wait_for_stderr("msg=connecting")
+        code, stderr = zygote.close()
+        assert code == 0
+        assert "no token" not in stderr
+    finally:
+        zygote.proc.kill()
+        zygote.proc.wait()
 
 
 def test_a_malformed_request_is_answered_and_the_zygote_goes_on(zygote: Zygote) -> None:
