@@ -201,7 +201,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="latency rounds per rate")
     parser.add_argument("--blast", type=int, default=100_000, help="messages for the rate test")
     parser.add_argument("--no-libs", action="store_true", help="skip discord.py and hikari")
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    if args.rounds < 1 or args.seconds <= 0:
+        parser.error("--rounds must be at least 1 and --seconds above 0")
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

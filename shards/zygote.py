@@ -26,7 +26,7 @@ from __future__ import annotations
 
 # ...and what a shard loads later, on first use: loading it here keeps it shared too.
 import contextlib
-import ctypes
+import ctypes  # prctl below, and a shard's memory trim later
 import gc
 import os
 import select
