@@ -125,6 +125,15 @@ class Session:
     invalid: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def record_encoded(self, t: str, body: bytes) -> bytes:
+        """Give a ``t`` dispatch with ``d`` already encoded the next seq, keep it for replay,
+        and return its payload (for feeds that send many at once; the caller trims)."""
+        self.seq += 1
+        payload = b'{"t":"%s","s":%d,"op":0,"d":%s}' % (t.encode(), self.seq, body)
+        self.buffer.append((self.seq, payload))
+        self.sent.append((self.seq, t))
+        return payload
+
 
 class StampedConnection(ServerConnection):
     """A server connection that notes when each message's frame arrived: Discord judges
@@ -689,13 +698,7 @@ class GatewayServer:
         """Several ``t`` dispatches with ``d`` already encoded, sent in one write (benchmark
         and test streams). Returns the last seq."""
         async with session.lock:
-            payloads = []
-            for body in bodies:
-                session.seq += 1
-                payload = b'{"t":"%s","s":%d,"op":0,"d":%s}' % (t.encode(), session.seq, body)
-                session.buffer.append((session.seq, payload))
-                session.sent.append((session.seq, t))
-                payloads.append(payload)
+            payloads = [session.record_encoded(t, body) for body in bodies]
             while len(session.buffer) > self.rules.replay_buffer:
                 session.buffer.popleft()
             conn = session.connection

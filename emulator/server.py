@@ -230,10 +230,7 @@ class Emulator:
         async with session.lock, conn.lock:
             frames = []
             for body in payloads:
-                session.seq += 1
-                payload = b'{"t":"%s","s":%d,"op":0,"d":%s}' % (t.encode(), session.seq, body)
-                session.buffer.append((session.seq, payload))
-                session.sent.append((session.seq, t))
+                payload = session.record_encoded(t, body)
                 data = conn.compressor(payload) if conn.compressor else payload
                 frames.append(server_frame(data, binary=conn.compressor is not None))
             transport = conn.ws.transport
