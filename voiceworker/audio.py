@@ -160,11 +160,22 @@ class FFmpegSource:
 
     def read(self) -> bytes | None:
         frame = self.pcm.read()
-        if frame is None and self.process.poll() not in (None, 0):
+        if frame is None and self._exit_status() not in (None, 0):
             assert self.process.stderr is not None
             error = self.process.stderr.read().decode(errors="replace").strip()
             raise ValueError(f"ffmpeg could not decode {self.path}: {error[:300]}")
         return frame
+
+    def _exit_status(self) -> int | None:
+        """ffmpeg's exit status once its output has ended. It closes stdout just before it
+        exits, so wait for it briefly: a poll at that moment can miss a failure and play an
+        undecodable file as an empty one."""
+        import subprocess
+
+        try:
+            return self.process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return None
 
     def close(self) -> None:
         self.process.kill()

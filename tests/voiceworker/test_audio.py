@@ -74,3 +74,35 @@ def test_ffmpeg_source_reports_undecodable_files(tmp_path) -> None:  # type: ign
         while source.read() is not None:
             pass
     source.close()
+
+
+def test_ffmpeg_source_waits_for_the_exit_status_when_its_output_ends(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # ffmpeg closes its output a moment before it exits. A check made in that moment (here
+    # held open: poll() still says "running") must still see the failure, not an empty file.
+    import pytest
+
+    from voiceworker.audio import open_source
+
+    path = tmp_path / "broken.mp3"
+    path.write_bytes(b"not audio at all" * 10)
+    source = open_source(str(path))
+    ffmpeg = source.process  # type: ignore[attr-defined]
+    ffmpeg.wait()
+
+    class Exiting:
+        stderr = ffmpeg.stderr
+
+        def poll(self) -> None:
+            return None
+
+        def wait(self, timeout: float | None = None) -> int:
+            return int(ffmpeg.returncode)
+
+        def kill(self) -> None:
+            pass
+
+    source.process = Exiting()  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="ffmpeg could not decode"):
+        while source.read() is not None:
+            pass
+    source.close()
