@@ -45,6 +45,14 @@ class KeyValueFormatter(logging.Formatter):
         return " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
 
 
+def _set_level(logger: logging.Logger, level: str) -> None:
+    """Set the level only when it changes: ``setLevel`` clears the cache of every logger in
+    the process, and the zygote retags its handler between forks."""
+    number = logging.getLevelName(level.upper())
+    if logger.level != number:
+        logger.setLevel(number)
+
+
 def setup_logging(kind: str, ident: str, level: str = "info", fmt: str = "text") -> None:
     """Log one line per event to stderr, tagged with the process ``kind`` and ``ident``.
     Called again, it retags the handler it installed instead of building a new one (the shard
@@ -59,11 +67,11 @@ def setup_logging(kind: str, ident: str, level: str = "info", fmt: str = "text")
             and getattr(handler, "stream", None) is sys.stderr
         ):
             formatter.kind, formatter.ident, formatter.json = kind, ident, fmt == "json"
-            root.setLevel(level.upper())
+            _set_level(root, level)
             return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter(kind, ident, fmt))
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    _set_level(root, level)
     # websockets logs every frame at debug, tokens included: keep it quiet whatever the level.
     logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -131,7 +131,9 @@ class ZygoteSpawner:
             }
             proc.stdin.write(orjson.dumps(request) + b"\n")
             await proc.stdin.drain()
-            answer = await asyncio.wait_for(reply, 30)
+        # The reply is awaited outside the lock, so that shards started together reach the
+        # zygote together: it prepares a batch before forking it (shards/zygote.py says why).
+        answer = await asyncio.wait_for(reply, 30)
         if "pid" not in answer:
             raise RuntimeError(f"the zygote could not fork a shard: {answer.get('error')}")
         handle = ChildHandle(int(answer["pid"]))

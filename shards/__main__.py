@@ -150,12 +150,17 @@ class Prepared:
     tls_error: str | None = None
 
 
+def tag_logging(args: argparse.Namespace) -> None:
+    """Log as this shard (``kind=shard id=N``), at its level and in its format."""
+    setup_logging("shard", str(args.shard_id), args.log_level, args.log_format)
+
+
 def prepare(argv: list[str] | None = None) -> Prepared:
     """What a shard does before its loop: parse the command line (``SystemExit`` on a usage
     error, as argparse does), set up logging and load the TLS context it will use. The zygote
     runs this before it forks, so that the work and what it builds stay in shared pages."""
     args = shared_parser().parse_args(argv)
-    setup_logging("shard", str(args.shard_id), args.log_level, args.log_format)
+    tag_logging(args)
     if not args.ca_file:
         return Prepared(args)
     try:

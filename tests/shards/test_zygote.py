@@ -77,10 +77,11 @@ class Zygote:
                 break
             self._pending += chunk
             *lines, self._pending = self._pending.split(b"\n")
-            for line in lines:
-                message = orjson.loads(line)  # every line on stdout is protocol: JSON
-                self.messages.append(message)
-                yield message
+            # Every line on stdout is protocol (JSON). Keep them all before yielding any: a
+            # caller that stops at the first match must not lose the rest of the chunk.
+            fresh = [orjson.loads(line) for line in lines]
+            self.messages.extend(fresh)
+            yield from fresh
 
     def wait_for_stderr(self, needle: str, timeout: float = 30.0) -> None:
         """Read the zygote's (and its children's) stderr until ``needle`` shows."""
@@ -176,6 +177,29 @@ def test_a_child_keeps_the_zygotes_environment_where_its_request_says_nothing() 
         code, stderr = zygote.close()
         assert code == 0
         assert "no token" not in stderr
+    finally:
+        zygote.proc.kill()
+        zygote.proc.wait()
+
+
+def test_requests_that_arrive_together_are_forked_each_as_its_own_shard() -> None:
+    # Both lines in one write: the zygote prepares both before it forks either, and each
+    # child must still log as itself, not as the last one prepared.
+    zygote = Zygote({**os.environ, "SHARDLINE_TEST_TOKEN": "a.b.c"})
+    try:
+        lines = b""
+        for shard in (0, 1):
+            argv = [*CONNECTING]
+            argv[argv.index("--shard-id") + 1] = str(shard)
+            argv[argv.index("--shard-count") + 1] = "2"
+            lines += orjson.dumps({"id": 10 + shard, "argv": argv}) + b"\n"
+        zygote.write(lines)
+        pids = {zygote.wait_for(lambda m, i=i: m.get("id") == i)["pid"] for i in (10, 11)}
+        assert len(pids) == 2
+        zygote.wait_for_stderr("id=0 msg=connecting")
+        zygote.wait_for_stderr("id=1 msg=connecting")
+        code, _ = zygote.close()
+        assert code == 0
     finally:
         zygote.proc.kill()
         zygote.proc.wait()
