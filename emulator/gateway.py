@@ -174,15 +174,21 @@ class Connection:
         async with self.lock:
             await self._send_locked(payload)
 
+    def encode(self, payload: bytes) -> tuple[bytes, bool]:
+        """The payload as this connection carries it, and whether that is a binary message:
+        through the transport's compressor, zlib per payload (``compress=true``), or text.
+        Call it under the lock: a transport compressor's stream state is shared."""
+        if self.compressor is not None:
+            return self.compressor(payload), True
+        if self.payload_compression:
+            return zlib.compress(payload), True
+        return payload, False
+
     async def _send_locked(self, payload: bytes) -> None:
         if self.closed:
             return
-        if self.compressor is not None:
-            await self.ws.send(self.compressor(payload))
-        elif self.payload_compression:
-            await self.ws.send(zlib.compress(payload))
-        else:
-            await self.ws.send(payload, text=True)
+        data, binary = self.encode(payload)
+        await self.ws.send(data, text=not binary)
 
     async def send_many(self, payloads: list[bytes]) -> None:
         """Send several payloads, in order, in one socket write: under load Discord's frames
@@ -191,18 +197,18 @@ class Connection:
         async with self.lock:
             if self.closed or self.ws.state is not State.OPEN:
                 return  # the session's buffer keeps them: a resume replays them
-            if self.compressor is not None:
-                frames = [server_frame(self.compressor(p), binary=True) for p in payloads]
-            elif self.payload_compression:
-                frames = [server_frame(zlib.compress(p), binary=True) for p in payloads]
-            else:
-                frames = [server_frame(p, binary=False) for p in payloads]
+            frames = [self.frame(p) for p in payloads]
             transport = self.ws.transport
             transport.write(b"".join(frames))
             while transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
                 if transport.is_closing():
                     return
                 await asyncio.sleep(0.001)  # the client is not reading: wait, as a send would
+
+    def frame(self, payload: bytes) -> bytes:
+        """:meth:`encode` as one websocket frame, for writing to the transport directly."""
+        data, binary = self.encode(payload)
+        return server_frame(data, binary=binary)
 
     async def close(self, code: int, reason: str | None = None) -> None:
         if self.closed:

@@ -26,7 +26,6 @@ from emulator.gateway import (
     Session,
     StampedConnection,
     _frame,
-    server_frame,
 )
 from emulator.http import HttpRequest, HttpResponse, HttpServer, json_response
 from emulator.voice import VoiceServer
@@ -230,9 +229,7 @@ class Emulator:
         async with session.lock, conn.lock:
             frames = []
             for body in payloads:
-                payload = session.record_encoded(t, body)
-                data = conn.compressor(payload) if conn.compressor else payload
-                frames.append(server_frame(data, binary=conn.compressor is not None))
+                frames.append(conn.frame(session.record_encoded(t, body)))
             transport = conn.ws.transport
             start = time.perf_counter()
             batch: list[bytes] = []
