@@ -8,6 +8,7 @@ import ssl
 from runtime.config import Config
 from runtime.discord_rest import fetch_gateway_bot
 from runtime.supervisor import FleetPlan, StartupError
+from shards.tls import client_context
 
 __all__ = ["plan_fleet"]
 
@@ -40,7 +41,7 @@ def check_ca_file(ca_file: str) -> None:
     if not ca_file:
         return
     try:
-        ssl.create_default_context().load_verify_locations(ca_file)
+        client_context(ca_file)  # what each worker will build from it
     except (OSError, ssl.SSLError) as exc:
         raise StartupError(
             f"discord.ca_file {ca_file!r} cannot be used as a CA bundle ({exc}); "

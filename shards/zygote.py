@@ -6,10 +6,10 @@ with the zygote and each other, which a thousand-shard host pays for once instea
 process, and they start in milliseconds instead of importing for a quarter of a second each
 (``bench/memory.py`` and ``bench/startup.py`` measure both).
 
-Before each fork it parses the request's command line and sets up logging and TLS
+It parses each request's command line and sets up logging and TLS before forking
 (``shards.__main__.prepare``), so that a shard only runs its loop. Every page the zygote
 writes after a fork stays behind as that shard's private copy, so its work between forks is
-paid by every shard: it keeps that work small.
+paid by every shard: it prepares every request that has arrived before it forks any.
 
 Protocol on stdin/stdout, one JSON object per line:
   request  {"id": N, "argv": [...], "env": {...}, "unset": [...]}
