@@ -8,6 +8,8 @@ vouches for: when the bus has the checkpoint for seq N, it has every dispatch up
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from ipc.fields import boolean, integer, number, optional_string, raw, string
 from ipc.messages import Command, Event
 
@@ -28,7 +30,39 @@ __all__ = [
     "VoiceStop",
     "VoiceVolume",
     "WorkerHello",
+    "gateway_url_problem",
 ]
+
+MAX_URL_LENGTH = 2048
+MAX_SESSION_ID_LENGTH = 256
+
+
+def gateway_url_problem(url: object) -> str | None:
+    """Why ``url`` cannot be a gateway (or resume) URL, or None when it can: a ``wss://`` or
+    ``ws://`` URL with a host, no credentials, no query and nothing odd in it. A resume URL
+    comes from the server or from a file on disk, and the token is sent to it."""
+    if not isinstance(url, str) or not url:
+        return "not a non-empty string"
+    if len(url) > MAX_URL_LENGTH:
+        return f"longer than {MAX_URL_LENGTH} characters"
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return "contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("wss", "ws"):
+        return f"scheme {parts.scheme!r} is not wss:// or ws://"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username is not None or parts.password is not None:
+        return "carries credentials"
+    if parts.query or parts.fragment:
+        return "carries a query or fragment"
+    if port == 0:
+        return "has port 0"
+    return None
 
 
 class WorkerHello(Event):

@@ -3,7 +3,7 @@ catches every one of them."""
 
 from __future__ import annotations
 
-from ipc.fields import integer, optional_string, raw, string
+from ipc.fields import boolean, integer, optional_string, raw, string
 from ipc.messages import Event
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "DecodeError",
     "ErrorEvent",
     "FatalClose",
+    "InvalidSession",
     "PayloadTooLarge",
     "ProtocolError",
 ]
@@ -57,6 +58,16 @@ class ConnectionLost(ErrorEvent):
     __slots__ = ()
     type_name = "shardline.error.connection_lost"
     code = integer(default=0)
+
+
+class InvalidSession(ConnectionLost):
+    """The gateway sent INVALID_SESSION (op 9): resume when ``resumable``, else identify
+    afresh after a delay that doubles with each one ``in_a_row``."""
+
+    __slots__ = ()
+    type_name = "shardline.error.invalid_session"
+    resumable = boolean(default=False)
+    in_a_row = integer(default=1)
 
 
 class PayloadTooLarge(ErrorEvent):

@@ -68,6 +68,8 @@ class ShardsConfig:
     intent_names: tuple[str, ...] = ("guilds", "guild_messages", "guild_voice_states")
     compression: str = "zlib-stream"
     large_threshold: int = 250
+    max_payload_bytes: int = 32 * 1024 * 1024  # one inflated gateway payload, at most
+    max_identifies_per_hour: int = 10  # per shard: a broken session cannot burn the budget
     spawn: str = "fork"  # "fork" from a preloaded zygote, or "exec" a fresh interpreter
 
 
@@ -174,6 +176,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         intent_names=tuple(names),
         compression=reader.get("shards.compression", "zlib-stream", _choice(COMPRESSIONS)),
         large_threshold=reader.get("shards.large_threshold", 250, _int_range(50, 250)),
+        max_payload_bytes=reader.get(
+            "shards.max_payload_bytes", ShardsConfig.max_payload_bytes, _int_range(65_536, 2**31)
+        ),
+        max_identifies_per_hour=reader.get(
+            "shards.max_identifies_per_hour", 10, _int_range(1, 1000)
+        ),
         spawn=reader.get("shards.spawn", "fork", _choice(("fork", "exec"))),
     )
     if shards.count is not None and shards.ids is not None:

@@ -7,7 +7,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-__all__ = ["GatewayBotInfo", "RestError", "fetch_gateway_bot"]
+from ipc.control import gateway_url_problem
+
+__all__ = ["GatewayBotInfo", "RestError", "fetch_gateway_bot", "parse_gateway_bot"]
 
 
 class RestError(RuntimeError):
@@ -40,15 +42,41 @@ def fetch_gateway_bot(rest_url: str, token: str, timeout: float = 15.0) -> Gatew
         raise RestError(f"GET {rest_url}/gateway/bot failed: HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise RestError(f"GET {rest_url}/gateway/bot failed: {exc}") from None
-    try:
-        limit = body["session_start_limit"]
-        return GatewayBotInfo(
-            url=str(body["url"]),
-            shards=int(body["shards"]),
-            total=int(limit["total"]),
-            remaining=int(limit["remaining"]),
-            reset_after_ms=int(limit["reset_after"]),
-            max_concurrency=int(limit["max_concurrency"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RestError(f"unexpected /gateway/bot answer {body!r}: {exc}") from None
+    return parse_gateway_bot(body)
+
+
+def parse_gateway_bot(body: object) -> GatewayBotInfo:
+    """Check ``GET /gateway/bot``'s answer field by field: the shard count sizes the fleet and
+    the token is sent to the URL, so nothing in it is taken on trust."""
+    if not isinstance(body, dict) or not isinstance(body.get("session_start_limit"), dict):
+        raise RestError(f"unexpected /gateway/bot answer {_cut(body)}: not the documented object")
+    limit = body["session_start_limit"]
+    problem = gateway_url_problem(body.get("url"))
+    if problem is not None:
+        raise RestError(f"/gateway/bot answered a url that {problem}: {_cut(body.get('url'))}")
+    fields = {
+        "shards": (body.get("shards"), 1, 1_000_000),
+        "session_start_limit.total": (limit.get("total"), 0, 10_000_000),
+        "session_start_limit.remaining": (limit.get("remaining"), 0, 10_000_000),
+        "session_start_limit.reset_after": (limit.get("reset_after"), 0, 10 * 86_400_000),
+        "session_start_limit.max_concurrency": (limit.get("max_concurrency"), 1, 100_000),
+    }
+    for name, (value, lo, hi) in fields.items():
+        if type(value) is not int or not lo <= value <= hi:
+            raise RestError(
+                f"/gateway/bot answered {name} = {_cut(value)}: expected an integer "
+                f"from {lo} to {hi}"
+            )
+    return GatewayBotInfo(
+        url=body["url"],
+        shards=body["shards"],
+        total=limit["total"],
+        remaining=limit["remaining"],
+        reset_after_ms=limit["reset_after"],
+        max_concurrency=limit["max_concurrency"],
+    )
+
+
+def _cut(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

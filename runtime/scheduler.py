@@ -2,7 +2,8 @@
 
 Discord's rule: ``max_concurrency`` buckets, ``bucket = shard_id % max_concurrency``, one
 identify per bucket per 5 s; buckets run in parallel, and within a bucket shards go in id
-order. Every grant spends one of the day's ``session_start_limit.remaining``.
+order. Every grant spends one of the day's ``session_start_limit.remaining``; with none left,
+nothing is granted (running shards are not touched) until :meth:`refill` says the day reset.
 """
 
 from __future__ import annotations
@@ -10,11 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 
-__all__ = ["BudgetExhaustedError", "IdentifyScheduler", "startup_seconds"]
-
-
-class BudgetExhaustedError(RuntimeError):
-    """No identifies left today; granting one would get the token reset."""
+__all__ = ["IdentifyScheduler", "startup_seconds"]
 
 
 def startup_seconds(shards: int, max_concurrency: int, interval: float = 5.0) -> float:
@@ -68,12 +65,13 @@ class IdentifyScheduler:
             heapq.heapify(bucket)
 
     def poll(self, now: float) -> list[int]:
-        """Shards that may identify now (at most one per bucket)."""
+        """Shards that may identify now (at most one per bucket); none while the day's
+        budget is spent (:attr:`starved` then says shards are waiting for it)."""
         grants = []
         for index, bucket in enumerate(self._pending):
             if bucket and now >= self._next_at[index] and not self._held(bucket[0], now):
                 if self.remaining <= 0:
-                    raise BudgetExhaustedError("no identifies left in today's session_start_limit")
+                    continue  # an identify now would get the bot's token reset
                 grants.append(heapq.heappop(bucket))
                 self._next_at[index] = now + self.interval + self._margin()
                 self.remaining -= 1
@@ -88,7 +86,18 @@ class IdentifyScheduler:
             for other in self._expected
         )
 
+    @property
+    def starved(self) -> bool:
+        """Shards wait to identify and the day's budget is spent."""
+        return self.remaining <= 0 and self.waiting > 0
+
+    def refill(self, remaining: int) -> None:
+        """Discord's ``session_start_limit.remaining``, fetched again (the day may have reset)."""
+        self.remaining = max(0, remaining)
+
     def next_deadline(self) -> float | None:
+        if self.remaining <= 0:
+            return None  # nothing can be granted before a refill
         times = [self._next_at[i] for i, bucket in enumerate(self._pending) if bucket]
         return min(times) if times else None
 

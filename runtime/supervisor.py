@@ -49,7 +49,14 @@ from ipc.control import (
 from ipc.intents import names_from_bits
 from ipc.messages import REGISTRY, GatewayCommand
 from runtime.config import Config
-from runtime.scheduler import BudgetExhaustedError, IdentifyScheduler, startup_seconds
+from runtime.discord_rest import RestError, fetch_gateway_bot
+from runtime.rundir import (
+    UnsafeRuntimeDirError,
+    check_owned_file,
+    prepare_runtime_dir,
+    remove_sockets,
+)
+from runtime.scheduler import IdentifyScheduler, startup_seconds
 from runtime.sessions import Checkpoint, SessionStore
 from runtime.spawner import ExecSpawner, Process, ZygoteSpawner
 from runtime.voice import MAX_REJOINS, VoiceWorker
@@ -193,7 +200,11 @@ class Supervisor:
         """Run until ``stop`` is set, a CLI ``stop`` arrives, or a fatal error ends the fleet.
         Returns the process exit status (0 clean, 1 fatal)."""
         self._prepare_runtime_dir()
-        self.resumed_from_disk = self.sessions.load(self.plan.shard_count)
+        try:
+            self.resumed_from_disk = self.sessions.load(self.plan.shard_count)
+        except UnsafeRuntimeDirError as exc:
+            self._release_runtime_dir()
+            raise StartupError(str(exc)) from None
         fresh = [i for i in self.plan.shard_ids if self.sessions.get(i) is None]
         if len(fresh) > self.plan.remaining:
             self._release_runtime_dir()
@@ -232,6 +243,7 @@ class Supervisor:
                 for app in self.apps:
                     tasks.create_task(self._keep_app_alive(app))
                 ticker = tasks.create_task(self._tick())
+                refresher = tasks.create_task(self._refresh_identify_budget())
                 waiter = asyncio.ensure_future((stop or asyncio.Event()).wait())
                 stopper = asyncio.ensure_future(self._stop.wait())
                 await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -240,6 +252,7 @@ class Supervisor:
                 stopper.cancel()
                 await self._shutdown_workers()
                 ticker.cancel()
+                refresher.cancel()
                 raise _Done()
         except* _Done:
             pass
@@ -262,18 +275,31 @@ class Supervisor:
         self._stop.set()
 
     def _prepare_runtime_dir(self) -> None:
-        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.runtime_dir, 0o700)  # private even if it existed
+        """Our private directory (refused when another user could have written in it), and
+        the pid file that says a supervisor runs there."""
         lock = self.runtime_dir / "supervisor.pid"
-        if lock.exists():
-            with contextlib.suppress(ValueError, OSError):
-                pid = int(lock.read_text())
-                if pid != os.getpid() and _alive(pid):
-                    raise StartupError(
-                        f"a supervisor (pid {pid}) already runs with runtime dir "
-                        f"{self.runtime_dir}; stop it (`shardline stop`) or set ipc.runtime_dir"
-                    )
-        lock.write_text(str(os.getpid()))
+        try:
+            prepare_runtime_dir(self.runtime_dir)
+            if check_owned_file(lock):
+                with contextlib.suppress(ValueError, OSError):
+                    pid = int(lock.read_text()[:32])
+                    if pid != os.getpid() and _alive(pid):
+                        raise StartupError(
+                            f"a supervisor (pid {pid}) already runs with runtime dir "
+                            f"{self.runtime_dir}; stop it (`shardline stop`) or set "
+                            "ipc.runtime_dir"
+                        )
+        except UnsafeRuntimeDirError as exc:
+            raise StartupError(str(exc)) from None
+        tmp = lock.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, lock)
 
     def _secure(self, sock: zmq.Socket[Any], endpoint: str) -> None:
         """A tcp:// endpoint is a CURVE server: only clients that know its public key (from
@@ -287,6 +313,8 @@ class Supervisor:
         sock.setsockopt(zmq.CURVE_SECRETKEY, ipc.curve_secret_key.encode())
 
     def _release_runtime_dir(self) -> None:
+        e = self.endpoints
+        remove_sockets(e.bus_in, e.events, e.control, e.commands)
         with contextlib.suppress(OSError):
             (self.runtime_dir / "supervisor.pid").unlink()
 
@@ -342,6 +370,10 @@ class Supervisor:
             cfg.shards.compression,
             "--large-threshold",
             str(cfg.shards.large_threshold),
+            "--max-payload-bytes",
+            str(cfg.shards.max_payload_bytes),
+            "--max-identifies-per-hour",
+            str(cfg.shards.max_identifies_per_hour),
             "--token-env",
             cfg.discord.token_env,
             "--log-level",
@@ -728,11 +760,8 @@ class Supervisor:
         last_save = time.monotonic()
         while True:
             now = time.monotonic()
-            try:
-                for shard in self.scheduler.poll(now):
-                    self._send_control(shard, IdentifyPermit())
-            except BudgetExhaustedError as exc:
-                self.request_stop(f"{exc}: waiting would be safer than a reset token")
+            for shard in self.scheduler.poll(now):
+                self._send_control(shard, IdentifyPermit())
             for worker in self.workers.values():
                 proc = worker.proc
                 if (
@@ -755,6 +784,41 @@ class Supervisor:
             deadline = self.scheduler.next_deadline()
             wait = 0.25 if deadline is None else min(0.25, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(wait)
+
+    async def _refresh_identify_budget(self) -> None:
+        """While shards wait for a spent identify budget, ask ``GET /gateway/bot`` again
+        once Discord said it resets (then with growing delays while it fails or stays 0).
+        Running shards are never stopped for the budget: only identifies wait."""
+        reset_at = self.started + self.plan.reset_after_ms / 1000
+        retry = 5.0
+        while True:
+            while not self.scheduler.starved:
+                await asyncio.sleep(1.0)
+            waiting = self.scheduler.waiting
+            wait = max(0.0, reset_at - time.monotonic())
+            log.error(
+                f"identify budget spent: {waiting} shard(s) wait to identify until Discord's "
+                f"daily limit resets (asking again in {wait:.0f}s); running shards keep "
+                "running, and an identify now would get the bot's token reset",
+                extra={"fields": {"waiting": waiting}},
+            )
+            await asyncio.sleep(wait)
+            try:
+                info = await asyncio.to_thread(
+                    fetch_gateway_bot, self.config.discord.rest_url, self.token
+                )
+            except RestError as exc:
+                log.warning(f"cannot refresh the identify budget: {exc}; again in {retry:.0f}s")
+                reset_at = time.monotonic() + retry
+                retry = min(retry * 2, 600.0)
+                continue
+            retry = 5.0
+            self.scheduler.refill(info.remaining)
+            reset_at = time.monotonic() + max(info.reset_after_ms / 1000, 5.0)
+            log.info(
+                f"identify budget refreshed: {info.remaining} of {info.total} left today",
+                extra={"fields": {"remaining": info.remaining}},
+            )
 
     def _progress_line(self) -> str:
         ready = sum(1 for w in self.workers.values() if w.state == "ready")

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import orjson
 
 from ipc import eventloop
+from ipc.control import MAX_SESSION_ID_LENGTH, gateway_url_problem
 from ipc.intents import UnknownIntentError, intents_from_names
 from ipc.logfmt import setup_logging
 from shards import tls
+from shards.inflate import DEFAULT_MAX_PAYLOAD
 from shards.links import ControlLink, EventPublisher, NullPublisher
 from shards.links import shutdown as shutdown_links
 from shards.loop import LocalIdentifyBucket, ShardRunner
@@ -57,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--large-threshold", type=int, default=250)
     p.add_argument(
+        "--max-payload-bytes",
+        type=int,
+        default=DEFAULT_MAX_PAYLOAD,
+        help="refuse (and reconnect) a gateway payload that inflates past this many bytes "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--max-identifies-per-hour",
+        type=int,
+        default=10,
+        help="identifies this shard may send in any hour, at most (default %(default)s)",
+    )
+    p.add_argument(
         "--events", help="event bus endpoint to publish to (XSUB side); none: publish nowhere"
     )
     p.add_argument("--control", help="supervisor control endpoint (ROUTER); none: standalone")
@@ -85,6 +100,30 @@ def shared_parser() -> argparse.ArgumentParser:
     return build_parser()
 
 
+def parse_resume(text: str) -> tuple[str, int, str, int] | str:
+    """``--resume``'s checkpoint as (session_id, seq, resume_url, guilds), or what is wrong
+    with it: the token will be sent to that URL, so it is checked like any outside input."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    session_id, seq = data.get("session_id"), data.get("seq")
+    url, guilds = data.get("resume_url"), data.get("guilds", 0)
+    if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
+        return "session_id is not a short non-empty string"
+    if type(seq) is not int or not 0 <= seq < 2**63:
+        return "seq is not a non-negative integer"
+    problem = gateway_url_problem(url)
+    if problem is not None:
+        return f"resume_url {problem}"
+    if type(guilds) is not int or guilds < 0:
+        return "guilds is not a non-negative integer"
+    assert isinstance(url, str)
+    return session_id, seq, url, guilds
+
+
 def parse_intents(text: str) -> int:
     if text.strip().isdigit():
         return int(text)
@@ -103,6 +142,8 @@ async def amain(args: argparse.Namespace, context: ssl.SSLContext | None = None)
         intents=parse_intents(args.intents),
         compression=args.compression,
         large_threshold=args.large_threshold,
+        max_payload_bytes=args.max_payload_bytes,
+        max_identifies_per_hour=args.max_identifies_per_hour,
         backoff_base=args.backoff_base,
     )
     source = f"shard:{args.shard_id}"
@@ -117,13 +158,11 @@ async def amain(args: argparse.Namespace, context: ssl.SSLContext | None = None)
         identify_bucket=LocalIdentifyBucket(args.identify_interval),
     )
     if args.resume:
-        checkpoint = orjson.loads(args.resume)
-        runner.protocol.restore(
-            str(checkpoint["session_id"]),
-            int(checkpoint["seq"]),
-            str(checkpoint["resume_url"]),
-            int(checkpoint.get("guilds", 0)),
-        )
+        resume = parse_resume(args.resume)
+        if isinstance(resume, str):
+            log.warning(f"--resume refused ({resume}); identifying afresh")
+        else:
+            runner.protocol.restore(*resume)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)

@@ -8,6 +8,7 @@ tested by feeding payloads and times (tests/shards/test_protocol.py).
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import deque
@@ -20,19 +21,21 @@ import orjson
 
 from ipc.codec import MAX_GATEWAY_PAYLOAD, encode_gateway_command
 from ipc.commands import Heartbeat, Identify, Resume
+from ipc.control import MAX_SESSION_ID_LENGTH, gateway_url_problem
 from ipc.errors import (
     CommandFailed,
     ConnectionLost,
     DecodeError,
     ErrorEvent,
     FatalClose,
+    InvalidSession,
     PayloadTooLarge,
     ProtocolError,
 )
 from ipc.intents import PRIVILEGED, names_from_bits
 from ipc.messages import GatewayCommand
 from shards.closecodes import CloseAction, policy_for
-from shards.inflate import InflateError, Inflator, make_inflator
+from shards.inflate import DEFAULT_MAX_PAYLOAD, InflateError, Inflator, make_inflator
 from shards.ratelimit import SendLimiter
 
 __all__ = [
@@ -52,6 +55,11 @@ __all__ = [
 
 # The code we close with when the session must survive (1000/1001 would end it).
 RESUMABLE_CLOSE = 3000
+# HELLO's heartbeat_interval must fall in [min_heartbeat_interval, MAX_HEARTBEAT_INTERVAL]
+# (Discord sends 41,250 ms): outside it a server is broken, and obeying it means heartbeating
+# in a hot loop or never.
+MAX_HEARTBEAT_INTERVAL = 600.0
+IDENTIFY_WINDOW = 3600.0  # the hourly identify cap's window
 FORWARDED_DISPATCHES = ("VOICE_STATE_UPDATE", "VOICE_SERVER_UPDATE")
 # Dispatches whose body the protocol reads; every other dispatch is published unparsed.
 READ_DISPATCHES = frozenset(
@@ -167,6 +175,13 @@ class ShardSettings:
     send_limit: int = 120
     send_window: float = 60.0
     heartbeat_reserve: int = 5
+    # A connection must stay READY this long before reconnect backoff starts again from
+    # zero: a server that breaks every session right after READY/RESUMED meets growing delays.
+    stable_after: float = 60.0
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+    # One shard never spends more of the fleet's daily identify budget than this per hour.
+    max_identifies_per_hour: int = 10
+    min_heartbeat_interval: float = 1.0  # seconds; tests against a fast emulator lower it
 
     def __repr__(self) -> str:  # never show the token
         return (
@@ -190,7 +205,7 @@ class GatewayProtocol:
         self.user_id: str | None = None
         self.guilds: set[str] = set()
         # per connection
-        self.inflator: Inflator = make_inflator(settings.compression)
+        self.inflator: Inflator = make_inflator(settings.compression, settings.max_payload_bytes)
         self.limiter = SendLimiter(
             settings.send_limit, settings.send_window, settings.heartbeat_reserve
         )
@@ -205,8 +220,13 @@ class GatewayProtocol:
         # across connections
         self.latency: float | None = None
         self.reconnects = 0
-        self.attempts = 0  # failures since the last READY/RESUMED
+        self.attempts = 0  # failures since the last connection that stayed healthy
+        self.ready_since: float | None = None  # READY/RESUMED on the current connection
         self.reconnect_at: float | None = None
+        self.invalid_sessions = 0  # INVALID_SESSION(false) in a row, since the last READY
+        self.identify_times: deque[float] = deque()  # IDENTIFYs sent within the last hour
+        self.identify_hold_until: float | None = None  # hourly cap reached: no identify before
+        self.seq_regressions = 0
         self.queue: deque[tuple[GatewayCommand, bytes]] = deque()
         self.in_flight: list[GatewayCommand] = []  # sent, not yet confirmed by a heartbeat ACK
         self._confirm_mark: int | None = None
@@ -252,7 +272,7 @@ class GatewayProtocol:
 
     def on_connected(self, now: float) -> None:
         """A fresh websocket is open: reset everything that belongs to one connection."""
-        self.inflator = make_inflator(self.settings.compression)
+        self.inflator = make_inflator(self.settings.compression, self.settings.max_payload_bytes)
         self.limiter.reset()
         self.heartbeat_interval = None
         self.next_heartbeat = None
@@ -294,6 +314,9 @@ class GatewayProtocol:
             self.in_flight.clear()
         self._confirm_mark = None
         self.heartbeat_interval = self.next_heartbeat = None
+        if self.ready_since is not None and now - self.ready_since >= self.settings.stable_after:
+            self.attempts = 0  # that connection was healthy: this failure starts afresh
+        self.ready_since = None
         if self.state in (ShardState.STOPPED, ShardState.FATAL):
             return actions
         if ours is not None:
@@ -335,13 +358,17 @@ class GatewayProtocol:
         return actions
 
     def _backoff(self, now: float, planned: bool) -> None:
+        """Wait before the next connection: nothing for the first planned reconnect after a
+        healthy period (op 7), then exponentially longer, with jitter, up to backoff_max."""
         if planned and self.attempts <= 1:
             delay = 0.0
         else:
-            exponent = max(0, self.attempts - 1)
+            exponent = min(max(0, self.attempts - 1), 32)
             cap = min(self.settings.backoff_max, self.settings.backoff_base * 2**exponent)
             delay = cap * (0.5 + self.rng() / 2)
         self.reconnect_at = now + delay
+        if self.identify_hold_until is not None and not self.resumable:
+            self.reconnect_at = max(self.reconnect_at, self.identify_hold_until)
         self._set_state(ShardState.BACKING_OFF)
 
     def _forget_session(self) -> None:
@@ -391,8 +418,10 @@ class GatewayProtocol:
                 t = self._type_names[t_bytes] = t_bytes.decode()
             if t not in READ_DISPATCHES or (t == "GUILD_CREATE" and self._known_guild(raw)):
                 seq = int(match.group(2))
-                self.seq = seq
                 self.dispatches += 1
+                if self.seq is not None and seq <= self.seq:
+                    return [Publish(t, raw, seq), *self._seq_went_back(t, seq)]
+                self.seq = seq
                 return [Publish(t, raw, seq)]
         try:
             payload = orjson.loads(raw)
@@ -420,14 +449,38 @@ class GatewayProtocol:
             ]
         return handler(self, payload.get("d"), now)
 
+    def _seq_went_back(self, t: str, seq: int) -> list[Action]:
+        """A dispatch whose seq is not past the last one: published (nothing is lost, and
+        consumers deduplicate by seq), but the session's position never moves back."""
+        self.seq_regressions += 1
+        if self.seq_regressions & (self.seq_regressions - 1):
+            return []  # said on the 1st, 2nd, 4th, 8th... time: a hostile server cannot flood
+        return [
+            Emit(
+                ProtocolError(
+                    message=f"gateway sequence went backwards: {t} has seq {seq} after "
+                    f"{self.seq} (seen {self.seq_regressions} times); the session keeps "
+                    f"{self.seq}",
+                    source=self.source,
+                )
+            )
+        ]
+
     def _on_hello(self, d: Any, now: float) -> list[Action]:
-        try:
-            interval = float(d["heartbeat_interval"]) / 1000
-        except (KeyError, TypeError, ValueError):
+        value = d.get("heartbeat_interval") if isinstance(d, dict) else None
+        interval = math.nan  # anything but a finite int or float (bool included) is refused
+        if isinstance(value, int | float) and type(value) is not bool and math.isfinite(value):
+            interval = value / 1000
+        lowest = self.settings.min_heartbeat_interval
+        if not lowest <= interval <= MAX_HEARTBEAT_INTERVAL:
+            self.attempts += 1  # a broken server: the reconnect after this close backs off
             return [
                 Emit(
                     ProtocolError(
-                        message=f"HELLO without heartbeat_interval: {d!r}", source=self.source
+                        message=f"HELLO's heartbeat_interval {_sample(value)} is not a number of "
+                        f"milliseconds from {lowest * 1000:.0f} to "
+                        f"{MAX_HEARTBEAT_INTERVAL * 1000:.0f}; reconnecting after a backoff",
+                        source=self.source,
                     )
                 ),
                 self._close(RESUMABLE_CLOSE, "bad HELLO", CloseAction.RESUME),
@@ -443,11 +496,31 @@ class GatewayProtocol:
             self.limiter.try_acquire(now)
             return [Send(encode_gateway_command(resume), "resume")]
         self._set_state(ShardState.IDENTIFYING)
-        return self._request_permit()
+        return self._request_permit(now)
 
-    def _request_permit(self) -> list[Action]:
+    def _request_permit(self, now: float) -> list[Action]:
         if self.permit_requested or self.identify_sent:
             return []
+        while self.identify_times and now - self.identify_times[0] >= IDENTIFY_WINDOW:
+            self.identify_times.popleft()
+        cap = self.settings.max_identifies_per_hour
+        if len(self.identify_times) >= cap:
+            # Hold this connection's identify until the oldest one leaves the hour; close
+            # so that no idle connection waits on the gateway meanwhile.
+            self.identify_hold_until = self.identify_times[0] + IDENTIFY_WINDOW
+            wait = self.identify_hold_until - now
+            return [
+                Emit(
+                    ProtocolError(
+                        message=f"this shard identified {len(self.identify_times)} times in the "
+                        f"last hour, its cap (shards.max_identifies_per_hour = {cap}): the "
+                        f"next IDENTIFY waits {wait:.0f}s so the daily budget is not burnt",
+                        source=self.source,
+                    )
+                ),
+                self._close(RESUMABLE_CLOSE, "identify cap reached", CloseAction.IDENTIFY),
+            ]
+        self.identify_hold_until = None
         self.permit_requested = True
         return [RequestPermit()]
 
@@ -471,6 +544,7 @@ class GatewayProtocol:
         if s.presence is not None:
             fields["presence"] = s.presence
         self.identify_sent = True
+        self.identify_times.append(now)
         self.limiter.try_acquire(now)
         return [Send(encode_gateway_command(Identify(**fields)), "identify")]
 
@@ -493,14 +567,38 @@ class GatewayProtocol:
 
     def _on_invalid_session(self, d: Any, now: float) -> list[Action]:
         if d is True and self.resumable:
-            return [self._close(RESUMABLE_CLOSE, "session invalid, resumable", CloseAction.RESUME)]
-        # Not resumable: wait a random 1-5 s, then identify afresh on this connection.
+            return [
+                Emit(
+                    InvalidSession(
+                        message="gateway sent INVALID_SESSION (op 9, resumable); "
+                        "reconnecting to resume",
+                        source=self.source,
+                        resumable=True,
+                    )
+                ),
+                self._close(RESUMABLE_CLOSE, "session invalid, resumable", CloseAction.RESUME),
+            ]
+        # Not resumable: wait a random 1-5 s (Discord's advice), doubled for each invalid
+        # session in a row, then identify afresh on this connection.
+        self.invalid_sessions += 1
+        exponent = min(self.invalid_sessions - 1, 16)
+        delay = min(self.settings.backoff_max * 5, (1 + 4 * self.rng()) * 2**exponent)
         self._forget_session()
         self.identify_sent = False
         self.permit_requested = False
-        self.reidentify_at = now + 1 + 4 * self.rng()
+        self.reidentify_at = now + delay
         self._set_state(ShardState.IDENTIFYING)
-        return []
+        return [
+            Emit(
+                InvalidSession(
+                    message=f"gateway sent INVALID_SESSION (op 9, not resumable), "
+                    f"{self.invalid_sessions} in a row; identifying afresh in {delay:.1f}s",
+                    source=self.source,
+                    resumable=False,
+                    in_a_row=self.invalid_sessions,
+                )
+            )
+        ]
 
     def _on_dispatch(self, payload: dict[str, Any], raw: bytes, now: float) -> list[Action]:
         t = payload.get("t")
@@ -514,12 +612,15 @@ class GatewayProtocol:
                     )
                 )
             ]
-        if type(s) is int:
-            self.seq = s
         self.dispatches += 1
         actions: list[Action] = [Publish(t, raw, s if type(s) is int else None)]
+        if type(s) is int:
+            if self.seq is not None and s <= self.seq and t != "READY":
+                actions.extend(self._seq_went_back(t, s))
+            else:
+                self.seq = s
         if t == "READY" or t == "RESUMED":
-            actions.extend(self._on_session_ready(t, payload.get("d")))
+            actions.extend(self._on_session_ready(t, payload.get("d"), now))
         elif t == "GUILD_CREATE":
             self._track_guild(payload.get("d"), add=True)
         elif t == "GUILD_DELETE":
@@ -551,14 +652,42 @@ class GatewayProtocol:
         if isinstance(d, dict) and "id" in d:
             (self.guilds.add if add else self.guilds.discard)(str(d["id"]))
 
-    def _on_session_ready(self, t: str, d: Any) -> list[Action]:
+    def _on_session_ready(self, t: str, d: Any, now: float) -> list[Action]:
+        actions: list[Action] = []
         if t == "READY":
-            if not isinstance(d, dict) or "session_id" not in d:
-                return [Emit(ProtocolError(message="READY without session_id", source=self.source))]
-            self.session_id = str(d["session_id"])
-            self.resume_url = str(d.get("resume_gateway_url") or "") or None
+            session_id = d.get("session_id") if isinstance(d, dict) else None
+            if not (isinstance(session_id, str) and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH):
+                # No session to resume or checkpoint: this connection is useless. Identify
+                # afresh after a growing backoff (and within the hourly cap).
+                self.attempts += 1
+                return [
+                    Emit(
+                        ProtocolError(
+                            message=f"READY without a usable session_id "
+                            f"({_sample(session_id)}); reconnecting to identify afresh",
+                            source=self.source,
+                        )
+                    ),
+                    self._close(RESUMABLE_CLOSE, "READY without session_id", CloseAction.IDENTIFY),
+                ]
+            assert isinstance(d, dict)
+            self.session_id = session_id
+            url = d.get("resume_gateway_url")
+            problem = gateway_url_problem(url)
+            self.resume_url = url if problem is None else None
+            if problem is not None and url is not None:
+                actions.append(
+                    Emit(
+                        ProtocolError(
+                            message=f"READY's resume_gateway_url {_sample(url)} {problem}; "
+                            "resuming through the gateway URL instead",
+                            source=self.source,
+                        )
+                    )
+                )
             user = d.get("user")
-            self.user_id = str(user["id"]) if isinstance(user, dict) and "id" in user else None
+            user_id = user.get("id") if isinstance(user, dict) else None
+            self.user_id = str(user_id) if type(user_id) in (str, int) else None
             listed = d.get("guilds")
             self.guilds = (
                 {str(g["id"]) for g in listed if isinstance(g, dict) and "id" in g}
@@ -566,8 +695,8 @@ class GatewayProtocol:
                 else set()
             )
         self._set_state(ShardState.READY)
-        self.attempts = 0
-        actions: list[Action] = []
+        self.ready_since = now
+        self.invalid_sessions = 0
         if self.resumable:
             assert self.session_id is not None and self.seq is not None
             actions.append(
@@ -598,7 +727,7 @@ class GatewayProtocol:
             actions.extend(self._heartbeat(now))
         if self.reidentify_at is not None and now >= self.reidentify_at:
             self.reidentify_at = None
-            actions.extend(self._request_permit())
+            actions.extend(self._request_permit(now))
         if self.queue and self.state is ShardState.READY and self._closing is None:
             actions.extend(self._drain(now))
         return actions
@@ -674,7 +803,14 @@ class GatewayProtocol:
             "reconnects": self.reconnects,
             "queued_commands": len(self.queue),
             "dispatches": self.dispatches,
+            "identifies_last_hour": len(self.identify_times),
         }
+
+
+def _sample(value: Any, limit: int = 80) -> str:
+    """A peer's value for a log line: its repr, cut short (it may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 _OP_HANDLERS: dict[int, Callable[[GatewayProtocol, Any, float], list[Action]]] = {

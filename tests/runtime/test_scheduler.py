@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.scheduler import BudgetExhaustedError, IdentifyScheduler, startup_seconds
+from runtime.scheduler import IdentifyScheduler, startup_seconds
 
 
 def test_buckets_run_in_parallel_one_identify_per_interval() -> None:
@@ -40,11 +40,16 @@ def test_a_missing_lower_shard_does_not_block_past_the_grace() -> None:
     assert scheduler.poll(3.0) == [1]
 
 
-def test_exhausted_budget_refuses() -> None:
-    scheduler = IdentifyScheduler(max_concurrency=1, remaining=0)
-    scheduler.request(0)
-    with pytest.raises(BudgetExhaustedError):
-        scheduler.poll(0.0)
+def test_an_exhausted_budget_grants_nothing_until_refilled() -> None:
+    scheduler = IdentifyScheduler(max_concurrency=2, remaining=1)
+    for shard in range(3):
+        scheduler.request(shard)
+    assert scheduler.poll(0.0) == [0]
+    assert scheduler.poll(100.0) == [] and scheduler.starved
+    assert scheduler.next_deadline() is None and scheduler.waiting == 2
+    scheduler.refill(1000)
+    assert not scheduler.starved
+    assert sorted(scheduler.poll(100.0)) == [1, 2] and scheduler.remaining == 998
 
 
 def test_startup_bound() -> None:

@@ -64,7 +64,12 @@ async def running_shard(
 ) -> AsyncIterator[tuple[ShardRunner, RecordingPublisher]]:
     """Start a ShardRunner for shard 0/1 against ``emu``; stop it on exit."""
     values: dict[str, Any] = dict(
-        token=DEFAULT_TOKEN, shard_id=0, shard_count=1, intents=513, backoff_base=0.05
+        token=DEFAULT_TOKEN,
+        shard_id=0,
+        shard_count=1,
+        intents=513,
+        backoff_base=0.05,
+        min_heartbeat_interval=0.05,  # the emulator heartbeats fast to keep tests short
     )
     values.update(settings)
     publisher = RecordingPublisher()

@@ -14,6 +14,7 @@ from ipc.errors import (
     ConnectionLost,
     DecodeError,
     FatalClose,
+    InvalidSession,
     PayloadTooLarge,
     ProtocolError,
 )
@@ -195,9 +196,18 @@ def test_unknown_codes_and_dropped_sockets_resume_with_growing_backoff() -> None
         proto.on_connected(now)
     assert delays == [1.0, 2.0, 4.0, 8.0]
     assert proto.resumable
+    # RESUMED alone resets nothing: a drop soon after it keeps growing the delay...
     proto.receive(frame(10, {"heartbeat_interval": INTERVAL_MS}), 50.0)
     proto.receive(frame(0, {}, 2, "RESUMED"), 50.0)
-    assert proto.attempts == 0  # reset on RESUMED, not on connect
+    proto.on_closed(None, "", 55.0, handshake=False)
+    assert proto.reconnect_at == 55.0 + 16.0
+    # ...and only a connection that stayed ready for stable_after starts again from the base.
+    proto.on_connecting(71.0)
+    proto.on_connected(71.0)
+    proto.receive(frame(10, {"heartbeat_interval": INTERVAL_MS}), 71.0)
+    proto.receive(frame(0, {}, 3, "RESUMED"), 71.0)
+    proto.on_closed(None, "", 71.0 + proto.settings.stable_after, handshake=False)
+    assert proto.reconnect_at == 71.0 + proto.settings.stable_after + 1.0
 
 
 def test_reconnect_op_closes_resumably_and_reconnects_at_once() -> None:
@@ -220,7 +230,8 @@ def test_invalid_session_resumable() -> None:
     proto = make()
     ready(proto)
     actions = proto.receive(frame(9, True), 2.0)
-    assert [type(a) for a in actions] == [Close]
+    assert [type(a) for a in actions] == [Emit, Close]
+    assert emitted(actions, InvalidSession)[0].resumable
     proto.on_closed(RESUMABLE_CLOSE, "", 2.0, handshake=True)
     assert proto.resumable
 
@@ -228,7 +239,8 @@ def test_invalid_session_resumable() -> None:
 def test_invalid_session_not_resumable_waits_then_identifies_on_the_same_connection() -> None:
     proto = make(jitter=0.5)
     ready(proto)
-    assert proto.receive(frame(9, False), 10.0) == []
+    said = emitted(proto.receive(frame(9, False), 10.0), InvalidSession)
+    assert [e.in_a_row for e in said] == [1] and "op 9" in said[0].message
     assert not proto.resumable and proto.state is ShardState.IDENTIFYING
     assert proto.next_deadline() == pytest.approx(13.0)  # 1 + 4 * 0.5 s
     assert not any(isinstance(a, RequestPermit) for a in proto.poll(12.9))
