@@ -214,7 +214,11 @@ class ShardRunner:
         )
         try:
             ws = await WebSocketTransport.connect(
-                url, self._on_message, self._on_transport_closed, ssl_context=self.ssl_context
+                url,
+                self._on_message,
+                self._on_transport_closed,
+                ssl_context=self.ssl_context,
+                max_message=self.settings.max_payload_bytes,
             )
         except TransportError as exc:
             self._execute(proto.on_connect_failed(self.clock(), str(exc)))

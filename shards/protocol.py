@@ -182,6 +182,8 @@ class ShardSettings:
     # One shard never spends more of the fleet's daily identify budget than this per hour.
     max_identifies_per_hour: int = 10
     min_heartbeat_interval: float = 1.0  # seconds; tests against a fast emulator lower it
+    hello_timeout: float = 20.0  # an open connection that sends no HELLO is given up on
+    ready_timeout: float = 60.0  # an IDENTIFY that gets no READY is given up on
 
     def __repr__(self) -> str:  # never show the token
         return (
@@ -216,6 +218,9 @@ class GatewayProtocol:
         self.identify_sent = False
         self.permit_requested = False
         self.reidentify_at: float | None = None
+        # HELLO (or READY after IDENTIFY) must come by then, else the connection is given up
+        self.silence_deadline: float | None = None
+        self._waiting_for = ""
         self._closing: tuple[int, CloseAction] | None = None  # we asked to close: why
         # across connections
         self.latency: float | None = None
@@ -281,6 +286,8 @@ class GatewayProtocol:
         self.permit_requested = False
         self.reidentify_at = None
         self._closing = None
+        self.silence_deadline = now + self.settings.hello_timeout
+        self._waiting_for = "HELLO"
 
     def on_connect_failed(self, now: float, error: str) -> list[Action]:
         """The websocket could not be opened: back off and try again."""
@@ -340,10 +347,11 @@ class GatewayProtocol:
                 )
                 self._set_state(ShardState.FATAL)
                 return [*actions, Emit(self.fatal)]
+            said = f": {_sample(reason)}" if reason else ""
             actions.append(
                 Emit(
                     ConnectionLost(
-                        message=f"gateway closed {code} ({policy.meaning}); "
+                        message=f"gateway closed {code} ({policy.meaning}{said}); "
                         f"{'resuming' if action is CloseAction.RESUME else 'identifying afresh'}",
                         source=self.source,
                         code=code or 0,
@@ -486,6 +494,7 @@ class GatewayProtocol:
                 self._close(RESUMABLE_CLOSE, "bad HELLO", CloseAction.RESUME),
             ]
         self.heartbeat_interval = interval
+        self.silence_deadline = None
         self.limiter.reserve_for_heartbeats(interval)
         self.next_heartbeat = now + interval * self.rng()
         self.awaiting_ack = False
@@ -545,6 +554,8 @@ class GatewayProtocol:
             fields["presence"] = s.presence
         self.identify_sent = True
         self.identify_times.append(now)
+        self.silence_deadline = now + s.ready_timeout
+        self._waiting_for = "READY"
         self.limiter.try_acquire(now)
         return [Send(encode_gateway_command(Identify(**fields)), "identify")]
 
@@ -695,6 +706,7 @@ class GatewayProtocol:
                 else set()
             )
         self._set_state(ShardState.READY)
+        self.silence_deadline = None
         self.ready_since = now
         self.invalid_sessions = 0
         if self.resumable:
@@ -709,6 +721,8 @@ class GatewayProtocol:
     def poll(self, now: float) -> list[Action]:
         """Everything that is due at ``now``: heartbeats, zombie detection, queued commands."""
         actions: list[Action] = []
+        if self.silence_deadline is not None and now >= self.silence_deadline:
+            return self._gave_up_waiting()
         if self.next_heartbeat is not None and now >= self.next_heartbeat and self._closing is None:
             if self.awaiting_ack:
                 actions.append(
@@ -732,6 +746,24 @@ class GatewayProtocol:
             actions.extend(self._drain(now))
         return actions
 
+    def _gave_up_waiting(self) -> list[Action]:
+        """HELLO, or READY after IDENTIFY, never came: a stalled server. Reconnect after a
+        growing backoff."""
+        waited = self._waiting_for
+        limit = self.settings.hello_timeout if waited == "HELLO" else self.settings.ready_timeout
+        self.silence_deadline = None
+        self.attempts += 1
+        return [
+            Emit(
+                ConnectionLost(
+                    message=f"no {waited} from the gateway within {limit:.0f}s: a stalled "
+                    "server; reconnecting after a backoff",
+                    source=self.source,
+                )
+            ),
+            self._close(RESUMABLE_CLOSE, f"no {waited}", CloseAction.RESUME),
+        ]
+
     def _heartbeat(self, now: float) -> list[Action]:
         if self.heartbeat_interval is None:
             return []
@@ -746,7 +778,11 @@ class GatewayProtocol:
         """The earliest time :meth:`poll` has something to do (None: nothing scheduled)."""
         if self._closing is not None:
             return None  # waiting for the close to complete; nothing else is due
-        times = [t for t in (self.next_heartbeat, self.reidentify_at) if t is not None]
+        times = [
+            t
+            for t in (self.next_heartbeat, self.reidentify_at, self.silence_deadline)
+            if t is not None
+        ]
         if self.queue and self.state is ShardState.READY and self._closing is None:
             times.append(self.limiter.earliest_free())
         return min(times) if times else None

@@ -26,6 +26,7 @@ __all__ = ["ClosedInfo", "TransportError", "WebSocketTransport", "mask_payload"]
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HANDSHAKE = 16 * 1024
+DEFAULT_MAX_MESSAGE = 32 * 1024 * 1024
 
 MessageCallback = Callable[[bytes | str], None]
 
@@ -68,8 +69,10 @@ class WebSocketTransport(asyncio.Protocol):
         url: str,
         on_message: MessageCallback,
         on_closed: Callable[[WebSocketTransport, ClosedInfo], None],
+        max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         self.url = url
+        self.max_message = max_message
         self._on_message = on_message
         self._on_closed = on_closed
         loop = asyncio.get_running_loop()
@@ -82,9 +85,11 @@ class WebSocketTransport(asyncio.Protocol):
         self._framing = False  # True once the handshake is done
         self._buf = bytearray()
         self._fragments: list[bytes] = []
+        self._fragment_size = 0
         self._fragment_text = False
         self._close_sent: tuple[int, str] | None = None
         self._close_rcvd: tuple[int, str] | None = None
+        self._failure = ""  # why we broke the connection, when the peer broke the protocol
 
     @classmethod
     async def connect(
@@ -95,8 +100,10 @@ class WebSocketTransport(asyncio.Protocol):
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 10.0,
+        max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> WebSocketTransport:
-        """Open the TCP (TLS for wss) connection and complete the websocket handshake."""
+        """Open the TCP (TLS for wss) connection and complete the websocket handshake.
+        A message longer than ``max_message`` bytes closes the connection with 1009."""
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise TransportError(f"not a websocket URL: {url!r}")
@@ -104,7 +111,7 @@ class WebSocketTransport(asyncio.Protocol):
         port = parts.port or (443 if secure else 80)
         host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self = cls(url, on_message, on_closed)
+        self = cls(url, on_message, on_closed, max_message)
         self._request = (
             f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {self._key.decode()}\r\n"
@@ -201,23 +208,39 @@ class WebSocketTransport(asyncio.Protocol):
                     break
                 length = int.from_bytes(buf[pos : pos + 8], "big")
                 pos += 8
+            opcode = b0 & 0x0F
+            if length > self.max_message or (
+                opcode == OP_CONT and self._fragment_size + length > self.max_message
+            ):
+                self._fail(1009, f"message over {self.max_message} bytes")
+                return
             if end - pos < length:
                 break
             payload = bytes(buf[pos : pos + length])
             off = pos + length
-            opcode = b0 & 0x0F
             if opcode == OP_TEXT or opcode == OP_BINARY:
+                if self._fragments:
+                    self._fail(1002, "a new message began inside a fragmented one")
+                    return
                 if b0 & 0x80:
-                    self._on_message(payload.decode() if opcode == OP_TEXT else payload)
+                    if not self._deliver(payload, opcode == OP_TEXT):
+                        return
                 else:
                     self._fragments = [payload]
+                    self._fragment_size = length
                     self._fragment_text = opcode == OP_TEXT
             elif opcode == OP_CONT:
+                if not self._fragments:
+                    self._fail(1002, "a continuation frame without a message to continue")
+                    return
                 self._fragments.append(payload)
+                self._fragment_size += length
                 if b0 & 0x80:
                     whole = b"".join(self._fragments)
                     self._fragments = []
-                    self._on_message(whole.decode() if self._fragment_text else whole)
+                    self._fragment_size = 0
+                    if not self._deliver(whole, self._fragment_text):
+                        return
             elif opcode == OP_PING:
                 self._write_frame(OP_PONG, payload)
             elif opcode == OP_CLOSE:
@@ -227,6 +250,19 @@ class WebSocketTransport(asyncio.Protocol):
                 return
         if off:
             del buf[:off]
+
+    def _deliver(self, payload: bytes, text: bool) -> bool:
+        """Hand one message to the loop; False when it broke the connection (bad UTF-8)."""
+        if not text:
+            self._on_message(payload)
+            return True
+        try:
+            message = payload.decode()
+        except UnicodeDecodeError:
+            self._fail(1007, "a text message that is not UTF-8")
+            return False
+        self._on_message(message)
+        return True
 
     def _on_close_frame(self, payload: bytes) -> None:
         if len(payload) >= 2:
@@ -241,6 +277,7 @@ class WebSocketTransport(asyncio.Protocol):
         self._schedule_close(1.0)
 
     def _fail(self, code: int, reason: str) -> None:
+        self._failure = f"we closed {code}: {reason}"
         if self._close_sent is None:
             self._close_sent = (code, reason)
             self._write_frame(OP_CLOSE, _close_body(code, reason))
@@ -272,10 +309,8 @@ class WebSocketTransport(asyncio.Protocol):
             self._closed.set_result(None)
             rcvd = self._close_rcvd
             handshake = rcvd is not None and self._close_sent is not None
-            self._on_closed(
-                self,
-                ClosedInfo(rcvd[0] if rcvd else None, rcvd[1] if rcvd else "", handshake),
-            )
+            reason = rcvd[1] if rcvd else self._failure
+            self._on_closed(self, ClosedInfo(rcvd[0] if rcvd else None, reason, handshake))
 
     # -- the loop's side ------------------------------------------------------------------
 

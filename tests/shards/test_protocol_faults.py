@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ipc.errors import DecodeError, InvalidSession, ProtocolError
+from ipc.errors import ConnectionLost, DecodeError, InvalidSession, ProtocolError
 from shards.inflate import InflateError, make_inflator
 from shards.protocol import (
     Checkpoint,
@@ -184,3 +184,25 @@ def test_sequence_going_backwards_is_published_logged_and_never_checkpointed() -
     proto.receive(frame(0, {"id": "1"}, 9, "GUILD_CREATE"), 2.0)
     actions = proto.receive(frame(0, {"id": "2"}, 4, "GUILD_CREATE"), 2.0)
     assert emitted(actions, ProtocolError) and proto.seq == 9
+
+
+def test_a_connection_that_never_says_hello_is_given_up_with_growing_backoff() -> None:
+    proto = make(jitter=1.0, hello_timeout=20.0)
+    assert proto.next_deadline() == 20.0
+    assert proto.poll(19.9) == []
+    actions = proto.poll(20.0)
+    assert "no HELLO" in emitted(actions, ConnectionLost)[0].message
+    assert any(isinstance(a, Close) for a in actions)
+    proto.on_closed(3000, "", 20.0, handshake=True)
+    assert proto.reconnect_at is not None and proto.reconnect_at > 20.0
+
+
+def test_an_identify_that_gets_no_ready_is_given_up() -> None:
+    proto = make(ready_timeout=60.0)
+    proto.receive(frame(10, {"heartbeat_interval": 1_000_000 // 10}), 1.0)
+    proto.on_permit(2.0)
+    for t in range(3, 62, 5):  # the connection stays alive: ACKs come
+        proto.receive(frame(11), float(t))
+        assert not any(isinstance(a, Close) for a in proto.poll(float(t)))
+    actions = proto.poll(62.0)
+    assert "no READY" in emitted(actions, ConnectionLost)[0].message
