@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ipc.fields import (
+    InvalidFieldError,
     boolean,
     integer,
     optional_snowflake,
@@ -26,6 +27,10 @@ __all__ = [
     "UpdateVoiceState",
 ]
 
+STATUSES = ("online", "dnd", "idle", "invisible", "offline")
+ACTIVITY_TYPES = range(6)  # playing, streaming, listening, watching, custom, competing
+MAX_ACTIVITIES = 16
+
 
 class Heartbeat(GatewayCommand):
     """op 1: ``d`` is the last sequence number received, or null."""
@@ -33,6 +38,7 @@ class Heartbeat(GatewayCommand):
     __slots__ = ()
     op = 1
     type_name = "HEARTBEAT"
+    from_applications = False
 
     def __init__(self, seq: int | None) -> None:
         self.raw = seq
@@ -48,6 +54,7 @@ class Identify(GatewayCommand):
     __slots__ = ()
     op = 2
     type_name = "IDENTIFY"
+    from_applications = False
     token = string()
     properties = raw()
     intents = integer()
@@ -66,6 +73,7 @@ class Resume(GatewayCommand):
     __slots__ = ()
     op = 6
     type_name = "RESUME"
+    from_applications = False
     token = string()
     session_id = string()
     seq = integer()
@@ -94,6 +102,25 @@ class UpdatePresence(GatewayCommand):
         since: int | None = None,
     ) -> None:
         self.raw = {"since": since, "activities": activities or [], "status": status, "afk": afk}
+
+    def check(self) -> None:
+        if self.raw["status"] not in STATUSES:
+            raise InvalidFieldError("status", f"must be one of {', '.join(STATUSES)}")
+        since = self.raw.get("since")
+        if since is not None and (type(since) is not int or since < 0):
+            raise InvalidFieldError("since", "must be null or a time in milliseconds")
+        activities = self.raw.get("activities", [])
+        if not isinstance(activities, list) or len(activities) > MAX_ACTIVITIES:
+            raise InvalidFieldError("activities", f"must be a list of {MAX_ACTIVITIES} at most")
+        for n, activity in enumerate(activities):
+            where = f"activities[{n}]"
+            if not isinstance(activity, dict):
+                raise InvalidFieldError(where, "must be an object")
+            name, kind = activity.get("name"), activity.get("type")
+            if not isinstance(name, str) or not 0 < len(name) <= 128:
+                raise InvalidFieldError(f"{where}.name", "must be a string of 1-128 characters")
+            if type(kind) is not int or kind not in ACTIVITY_TYPES:
+                raise InvalidFieldError(f"{where}.type", "must be an activity type from 0 to 5")
 
 
 class UpdateVoiceState(GatewayCommand):
@@ -136,6 +163,18 @@ class RequestGuildMembers(GatewayCommand):
     user_ids = snowflake_list()
     nonce = optional_string()
 
+    def check(self) -> None:
+        raw = self.raw
+        if ("query" in raw) == ("user_ids" in raw):
+            raise InvalidFieldError("query", "or user_ids is required, and only one of them")
+        if len(raw.get("user_ids", [])) > 100:
+            raise InvalidFieldError("user_ids", "may name 100 users at most")
+        if not 0 <= raw.get("limit", 0) <= 100_000:
+            raise InvalidFieldError("limit", "must be from 0 (all members) to 100000")
+        nonce = raw.get("nonce")
+        if nonce is not None and len(nonce.encode()) > 32:
+            raise InvalidFieldError("nonce", "may be 32 bytes at most")
+
 
 class RequestSoundboardSounds(GatewayCommand):
     """op 31: answered by SOUNDBOARD_SOUNDS dispatches."""
@@ -144,3 +183,7 @@ class RequestSoundboardSounds(GatewayCommand):
     op = 31
     type_name = "REQUEST_SOUNDBOARD_SOUNDS"
     guild_ids = snowflake_list()
+
+    def check(self) -> None:
+        if not self.raw.get("guild_ids"):
+            raise InvalidFieldError("guild_ids", "must name at least one guild")

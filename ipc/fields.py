@@ -9,11 +9,13 @@ Discord's wire shape (ints back to snowflake strings), so a struct round-trips e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 
 __all__ = [
     "Field",
+    "InvalidFieldError",
     "MissingFieldError",
     "Struct",
     "boolean",
@@ -53,14 +55,36 @@ class MissingFieldError(KeyError):
         self.key = key
 
 
+class InvalidFieldError(ValueError):
+    """A field of a message from outside does not fit its declared type; ``field`` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field {field!r} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+# What one field's wire value must look like: None when it fits, else what is wrong.
+Check = Callable[[Any], "str | None"]
+
+MAX_STRING = 4096  # no gateway payload is longer than this, so no string in it is either
+MAX_LIST = 1000
+SNOWFLAKE_MAX = 2**64 - 1
+
+
 def _identity(value: Any) -> Any:
     return value
+
+
+def _sample(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Field(Generic[T]):
     """A descriptor that reads one key of ``obj.raw`` and converts it on access."""
 
-    __slots__ = ("_decode", "_default", "_encode", "key", "name")
+    __slots__ = ("_decode", "_default", "_encode", "check", "key", "name")
 
     def __init__(
         self,
@@ -69,10 +93,12 @@ class Field(Generic[T]):
         *,
         key: str | None = None,
         default: Any = MISSING,
+        check: Check | None = None,
     ) -> None:
         self._decode = decode
         self._encode = encode
         self._default = default
+        self.check = check
         self.key = key or ""
         self.name = ""
 
@@ -110,6 +136,15 @@ class Field(Generic[T]):
         """Turn a Python value into its wire form (ints into snowflake strings...)."""
         return self._encode(value)
 
+    @property
+    def required(self) -> bool:
+        return self._default is MISSING
+
+    @property
+    def nullable(self) -> bool:
+        """Whether null is a valid wire value (the field's default is None)."""
+        return self._default is None
+
 
 class Struct:
     """Base of every typed view: a dict in Discord's wire shape plus typed accessors."""
@@ -144,6 +179,30 @@ class Struct:
         obj.raw = raw
         return obj
 
+    def check_fields(self, *, extra_keys: bool = True) -> None:
+        """Check ``raw`` against the declared fields, as outside input must be before it is
+        used: raises :class:`InvalidFieldError` naming the first field that does not fit
+        (missing, wrong type, out of range; unknown keys too when ``extra_keys`` is False)."""
+        raw = self.raw
+        if not isinstance(raw, dict):
+            raise InvalidFieldError("<body>", f"must be a JSON object, not {_sample(raw)}")
+        known = set()
+        for field in self._fields.values():
+            known.add(field.key)
+            if field.key not in raw:
+                if field.required:
+                    raise InvalidFieldError(field.key, "is required")
+                continue
+            value = raw[field.key]
+            if field.check is not None and not (value is None and field.nullable):
+                problem = field.check(value)
+                if problem is not None:
+                    raise InvalidFieldError(field.key, problem)
+        if not extra_keys:
+            unknown = sorted(str(k) for k in raw if k not in known)
+            if unknown:
+                raise InvalidFieldError(unknown[0][:64], "is not a field of this message")
+
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
@@ -164,6 +223,60 @@ def _snowflake_in(value: Any) -> int:
     return int(value)
 
 
+def check_snowflake(value: Any) -> str | None:
+    """A snowflake on the wire: a decimal string (or an int) from 1 to 2**64 - 1."""
+    if type(value) is int:
+        number = value
+    elif isinstance(value, str) and 0 < len(value) <= 20 and value.isascii() and value.isdigit():
+        number = int(value)
+    else:
+        return f"must be a snowflake (a decimal id), not {_sample(value)}"
+    if not 0 < number <= SNOWFLAKE_MAX:
+        return f"must be a snowflake from 1 to 2**64 - 1, not {number}"
+    return None
+
+
+def _check_snowflake_list(value: Any) -> str | None:
+    if not isinstance(value, list) or len(value) > MAX_LIST:
+        return f"must be a list of at most {MAX_LIST} snowflakes"
+    for item in value:
+        if check_snowflake(item) is not None:
+            return f"has an item that is not a snowflake: {_sample(item)}"
+    return None
+
+
+def _check_string(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_sample(value)}"
+    if len(value) > MAX_STRING:
+        return f"is longer than {MAX_STRING} characters"
+    return None
+
+
+def _check_integer(value: Any) -> str | None:
+    if type(value) is not int or not -(2**53) <= value <= 2**53:
+        return f"must be an integer, not {_sample(value)}"
+    return None
+
+
+def _check_number(value: Any) -> str | None:
+    if type(value) not in (int, float) or value != value or value in (math.inf, -math.inf):
+        return f"must be a finite number, not {_sample(value)}"
+    return None
+
+
+def _check_boolean(value: Any) -> str | None:
+    if type(value) is not bool:
+        return f"must be true or false, not {_sample(value)}"
+    return None
+
+
+def _check_object(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"must be an object, not {_sample(value)}"
+    return None
+
+
 def _snowflake_out(value: Any) -> str:
     return str(int(value))
 
@@ -177,12 +290,14 @@ def _nullable(decode: Callable[[Any], T]) -> Callable[[Any], T | None]:
 
 def snowflake(*, key: str | None = None) -> Field[int]:
     """A required snowflake: a string on the wire, an int in Python."""
-    return Field(_snowflake_in, _snowflake_out, key=key)
+    return Field(_snowflake_in, _snowflake_out, key=key, check=check_snowflake)
 
 
 def optional_snowflake(*, key: str | None = None) -> Field[int | None]:
     """A snowflake that may be absent or null."""
-    return Field(_nullable(_snowflake_in), _snowflake_out, key=key, default=None)
+    return Field(
+        _nullable(_snowflake_in), _snowflake_out, key=key, default=None, check=check_snowflake
+    )
 
 
 def snowflake_list(*, key: str | None = None) -> Field[list[int]]:
@@ -192,27 +307,28 @@ def snowflake_list(*, key: str | None = None) -> Field[list[int]]:
         lambda values: [str(int(v)) for v in values],
         key=key,
         default=[],
+        check=_check_snowflake_list,
     )
 
 
 def string(*, key: str | None = None) -> Field[str]:
-    return Field(str, str, key=key)
+    return Field(str, str, key=key, check=_check_string)
 
 
 def optional_string(*, key: str | None = None) -> Field[str | None]:
-    return Field(_nullable(str), str, key=key, default=None)
+    return Field(_nullable(str), str, key=key, default=None, check=_check_string)
 
 
 def integer(*, key: str | None = None, default: Any = MISSING) -> Field[int]:
-    return Field(int, int, key=key, default=default)
+    return Field(int, int, key=key, default=default, check=_check_integer)
 
 
 def number(*, key: str | None = None, default: Any = MISSING) -> Field[float]:
-    return Field(float, float, key=key, default=default)
+    return Field(float, float, key=key, default=default, check=_check_number)
 
 
 def boolean(*, key: str | None = None, default: Any = MISSING) -> Field[bool]:
-    return Field(bool, bool, key=key, default=default)
+    return Field(bool, bool, key=key, default=default, check=_check_boolean)
 
 
 def raw(*, key: str | None = None, default: Any = None) -> Field[Any]:
@@ -226,12 +342,12 @@ def _struct_out(value: Any) -> Any:
 
 def struct(cls: type[S], *, key: str | None = None) -> Field[S]:
     """A required nested object, viewed as ``cls``."""
-    return Field(cls.from_raw, _struct_out, key=key)
+    return Field(cls.from_raw, _struct_out, key=key, check=_check_object)
 
 
 def optional_struct(cls: type[S], *, key: str | None = None) -> Field[S | None]:
     """A nested object that may be absent or null."""
-    return Field(_nullable(cls.from_raw), _struct_out, key=key, default=None)
+    return Field(_nullable(cls.from_raw), _struct_out, key=key, default=None, check=_check_object)
 
 
 def struct_list(cls: type[S], *, key: str | None = None) -> Field[list[S]]:

@@ -181,6 +181,20 @@ class GatewayCommand(Command):
     __slots__ = ()
 
     op: ClassVar[int]
+    # False for what only a shard itself sends (IDENTIFY, RESUME, HEARTBEAT): an application
+    # sending one would spend the identify budget or break the session.
+    from_applications: ClassVar[bool] = True
 
     def to_payload(self) -> dict[str, Any]:
         return {"op": self.op, "d": self.raw}
+
+    def validate(self) -> None:
+        """Check a command that came from outside before it goes to Discord (which closes the
+        shard's connection on a payload it cannot decode): raises
+        :class:`~ipc.fields.InvalidFieldError` naming the field that does not fit."""
+        self.check_fields(extra_keys=False)
+        self.check()
+
+    def check(self) -> None:
+        """Rules beyond each field's type (enums, either-or fields): override to add them,
+        raising :class:`~ipc.fields.InvalidFieldError`."""

@@ -27,6 +27,7 @@ import orjson
 import zmq
 import zmq.asyncio
 
+from ipc.codec import MAX_GATEWAY_PAYLOAD, encode_gateway_command
 from ipc.commands import UpdateVoiceState
 from ipc.control import (
     GatewayForward,
@@ -46,6 +47,7 @@ from ipc.control import (
     VoiceVolume,
     WorkerHello,
 )
+from ipc.fields import InvalidFieldError, check_snowflake
 from ipc.intents import names_from_bits
 from ipc.messages import REGISTRY, GatewayCommand
 from runtime.config import Config
@@ -65,6 +67,9 @@ __all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
 
 log = logging.getLogger("shardline.supervisor")
 
+MAX_TYPE_NAME = 128  # longer command type names are refused (and not echoed whole)
+MAX_REQUEST_ID = 64
+MAX_SUBSCRIBERS = 1024  # client_stats reports kept
 EXIT_USAGE = 2  # python -m shards: its command line or environment was refused
 EXIT_FATAL = 3  # python -m shards: a fatal close code
 
@@ -609,16 +614,20 @@ class Supervisor:
     # -- voice ------------------------------------------------------------------------------
 
     async def _voice_command(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
-        try:
-            guild = int(data["guild_id"])
-        except (KeyError, TypeError, ValueError):
+        if "guild_id" not in data:
             return {"ok": False, "error": "voice commands need a guild_id"}
+        problem = check_snowflake(data["guild_id"])
+        if problem is not None:
+            return {"ok": False, "error": f"voice {action[:32]}: guild_id {problem}"}
+        guild = int(data["guild_id"])
         voice = self.voice.get(guild)
         if action == "join":
-            try:
-                channel = int(data["channel_id"])
-            except (KeyError, TypeError, ValueError):
+            if "channel_id" not in data:
                 return {"ok": False, "error": "voice join needs a channel_id"}
+            problem = check_snowflake(data["channel_id"])
+            if problem is not None:
+                return {"ok": False, "error": f"voice join: channel_id {problem}"}
+            channel = int(data["channel_id"])
             reply = await self._voice_state(guild, channel)
             if reply["ok"] and (voice is None or voice.channel != channel):
                 if voice is not None:
@@ -636,7 +645,9 @@ class Supervisor:
         if voice.proc is None or voice.status.get("state") != "connected":
             return {"ok": False, "error": f"voice not connected in guild {guild} ({voice.state})"}
         if action == "play":
-            path = str(data.get("path", ""))
+            path = data.get("path", "")
+            if not isinstance(path, str) or "\0" in path or len(path) > 4096:
+                return {"ok": False, "error": "voice play: path must be a file path"}
             if not os.path.isfile(path):
                 return {"ok": False, "error": f"no such file: {path!r}"}
             queued = bool(data.get("queue", False))
@@ -833,18 +844,28 @@ class Supervisor:
     # -- commands: what applications and the CLI ask -------------------------------------
 
     async def _read_commands(self, sock: zmq.asyncio.Socket) -> None:
+        """Every request gets exactly one reply, whatever it holds (docs/wire.md)."""
         while True:
             frames = await sock.recv_multipart()
-            if len(frames) < 4:
-                continue
-            identity, request_id, type_name, body = frames[:4]
-            options = frames[4] if len(frames) > 4 else b"{}"
-            try:
-                reply = await self._handle_command(
-                    type_name.decode(errors="replace"), body, options
-                )
-            except Exception as exc:  # a bad request must never take the supervisor down
-                reply = {"ok": False, "error": f"internal error: {exc!r}"}
+            identity, request_id = frames[0], frames[1] if len(frames) > 1 else b""
+            request_id = request_id[:MAX_REQUEST_ID]
+            if not 4 <= len(frames) <= 5:
+                reply: dict[str, Any] = {
+                    "ok": False,
+                    "error": f"a request is 4 frames (id, type, body, options), not "
+                    f"{len(frames) - 1}",
+                }
+            else:
+                type_name = frames[2][:MAX_TYPE_NAME].decode(errors="replace")
+                options = frames[4] if len(frames) > 4 else b"{}"
+                try:
+                    if len(frames[2]) > MAX_TYPE_NAME:
+                        reply = {"ok": False, "error": f"unknown command type {type_name!r}..."}
+                    else:
+                        reply = await self._handle_command(type_name, frames[3], options)
+                except Exception as exc:  # a bad request must never take the supervisor down
+                    log.exception(f"command {type_name!r} failed")
+                    reply = {"ok": False, "error": f"internal error ({type(exc).__name__})"}
             await sock.send_multipart([identity, request_id, orjson.dumps(reply)])
 
     async def _handle_command(
@@ -855,14 +876,21 @@ class Supervisor:
             data = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError as exc:
             return {"ok": False, "error": f"request is not JSON: {exc}"}
+        if not isinstance(options, dict):
+            return {"ok": False, "error": "options must be a JSON object"}
+        if type_name.startswith("shardline.") and not isinstance(data, dict):
+            return {"ok": False, "error": f"{type_name}: the body must be a JSON object"}
         if type_name == "shardline.status":
             return {"ok": True, "status": self.status()}
         if type_name == "shardline.client_stats":
-            self.subscribers[str(data.get("name"))] = {
-                "received": int(data.get("received", 0)),
-                "gaps": int(data.get("gaps", 0)),
-                "at": time.monotonic(),
-            }
+            name, received, gaps = data.get("name"), data.get("received"), data.get("gaps")
+            if not isinstance(name, str) or len(name) > 128:
+                return {"ok": False, "error": "client_stats: name must be a short string"}
+            if type(received) is not int or type(gaps) is not int:
+                return {"ok": False, "error": "client_stats: received and gaps are integers"}
+            if name not in self.subscribers and len(self.subscribers) >= MAX_SUBSCRIBERS:
+                self._forget_quiet_subscribers()
+            self.subscribers[name] = {"received": received, "gaps": gaps, "at": time.monotonic()}
             return {"ok": True}
         if type_name.startswith("shardline.voice."):
             return await self._voice_command(type_name.removeprefix("shardline.voice."), data)
@@ -870,11 +898,11 @@ class Supervisor:
             self.request_stop()
             return {"ok": True, "stopping": True}
         if type_name == "shardline.restart":
-            if data.get("rolling"):
+            if data.get("rolling") is True:
                 asyncio.get_running_loop().create_task(self.rolling_restart())
                 return {"ok": True, "restarting": sorted(self.workers)}
             shard = data.get("shard")
-            if shard not in self.workers:
+            if type(shard) is not int or shard not in self.workers:
                 return {
                     "ok": False,
                     "error": f"no shard {shard!r} on this host (shards: {sorted(self.workers)})",
@@ -884,8 +912,20 @@ class Supervisor:
         cls = REGISTRY.command(type_name)
         if cls is None:
             return {"ok": False, "error": f"unknown command type {type_name!r}"}
-        if not issubclass(cls, GatewayCommand):
-            return {"ok": False, "error": f"{type_name} is not a gateway command"}
+        if not issubclass(cls, GatewayCommand) or not cls.from_applications:
+            return {"ok": False, "error": f"{type_name} is not a gateway command an app may send"}
+        command = cls.from_raw(data)
+        try:
+            command.validate()
+        except InvalidFieldError as exc:
+            return {"ok": False, "error": f"{type_name}: {exc}; not sent"}
+        size = len(encode_gateway_command(command))
+        if size > MAX_GATEWAY_PAYLOAD:
+            return {
+                "ok": False,
+                "error": f"{type_name} is {size} bytes, over the gateway's "
+                f"{MAX_GATEWAY_PAYLOAD}-byte limit; not sent",
+            }
         shard = self._route(options, data)
         if isinstance(shard, str):
             return {"ok": False, "error": shard}
@@ -902,17 +942,30 @@ class Supervisor:
     def _route(self, options: dict[str, Any], data: dict[str, Any]) -> int | str:
         """The shard a command goes to, or an error saying why there is none."""
         if "shard" in options:
-            shard = int(options["shard"])
+            shard = options["shard"]
+            if type(shard) is not int:
+                return f"options.shard must be a shard id, not {_cut(shard)}"
         else:
             guild = options.get("guild_id") or data.get("guild_id")
             if guild is None:
                 return "the command needs a guild_id (or a shard) to be routed"
+            problem = check_snowflake(guild)
+            if problem is not None:
+                return f"guild_id {problem}"
             shard = (int(guild) >> 22) % self.plan.shard_count
         if shard not in self.workers:
             return (
                 f"shard {shard} is not run by this host (it runs {_ranges(sorted(self.workers))})"
             )
         return shard
+
+    def _forget_quiet_subscribers(self) -> None:
+        """Keep client_stats bounded: drop reports older than 10 s, else the oldest."""
+        now = time.monotonic()
+        for name in [k for k, v in self.subscribers.items() if now - v["at"] >= 10]:
+            del self.subscribers[name]
+        if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            del self.subscribers[min(self.subscribers, key=lambda k: self.subscribers[k]["at"])]
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -975,6 +1028,12 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
     except TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+def _cut(value: Any, limit: int = 40) -> str:
+    """A value from outside, for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _shard_of(identity: bytes) -> int | None:

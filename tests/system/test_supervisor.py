@@ -222,7 +222,7 @@ async def test_commands_are_routed_by_guild(tmp_path: Path) -> None:
             reply = await client.request("NOT_A_COMMAND", {})
             assert reply == {"ok": False, "error": "unknown command type 'NOT_A_COMMAND'"}
             reply = await client.request("REQUEST_GUILD_MEMBERS", {"user_ids": ["1"]})
-            assert not reply["ok"] and "needs a guild_id" in reply["error"]
+            assert not reply["ok"] and "'guild_id' is required" in reply["error"]
 
 
 async def test_refuses_to_start_without_enough_identifies(tmp_path: Path) -> None:
