@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import ipaddress
 import secrets
+import shutil
 import socket
 import ssl
 import struct
@@ -222,6 +223,7 @@ class VoiceServer:
             await self._server.wait_closed()
         if self._udp is not None:
             self._udp.close()
+        shutil.rmtree(self._dir, ignore_errors=True)  # its private key goes with it
 
     async def close_session(self, code: int, reason: str = "") -> int:
         """Close every voice connection with ``code`` (4015 crash, 4014 disconnect...)."""

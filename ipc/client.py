@@ -49,6 +49,7 @@ class Client:
         *,
         dedupe: bool = False,
         server_key: str | None = None,
+        client_key: str | None = None,
         partition: tuple[int, int] = (0, 1),
         context: zmq.asyncio.Context | None = None,
     ) -> None:
@@ -69,6 +70,7 @@ class Client:
         self._count_gaps = True
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.server_key = server_key  # the supervisor's CURVE public key, for tcp:// endpoints
+        self.client_key = client_key  # our CURVE secret key (else $SHARDLINE_CLIENT_KEY)
         # (index, count): this process handles guild events with (guild_id >> 22) % count
         # == index, and DMs when index is 0; shardline's own events go to every process.
         self.partition = partition
@@ -95,14 +97,14 @@ class Client:
         self._count_gaps = prefixes is None or b"" in prefixes
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 100_000)
-        secure(sub, self.server_key)
+        secure(sub, self.server_key, self.client_key)
         for prefix in prefixes if prefixes is not None else [b""]:
             sub.setsockopt(zmq.SUBSCRIBE, prefix)
         sub.connect(self.events_endpoint)
         self._sub = sub
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        secure(dealer, self.server_key)
+        secure(dealer, self.server_key, self.client_key)
         dealer.connect(self.commands_endpoint)
         self._dealer = dealer
 
@@ -286,10 +288,17 @@ class Client:
                 sock.close(linger=0)
 
 
-def secure(sock: zmq.Socket[Any], server_key: str | None) -> None:
-    """Make ``sock`` a CURVE client of a server whose public key is ``server_key``."""
+def secure(sock: zmq.Socket[Any], server_key: str | None, client_key: str | None = None) -> None:
+    """Make ``sock`` a CURVE client of a server whose public key is ``server_key``, as the
+    client whose secret key is ``client_key`` (else ``$SHARDLINE_CLIENT_KEY``). The server
+    admits only client public keys on its allow-list (``ipc.client_public_keys``)."""
     if server_key:
-        public, secret = zmq.curve_keypair()
+        secret_text = client_key or os.environ.get("SHARDLINE_CLIENT_KEY", "")
+        if secret_text:
+            secret = secret_text.encode()
+            public = zmq.curve_public(secret)
+        else:  # no key of our own: the handshake is refused unless the server allows any
+            public, secret = zmq.curve_keypair()
         sock.setsockopt(zmq.CURVE_SERVERKEY, server_key.encode())
         sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
@@ -301,6 +310,7 @@ def request_sync(
     body: Any = None,
     timeout: float = 5.0,
     server_key: str | None = None,
+    client_key: str | None = None,
 ) -> dict[str, Any]:
     """One request/reply from a plain (non-async) program, e.g. the CLI."""
     ctx: zmq.Context[Any] = zmq.Context.instance()
@@ -310,7 +320,7 @@ def request_sync(
     if endpoint.startswith("ipc://") and not os.path.exists(path):
         sock.close()
         raise CommandError(f"no supervisor is running here (no socket at {path})")
-    secure(sock, server_key)
+    secure(sock, server_key, client_key)
     sock.connect(endpoint)
     no_answer = CommandError(f"the supervisor at {endpoint} did not answer within {timeout}s")
     deadline = time.monotonic() + timeout

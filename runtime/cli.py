@@ -171,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="inject a MESSAGE_CREATE this often (default 2)",
     )
     demo.set_defaults(func=_cmd_demo)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="make a CURVE keypair for an application that connects over tcp://",
+        description=(
+            "Print a new CURVE keypair. Add the public key to ipc.client_public_keys in the "
+            "supervisor's config (and restart it); give the secret key to the application "
+            "only, as SHARDLINE_CLIENT_KEY (or ipc.Client(client_key=...)). Clients whose "
+            "public key is not listed are refused by the tcp:// endpoints."
+        ),
+    )
+    keygen.set_defaults(func=_cmd_keygen)
     return parser
 
 
@@ -295,10 +307,17 @@ def _request(config_path: str, type_name: str, body: object = None) -> dict[str,
 
     config = _load(config_path)
     assert isinstance(config, Config)
+    from runtime.curveauth import read_local_key
+
     endpoint = _commands_endpoint(config)
     try:
         return request_sync(
-            endpoint, type_name, body, server_key=config.ipc.curve_public_key or None
+            endpoint,
+            type_name,
+            body,
+            server_key=config.ipc.curve_public_key or None,
+            # A tcp:// supervisor admits the CLI of its own host by the key in its runtime dir.
+            client_key=read_local_key(config.ipc.resolved_runtime_dir()),
         )
     except CommandError as exc:
         print(f"shardline: {exc}", file=sys.stderr)
@@ -352,6 +371,15 @@ def format_status(status: dict[str, object]) -> str:
             f"late {v['late']}, jitter p99 {jitter}"
         )
     return "\n".join(lines)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from runtime.curveauth import new_keypair
+
+    public, secret = new_keypair()
+    print(f"public  {public}    -> ipc.client_public_keys in the supervisor's config")
+    print(f"secret  {secret}    -> SHARDLINE_CLIENT_KEY of the application; keep it secret")
+    return 0
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:

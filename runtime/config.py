@@ -80,6 +80,7 @@ class IpcConfig:
     commands: str = ""  # application-side command endpoint (ROUTER)
     curve_public_key: str = ""  # required for tcp:// endpoints
     curve_secret_key: str = ""
+    client_public_keys: tuple[str, ...] = ()  # applications admitted to tcp:// endpoints
 
     def resolved_runtime_dir(self) -> Path:
         if self.runtime_dir:
@@ -199,6 +200,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         commands=reader.get("ipc.commands", "", _endpoint),
         curve_public_key=reader.get("ipc.curve_public_key", "", _curve_key),
         curve_secret_key=reader.get("ipc.curve_secret_key", "", _curve_key),
+        client_public_keys=reader.get("ipc.client_public_keys", (), _curve_key_list),
     )
     for key in ("events", "commands"):
         endpoint = getattr(ipc, key)
@@ -305,7 +307,8 @@ class _Reader:
         try:
             return validate(table[key])
         except _Invalid as exc:
-            raise ConfigError(dotted, table[key], exc.expected, self.source) from None
+            shown = "<hidden>" if "secret" in key else table[key]  # never print a secret
+            raise ConfigError(dotted, shown, exc.expected, self.source) from None
 
     def reject_unknown(self) -> None:
         sections = {k.split(".")[0] for k in self.seen}
@@ -419,6 +422,12 @@ def _endpoint(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(("ipc://", "tcp://")):
         raise _Invalid("an endpoint like ipc:///path/to/socket or tcp://host:port")
     return value
+
+
+def _curve_key_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and len(v) == 40 for v in value):
+        raise _Invalid("a list of 40-character Z85 CURVE public keys (from `shardline keygen`)")
+    return tuple(value)
 
 
 def _curve_key(value: Any) -> str:

@@ -51,6 +51,7 @@ from ipc.fields import InvalidFieldError, check_snowflake
 from ipc.intents import names_from_bits
 from ipc.messages import REGISTRY, GatewayCommand
 from runtime.config import Config
+from runtime.curveauth import ClientAllowList
 from runtime.discord_rest import RestError, fetch_gateway_bot
 from runtime.rundir import (
     UnsafeRuntimeDirError,
@@ -196,6 +197,7 @@ class Supervisor:
         self.resumed_from_disk = 0
         self.subscribers: dict[str, dict[str, Any]] = {}  # what each application reported
         self.voice: dict[int, VoiceWorker] = {}  # by guild id
+        self.allow_list: ClientAllowList | None = None  # tcp:// endpoints: who may connect
         spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
         self.spawner: ZygoteSpawner | ExecSpawner = spawner(python, _exit_with_parent)
 
@@ -219,12 +221,7 @@ class Supervisor:
                 f"in {hours:.1f} h, and {len(fresh)} shards need one. Running out would reset "
                 "the bot's token. Wait for the reset, or start fewer shards now (shards.ids)."
             )
-        self._start_bus()
-        control = self._ctx.socket(zmq.ROUTER)
-        control.bind(self.endpoints.control)
-        commands = self._ctx.socket(zmq.ROUTER)
-        self._secure(commands, self.endpoints.commands)
-        commands.bind(self.endpoints.commands)
+        control, commands = self._open_sockets()
         self._private(
             self.endpoints.control,
             self.endpoints.commands,
@@ -265,6 +262,8 @@ class Supervisor:
             self.sessions.save()
             control.close(linger=0)
             commands.close(linger=0)
+            if self.allow_list is not None:  # its ZAP sockets live in both contexts
+                self.allow_list.stop()
             self._ctx.term()
             self._stop_bus()
             self._release_runtime_dir()
@@ -329,16 +328,56 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     os.chmod(endpoint.removeprefix("ipc://"), 0o600)
 
+    def _open_sockets(self) -> tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]:
+        """Bind the bus, control and command sockets (with the client allow-list first for
+        tcp:// endpoints); on failure close what was opened and say which endpoint failed."""
+        opened: list[zmq.Socket[Any]] = []
+        endpoint = ""
+        try:
+            if self.endpoints.events.startswith("tcp://") or self.endpoints.commands.startswith(
+                "tcp://"
+            ):
+                self.allow_list = ClientAllowList(
+                    self.config.ipc.client_public_keys, self.runtime_dir
+                )
+                self.allow_list.start(self._ctx, self._proxy_ctx)
+            endpoint = self.endpoints.events
+            self._start_bus(opened)
+            control = self._ctx.socket(zmq.ROUTER)
+            opened.append(control)
+            endpoint = self.endpoints.control
+            control.bind(endpoint)
+            commands = self._ctx.socket(zmq.ROUTER)
+            opened.append(commands)
+            self._secure(commands, self.endpoints.commands)
+            endpoint = self.endpoints.commands
+            commands.bind(endpoint)
+        except zmq.ZMQError as exc:
+            for sock in opened:
+                sock.close(linger=0)
+            if self.allow_list is not None:
+                self.allow_list.stop()
+            self._ctx.term()
+            self._proxy_ctx.term()
+            self._release_runtime_dir()
+            raise StartupError(
+                f"cannot listen on {endpoint}: {exc} (is another program using it?)"
+            ) from None
+        return control, commands
+
     # -- the bus --------------------------------------------------------------------------
 
-    def _start_bus(self) -> None:
+    def _start_bus(self, opened: list[zmq.Socket[Any]]) -> None:
         xsub = self._proxy_ctx.socket(zmq.XSUB)
+        opened.append(xsub)
         xsub.bind(self.endpoints.bus_in)
         xsub.send(b"\x01")  # subscribe to everything: workers publish whether or not apps listen
         xpub = self._proxy_ctx.socket(zmq.XPUB)
+        opened.append(xpub)
         xpub.setsockopt(zmq.SNDHWM, 100_000)
         self._secure(xpub, self.endpoints.events)
         xpub.bind(self.endpoints.events)
+        del opened[-2:]  # the proxy thread owns them now
 
         def proxy() -> None:
             with contextlib.suppress(zmq.ContextTerminated, zmq.ZMQError):
@@ -463,6 +502,8 @@ class Supervisor:
             "SHARDLINE_COMMANDS": self.endpoints.commands,
             "SHARDLINE_SERVER_KEY": self.config.ipc.curve_public_key,
         }
+        if self.allow_list is not None:  # our own apps use the supervisor's local key
+            env["SHARDLINE_CLIENT_KEY"] = self.allow_list.local_secret
         env.pop(self.config.discord.token_env, None)  # applications never see the token
         while not self._stop.is_set():
             app.proc = await asyncio.create_subprocess_exec(
@@ -726,6 +767,7 @@ class Supervisor:
                 self.config.voice,
                 _exit_with_parent,
                 self._voice_exited,
+                self.config.discord.token_env,
             )
 
     async def _voice_exited(self, voice: VoiceWorker, code: int) -> None:

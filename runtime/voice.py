@@ -71,6 +71,7 @@ class VoiceWorker:
         options: VoiceConfig,
         preexec: Callable[[], None],
         on_exit: Callable[[VoiceWorker, int], Awaitable[None]],
+        token_env: str = "DISCORD_TOKEN",
     ) -> None:
         args = [
             sys.executable,
@@ -99,7 +100,9 @@ class VoiceWorker:
             args += ["--ca-file", ca_file]
         if options.receive:
             args.append("--receive")
-        env = {**os.environ, "SHARDLINE_VOICE_TOKEN": self.token}
+        # The voice token, not the bot's: a voice process never talks to the main gateway.
+        env = {k: v for k, v in os.environ.items() if k != token_env}
+        env["SHARDLINE_VOICE_TOKEN"] = self.token
         self.proc = await asyncio.create_subprocess_exec(
             *args, env=env, preexec_fn=preexec, start_new_session=True
         )

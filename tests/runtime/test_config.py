@@ -120,3 +120,10 @@ def test_shard_id_ranges() -> None:
     assert parse_shard_ids("0-2, 5,7-8") == (0, 1, 2, 5, 7, 8)
     with pytest.raises(ValueError, match="empty or negative"):
         parse_shard_ids("5-2")
+
+
+def test_a_malformed_secret_key_is_not_printed_back() -> None:
+    secret = "s3cr3t-but-wrong-length"
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"ipc": {"curve_secret_key": secret}})
+    assert secret not in str(caught.value) and "ipc.curve_secret_key" in str(caught.value)

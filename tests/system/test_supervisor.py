@@ -291,12 +291,13 @@ async def test_fatal_close_stops_the_fleet_without_a_crash_loop(tmp_path: Path) 
         assert any("stopped" in line and "4004" in line for line in lines)
 
 
-async def test_tcp_endpoints_refuse_clients_without_the_curve_key(tmp_path: Path) -> None:
+async def test_tcp_endpoints_admit_only_listed_client_keys(tmp_path: Path) -> None:
     import socket
 
     import zmq
 
     from ipc.client import request_sync
+    from runtime.curveauth import read_local_key
 
     def free_port() -> int:
         with socket.socket() as s:
@@ -304,6 +305,8 @@ async def test_tcp_endpoints_refuse_clients_without_the_curve_key(tmp_path: Path
             return int(s.getsockname()[1])
 
     public, secret = (k.decode() for k in zmq.curve_keypair())
+    app_public, app_secret = (k.decode() for k in zmq.curve_keypair())
+    _, stranger_secret = (k.decode() for k in zmq.curve_keypair())
     commands = f"tcp://127.0.0.1:{free_port()}"
     async with emulator(shards=1, max_concurrency=1) as emu:
         config = parse_config(
@@ -315,6 +318,7 @@ async def test_tcp_endpoints_refuse_clients_without_the_curve_key(tmp_path: Path
                     "events": f"tcp://127.0.0.1:{free_port()}",
                     "curve_public_key": public,
                     "curve_secret_key": secret,
+                    "client_public_keys": [app_public],
                 },
             }
         )
@@ -324,12 +328,25 @@ async def test_tcp_endpoints_refuse_clients_without_the_curve_key(tmp_path: Path
         task = asyncio.create_task(sup.run(stop))
         try:
             await eventually(lambda: all_ready(sup), timeout=30)
-            with pytest.raises(CommandError, match="did not answer"):
+            with pytest.raises(CommandError, match="did not answer"):  # no CURVE at all
                 await asyncio.to_thread(request_sync, commands, "shardline.status", None, 1.0)
+            # Knowing the server's public key is not enough: a key not on the list is refused,
+            # and its `stop` never reaches the supervisor.
+            with pytest.raises(CommandError, match="did not answer"):
+                await asyncio.to_thread(
+                    request_sync, commands, "shardline.stop", None, 1.0, public, stranger_secret
+                )
+            assert sup.allow_list is not None and sup.allow_list.refused >= 1
             reply = await asyncio.to_thread(
-                request_sync, commands, "shardline.status", None, 5.0, public
+                request_sync, commands, "shardline.status", None, 5.0, public, app_secret
             )
             assert reply["ok"] and reply["status"]["shards"][0]["state"] == "ready"
+            local = read_local_key(tmp_path)  # what `shardline status` on this host uses
+            assert local is not None and (tmp_path / "client.key").stat().st_mode & 0o777 == 0o600
+            reply = await asyncio.to_thread(
+                request_sync, commands, "shardline.status", None, 5.0, public, local
+            )
+            assert reply["ok"]
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
@@ -636,3 +653,33 @@ async def test_voice_events_received_audio_and_recording_through_the_supervisor(
                     return False
 
             await eventually(finished, timeout=10)
+
+
+async def test_an_endpoint_in_use_is_a_startup_error_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    import zmq
+
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with emulator(shards=1, max_concurrency=1) as emu:
+            config = parse_config(
+                {
+                    "discord": {"rest_url": emu.rest_url},
+                    "ipc": {
+                        "runtime_dir": str(tmp_path),
+                        "commands": f"tcp://127.0.0.1:{port}",
+                        "curve_public_key": public,
+                        "curve_secret_key": secret,
+                    },
+                }
+            )
+            plan = await asyncio.to_thread(plan_fleet, config, emu.rules.token)
+            sup = Supervisor(config, plan, emu.rules.token, runtime_dir=tmp_path)
+            with pytest.raises(StartupError, match=f"cannot listen on tcp://127.0.0.1:{port}"):
+                await asyncio.wait_for(sup.run(asyncio.Event()), 10)
+            assert emu.gateway.identifies == []
+            assert not (tmp_path / "supervisor.pid").exists()

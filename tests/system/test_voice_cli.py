@@ -83,6 +83,9 @@ async def test_voice_join_play_status_and_rejoin_from_the_command_line(tmp_path:
             assert str(guild) in table.stdout and "connected" in table.stdout
 
             pid = voice_session(await status(path))["pid"]
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert not any(v.startswith(b"DISCORD_TOKEN=") for v in environ)  # not its token
+            assert any(v.startswith(b"SHARDLINE_VOICE_TOKEN=") for v in environ)
             os.kill(pid, signal.SIGKILL)
             await until(
                 path,
@@ -96,6 +99,7 @@ async def test_voice_join_play_status_and_rejoin_from_the_command_line(tmp_path:
             stopped = await asyncio.to_thread(cli, path, "stop")
             assert stopped.returncode == 0, stopped.stderr
             assert await asyncio.wait_for(supervisor.wait(), 30) == 0
+            assert not list((tmp_path / "run").glob("*.sock"))  # stop leaves no socket behind
         finally:
             if supervisor.returncode is None:
                 supervisor.kill()
