@@ -101,6 +101,7 @@ class SessionCheckpoint(Event):
     seq = integer()
     resume_url = string()
     guilds = integer(default=0)  # guilds on the shard, for status after a resume
+    user_id = optional_string()  # the bot's user id: a RESUME does not repeat READY's
 
 
 class IdentifyRequest(Event):

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from ipc.control import MAX_SESSION_ID_LENGTH, gateway_url_problem
+from ipc.fields import check_snowflake
 from runtime.rundir import check_owned_file
 
 __all__ = ["Checkpoint", "SessionStore", "SessionsFileError", "parse_checkpoint"]
@@ -40,6 +41,7 @@ class Checkpoint:
     resume_url: str
     saved_at: float  # time.time()
     guilds: int = 0
+    user_id: str = ""  # the bot's, so that a resumed shard still knows its own voice states
 
     def resume_arg(self) -> str:
         """The ``--resume`` argument of ``python -m shards``."""
@@ -48,6 +50,7 @@ class Checkpoint:
             "seq": self.seq,
             "resume_url": self.resume_url,
             "guilds": self.guilds,
+            "user_id": self.user_id,
         }
         return orjson.dumps(body).decode()
 
@@ -56,8 +59,10 @@ def parse_checkpoint(raw: Any) -> Checkpoint:
     """One checkpoint from the file, every field checked; raises SessionsFileError."""
     if not isinstance(raw, dict):
         raise SessionsFileError(f"a checkpoint is {type(raw).__name__}, not an object")
-    known = {"shard", "shard_count", "session_id", "seq", "resume_url", "saved_at", "guilds"}
-    missing = sorted(known - {"guilds"} - set(raw))
+    known = {
+        "shard", "shard_count", "session_id", "seq", "resume_url", "saved_at", "guilds", "user_id"
+    }  # fmt: skip
+    missing = sorted(known - {"guilds", "user_id"} - set(raw))
     if missing:
         raise SessionsFileError(f"a checkpoint lacks {', '.join(missing)}")
     extra = sorted(set(raw) - known)
@@ -78,7 +83,12 @@ def parse_checkpoint(raw: Any) -> Checkpoint:
     problem = gateway_url_problem(raw["resume_url"])
     if problem is not None:
         raise SessionsFileError(f"resume_url = {_cut(raw['resume_url'])} {problem}")
-    return Checkpoint(shard, count, session_id, seq, raw["resume_url"], float(saved_at), guilds)
+    user_id = raw.get("user_id", "")
+    if not isinstance(user_id, str) or (user_id and check_snowflake(user_id) is not None):
+        raise SessionsFileError(f"user_id = {_cut(user_id)} is not a snowflake")
+    return Checkpoint(
+        shard, count, session_id, seq, raw["resume_url"], float(saved_at), guilds, user_id
+    )
 
 
 def _cut(value: Any, limit: int = 80) -> str:

@@ -643,6 +643,7 @@ class Supervisor:
                         message.resume_url,
                         time.time(),
                         message.guilds,
+                        _snowflake_or_empty(message.raw.get("user_id")),
                     )
                 )
             elif isinstance(message, WorkerHello):
@@ -1070,6 +1071,11 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
     except TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+def _snowflake_or_empty(value: Any) -> str:
+    """A worker's user id as the session store keeps it ("" when absent or not an id)."""
+    return value if isinstance(value, str) and check_snowflake(value) is None else ""
 
 
 def _cut(value: Any, limit: int = 40) -> str:

@@ -20,6 +20,7 @@ import orjson
 
 from ipc import eventloop
 from ipc.control import MAX_SESSION_ID_LENGTH, gateway_url_problem
+from ipc.fields import check_snowflake
 from ipc.intents import UnknownIntentError, intents_from_names
 from ipc.logfmt import setup_logging
 from shards import tls
@@ -100,9 +101,10 @@ def shared_parser() -> argparse.ArgumentParser:
     return build_parser()
 
 
-def parse_resume(text: str) -> tuple[str, int, str, int] | str:
-    """``--resume``'s checkpoint as (session_id, seq, resume_url, guilds), or what is wrong
-    with it: the token will be sent to that URL, so it is checked like any outside input."""
+def parse_resume(text: str) -> tuple[str, int, str, int, str] | str:
+    """``--resume``'s checkpoint as (session_id, seq, resume_url, guilds, user_id), or what is
+    wrong with it: the token will be sent to that URL, so it is checked like any outside
+    input."""
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -120,8 +122,11 @@ def parse_resume(text: str) -> tuple[str, int, str, int] | str:
         return f"resume_url {problem}"
     if type(guilds) is not int or guilds < 0:
         return "guilds is not a non-negative integer"
+    user_id = data.get("user_id") or ""
+    if not isinstance(user_id, str) or (user_id and check_snowflake(user_id) is not None):
+        return "user_id is not a snowflake"
     assert isinstance(url, str)
-    return session_id, seq, url, guilds
+    return session_id, seq, url, guilds, user_id
 
 
 def parse_intents(text: str) -> int:

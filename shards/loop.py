@@ -339,6 +339,7 @@ class ShardRunner:
             seq=action.seq,
             resume_url=action.resume_url,
             guilds=action.guilds,
+            user_id=action.user_id or None,
         )
         self.publisher.event(checkpoint)  # in order with the dispatches it covers
         if self.control is not None:
@@ -385,10 +386,7 @@ class ShardRunner:
         if self.on_status is not None:
             self.on_status(status)
         if proto.resumable and proto.state is ShardState.READY:
-            assert proto.session_id is not None and proto.seq is not None
-            self._checkpoint(
-                Checkpoint(proto.session_id, proto.seq, proto.resume_url or "", proto.guild_count)
-            )
+            self._checkpoint(proto.checkpoint())
         if self.control is not None:
             self.control.send(
                 ShardStatus(

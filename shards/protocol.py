@@ -140,6 +140,7 @@ class Checkpoint:
     seq: int
     resume_url: str
     guilds: int = 0
+    user_id: str = ""  # the bot's, from READY: a RESUME does not say it again
 
 
 @dataclass(slots=True)
@@ -251,11 +252,22 @@ class GatewayProtocol:
     def resumable(self) -> bool:
         return self.session_id is not None and self.seq is not None
 
-    def restore(self, session_id: str, seq: int, resume_url: str, guilds: int = 0) -> None:
+    def restore(
+        self, session_id: str, seq: int, resume_url: str, guilds: int = 0, user_id: str = ""
+    ) -> None:
         """Start from a checkpoint: the first connection RESUMEs instead of identifying.
-        ``guilds`` is the guild count before, shown until GUILD_CREATEs say otherwise."""
+        ``guilds`` is the guild count before, shown until GUILD_CREATEs say otherwise;
+        ``user_id`` is the bot's (READY said it; RESUMED does not)."""
         self.session_id, self.seq, self.resume_url = session_id, seq, resume_url
         self.guild_hint = guilds
+        self.user_id = user_id or None
+
+    def checkpoint(self) -> Checkpoint:
+        """Where the session stands (call only when :attr:`resumable`)."""
+        assert self.session_id is not None and self.seq is not None
+        return Checkpoint(
+            self.session_id, self.seq, self.resume_url or "", self.guild_count, self.user_id or ""
+        )
 
     @property
     def guild_count(self) -> int:
@@ -391,10 +403,7 @@ class GatewayProtocol:
                 self._close(RESUMABLE_CLOSE, "shutting down; will resume", CloseAction.RESUME)
             )
         if self.resumable:
-            assert self.session_id is not None and self.seq is not None
-            actions.append(
-                Checkpoint(self.session_id, self.seq, self.resume_url or "", self.guild_count)
-            )
+            actions.append(self.checkpoint())
         if self.state is not ShardState.STOPPED:
             self._set_state(ShardState.STOPPED)
         return actions
@@ -710,10 +719,7 @@ class GatewayProtocol:
         self.ready_since = now
         self.invalid_sessions = 0
         if self.resumable:
-            assert self.session_id is not None and self.seq is not None
-            actions.append(
-                Checkpoint(self.session_id, self.seq, self.resume_url or "", self.guild_count)
-            )
+            actions.append(self.checkpoint())
         return actions
 
     # -- time -----------------------------------------------------------------------------

@@ -31,6 +31,9 @@ _OPERATIONS = (davey.ProposalsOperationType.append, davey.ProposalsOperationType
 _BINARY_OPS = frozenset({25, 27, 29, 30})
 MAGIC = b"\xfa\xfa"  # the last two bytes of every end-to-end encrypted frame
 DOWNGRADE_PASSTHROUGH_SECONDS = 10  # how long frames without E2EE still decrypt after 0
+MAX_EARLY = 64  # binary DAVE messages kept before the session exists; more are dropped
+MAX_EARLY_BYTES = 1 << 20
+MAX_USERS = 100_000  # call members tracked (a call is far smaller; a server could lie)
 
 
 class DaveDriver:
@@ -69,12 +72,25 @@ class DaveDriver:
     def receive(self, op: int, payload: Any) -> list[VoiceAction]:
         """A DAVE opcode (JSON ``d`` or binary payload) or a membership change."""
         if op == 11:
-            self.users.update(int(u) for u in (payload or {}).get("user_ids", []))
+            ids = payload.get("user_ids") if isinstance(payload, dict) else None
+            users = [_user_id(u) for u in ids] if isinstance(ids, list) else [None]
+            if None in users or len(self.users) + len(users) > MAX_USERS:
+                log.warning(f"DAVE: unusable clients-connect (op 11): {_cut(payload)}; ignored")
+                return []
+            self.users.update(u for u in users if u is not None)
             return []
         if op == 13:
-            self.users.discard(int((payload or {}).get("user_id", 0)))
+            user = _user_id(payload.get("user_id") if isinstance(payload, dict) else None)
+            if user is None:
+                log.warning(f"DAVE: unusable client-disconnect (op 13): {_cut(payload)}; ignored")
+                return []
+            self.users.discard(user)
             return []
         if op in _BINARY_OPS and self.session is None:
+            size = sum(len(p) for _, p in self._early if isinstance(p, bytes | bytearray))
+            if len(self._early) >= MAX_EARLY or size + len(payload) > MAX_EARLY_BYTES:
+                log.warning(f"DAVE: opcode {op} before any session, past {MAX_EARLY}; dropped")
+                return []
             self._early.append((op, payload))  # buffered, not dropped
             return []
         handler = _HANDLERS.get(op)
@@ -199,6 +215,20 @@ class DaveDriver:
         if tid == 0:
             return self._execute(0)
         return [_json(23, {"transition_id": tid})]
+
+
+def _user_id(value: Any) -> int | None:
+    """A user id from the server (a snowflake string, or an int), or None when it is not."""
+    if type(value) is int and 0 < value < 2**64:
+        return value
+    if isinstance(value, str) and 0 < len(value) <= 20 and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _cut(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _json(op: int, d: Any) -> Send:

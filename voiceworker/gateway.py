@@ -10,6 +10,8 @@ Source: discord.com/developers/docs/topics/voice-connections (v8: ``seq_ack``, b
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ __all__ = [
     "DaveMessage",
     "Discover",
     "Failed",
+    "Resumed",
     "Send",
     "SendBinary",
     "Speaking",
@@ -35,9 +38,14 @@ __all__ = [
     "VoiceCredentials",
     "VoiceGateway",
     "VoiceState",
+    "Warn",
 ]
 
 RESUMABLE_CLOSE = 4000  # a close the server lets us resume after
+# HELLO's heartbeat_interval (Discord sends 13,750 ms) must fall in here, in seconds.
+MIN_HEARTBEAT_INTERVAL = 1.0
+MAX_HEARTBEAT_INTERVAL = 600.0
+SECRET_KEY_SIZE = 32
 
 
 class VoiceState(Enum):
@@ -176,7 +184,30 @@ class Failed:
     message: str
 
 
-VoiceAction = Send | SendBinary | Close | Discover | Connected | DaveMessage | Speaking | Failed
+@dataclass(slots=True)
+class Resumed:
+    """RESUMED: the session is whole again on a new connection."""
+
+
+@dataclass(slots=True)
+class Warn:
+    """Something from the server was ignored; the loop logs ``message``."""
+
+    message: str
+
+
+VoiceAction = (
+    Send
+    | SendBinary
+    | Close
+    | Discover
+    | Connected
+    | DaveMessage
+    | Speaking
+    | Failed
+    | Warn
+    | Resumed
+)
 
 
 @dataclass
@@ -304,10 +335,12 @@ class VoiceGateway:
         try:
             payload = orjson.loads(message)
             op = payload["op"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return []  # malformed: ignored (the loop logs it)
+        except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+            return [Warn(f"voice gateway sent a message not JSON with an op: {_cut(message)}")]
+        if type(op) is not int:
+            return [Warn(f"voice gateway sent an op that is not an integer: {_cut(op)}")]
         seq = payload.get("seq")
-        if type(seq) is int:
+        if type(seq) is int and 0 <= seq < 2**63:
             self.seq_ack = seq
         d = payload.get("d")
         handler = _HANDLERS.get(op)
@@ -324,27 +357,44 @@ class VoiceGateway:
         return [DaveMessage(data[2], data[3:])]
 
     def _on_hello(self, d: Any, now: float) -> list[VoiceAction]:
-        try:
-            self.heartbeat_interval = float(d["heartbeat_interval"]) / 1000
-        except (KeyError, TypeError, ValueError):
-            return []
-        self.next_heartbeat = now + self.heartbeat_interval * self.rng()
+        value = d.get("heartbeat_interval") if isinstance(d, dict) else None
+        interval = math.nan
+        if isinstance(value, int | float) and type(value) is not bool and math.isfinite(value):
+            interval = value / 1000
+        if not MIN_HEARTBEAT_INTERVAL <= interval <= MAX_HEARTBEAT_INTERVAL:
+            # A broken server: close, and resume (or rejoin) after the loop's backoff.
+            outcome = CloseOutcome.RESUME if self.resumable else CloseOutcome.REJOIN
+            self._closing = outcome
+            return [
+                Failed(
+                    None,
+                    outcome.value,
+                    f"voice HELLO's heartbeat_interval {_cut(value)} is not a number of "
+                    f"milliseconds from {MIN_HEARTBEAT_INTERVAL * 1000:.0f} to "
+                    f"{MAX_HEARTBEAT_INTERVAL * 1000:.0f}",
+                ),
+                Close(RESUMABLE_CLOSE, "bad HELLO"),
+            ]
+        self.heartbeat_interval = interval
+        self.next_heartbeat = now + interval * self.rng()
         return []
 
     def _on_ready(self, d: Any, now: float) -> list[VoiceAction]:
+        s = self.session
         try:
-            s = self.session
-            s.ssrc, s.server_ip, s.server_port = int(d["ssrc"]), str(d["ip"]), int(d["port"])
-            s.modes = [str(m) for m in d.get("modes", [])]
+            s.ssrc, s.server_ip, s.server_port, s.modes = _parse_ready(d)
             s.mode = choose_mode(s.modes)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.state = VoiceState.DISCONNECTED
-            return [
-                Failed(None, CloseOutcome.STOP.value, f"unusable READY: {exc}"),
-                Close(1000, "unusable READY"),
-            ]
+        except ValueError as exc:
+            return self._fail_and_close(f"unusable READY: {exc}")
         self.state = VoiceState.DISCOVERING
         return [Discover(s.server_ip, s.server_port, s.ssrc)]
+
+    def _fail_and_close(self, message: str) -> list[VoiceAction]:
+        """The server sent what cannot work: end the session with the reason (a retry of
+        the same server would get the same)."""
+        self.state = VoiceState.DISCONNECTED
+        self._closing = CloseOutcome.STOP
+        return [Failed(None, CloseOutcome.STOP.value, message), Close(1000, "unusable server data")]
 
     def on_discovered(self, address: str, port: int) -> list[VoiceAction]:
         """IP discovery answered: SELECT PROTOCOL with our external address."""
@@ -353,27 +403,36 @@ class VoiceGateway:
         return [self._json(1, {"protocol": "udp", "data": data})]
 
     def _on_session_description(self, d: Any, now: float) -> list[VoiceAction]:
+        s = self.session
+        if self.state is not VoiceState.SELECTING:
+            return [Warn(f"a session description while {self.state.value}: ignored")]
         try:
-            s = self.session
-            s.mode = str(d["mode"])
-            s.secret_key = bytes(d["secret_key"])
-            s.dave_version = int(d.get("dave_protocol_version", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            return [Failed(None, CloseOutcome.STOP.value, f"unusable session description: {exc}")]
+            s.secret_key, s.dave_version = _parse_description(d, s.mode, self.max_dave)
+        except ValueError as exc:
+            return self._fail_and_close(f"unusable session description: {exc}")
         self.state = VoiceState.CONNECTED
         self.resumable = True
         self.session.timeouts = 0
         return [Connected(s.mode, s.secret_key, s.dave_version, s.ssrc)]
 
     def _on_resumed(self, d: Any, now: float) -> list[VoiceAction]:
+        if self.state is not VoiceState.RESUMING:
+            return [Warn(f"RESUMED while {self.state.value}: ignored")]
         self.state = VoiceState.CONNECTED
-        return []
+        return [Resumed()]
+
+    def discovery_failed(self, message: str, *, retry: bool) -> list[VoiceAction]:
+        """UDP IP discovery could not complete: close, then rejoin (``retry``: a new server
+        may answer) or stop (nothing we can offer will work)."""
+        outcome = CloseOutcome.REJOIN if retry else CloseOutcome.STOP
+        self._closing = outcome
+        return [Failed(None, outcome.value, message), Close(1000, "IP discovery failed")]
 
     def _on_speaking(self, d: Any, now: float) -> list[VoiceAction]:
         try:
             return [Speaking(int(d["user_id"]), int(d["ssrc"]))]
-        except (KeyError, TypeError, ValueError):
-            return []
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return [Warn(f"unusable SPEAKING: {_cut(d)}")]
 
     def _on_heartbeat_ack(self, d: Any, now: float) -> list[VoiceAction]:
         self.awaiting_ack = False
@@ -411,6 +470,58 @@ class VoiceGateway:
     def binary(op: int, payload: bytes) -> SendBinary:
         """A client -> server binary message (DAVE ops 26 and 28)."""
         return SendBinary(bytes((op,)) + payload)
+
+
+def _cut(value: Any, limit: int = 80) -> str:
+    """A server's value for a log line: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _int_in(d: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    value = d.get(key)
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f"{key} {_cut(value)} is not an integer from {lo} to {hi}")
+    return value
+
+
+def _parse_ready(d: Any) -> tuple[int, str, int, list[str]]:
+    """READY's (ssrc, ip, port, modes), every field checked; raises ValueError naming one."""
+    if not isinstance(d, dict):
+        raise ValueError(f"READY is {_cut(d)}, not an object")
+    ssrc = _int_in(d, "ssrc", 0, 2**32 - 1)
+    ip = d.get("ip")
+    try:
+        address = str(ipaddress.ip_address(ip if isinstance(ip, str) else ""))
+    except ValueError:
+        raise ValueError(f"ip {_cut(ip)} is not an IP address") from None
+    port = _int_in(d, "port", 1, 65535)
+    modes = d.get("modes")
+    if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
+        raise ValueError(f"modes {_cut(modes)} is not a list of mode names")
+    return ssrc, address, port, modes
+
+
+def _parse_description(d: Any, selected: str, max_dave: int) -> tuple[bytes, int]:
+    """The session description's (secret_key, dave_protocol_version), checked against the
+    mode we selected; raises ValueError naming the field."""
+    if not isinstance(d, dict):
+        raise ValueError(f"it is {_cut(d)}, not an object")
+    if d.get("mode") != selected:
+        raise ValueError(f"mode {_cut(d.get('mode'))} is not the mode we selected ({selected})")
+    key = d.get("secret_key")
+    if (
+        not isinstance(key, list)
+        or len(key) != SECRET_KEY_SIZE
+        or not all(type(b) is int and 0 <= b <= 255 for b in key)
+    ):
+        raise ValueError(f"secret_key {_cut(key)} is not a list of {SECRET_KEY_SIZE} bytes")
+    version = d.get("dave_protocol_version", 0)
+    if type(version) is not int or not 0 <= version <= max_dave:
+        raise ValueError(
+            f"dave_protocol_version {_cut(version)} is not a version from 0 to {max_dave}"
+        )
+    return bytes(key), version
 
 
 _HANDLERS: dict[int, Callable[[VoiceGateway, Any, float], list[VoiceAction]]] = {

@@ -26,13 +26,14 @@ from voiceworker.audio import SILENCE, AudioSource
 from voiceworker.clock import SendClock
 from voiceworker.crypto import MODES, DecryptError, TransportCipher
 from voiceworker.dave import MAX_VERSION, DaveDriver
-from voiceworker.discovery import build_request, parse_response
+from voiceworker.discovery import DISCOVERY_SIZE, DiscoveryError, build_request, parse_response
 from voiceworker.gateway import (
     Close,
     Connected,
     DaveMessage,
     Discover,
     Failed,
+    Resumed,
     Send,
     SendBinary,
     Speaking,
@@ -40,6 +41,7 @@ from voiceworker.gateway import (
     VoiceCredentials,
     VoiceGateway,
     VoiceState,
+    Warn,
 )
 from voiceworker.rtp import RtpPacketizer
 
@@ -48,6 +50,8 @@ __all__ = ["VoiceError", "VoiceSession"]
 log = logging.getLogger("shardline.voice")
 
 PRECISE_STRETCH = 0.002  # with ``precise``: the last 2 ms before a frame are slept exactly
+MAX_RECONNECTS = 5  # reconnects in a row without a stable connection, then the session ends
+STABLE_AFTER = 60.0  # seconds connected after which the reconnect count starts again
 
 
 class VoiceError(RuntimeError):
@@ -102,6 +106,9 @@ class VoiceSession:
         self.clock: SendClock | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._discovery: asyncio.Future[tuple[str, int]] | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
+        self._connected_at: float | None = None
+        self.warnings = 0
         self._frames: deque[bytes] = deque()
         self.keepalive_interval = keepalive_interval
         # The voice process owns its loop: it may sleep the last stretch before each frame
@@ -219,10 +226,11 @@ class VoiceSession:
     async def leave(self) -> None:
         """Close the connection. The loop is stopped first, so that it does not read its own
         close as the connection ending by itself."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in (self._discovery_task, self._loop_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.ws is not None:
             self.ws.close(1000, "leaving")
         if self.udp is not None:
@@ -231,8 +239,23 @@ class VoiceSession:
     # -- the loop -------------------------------------------------------------------------
 
     async def _run_and_mark(self) -> None:
-        await self._run()
+        """The loop, and what ends it: whatever the reason (a crash included) the session is
+        no longer reported connected, and ``failure`` says why."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise  # leave or move: not an end by itself
+        except Exception as exc:
+            log.exception("voice session loop crashed")
+            self._fail(Failed(None, "stop", f"voice session crashed: {exc!r}"))
+        self.connected.clear()
         self.ended.set()  # ended by itself (not cancelled by leave or move): failure says why
+
+    def _fail(self, failure: Failed) -> None:
+        """Keep the first cause: the closes and timeouts it leads to only follow from it."""
+        log.warning(failure.message)
+        if self.failure is None:
+            self.failure = failure
 
     async def _run(self) -> None:
         """The one loop. A close the gateway says to resume after (a dropped socket, 4015,
@@ -247,8 +270,8 @@ class VoiceSession:
                     gw.credentials.url(), on_message, on_closed, ssl_context=self.ssl_context
                 )
             except OSError as exc:
-                if not gw.resumable or attempt >= 5:
-                    self.failure = Failed(None, "rejoin", f"cannot reach the voice server: {exc}")
+                if not gw.resumable or attempt >= MAX_RECONNECTS:
+                    self._fail(Failed(None, "rejoin", f"cannot reach the voice server: {exc}"))
                     return
                 attempt += 1
                 await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
@@ -257,7 +280,23 @@ class VoiceSession:
             await self._serve()
             if gw.state is not VoiceState.BACKING_OFF:
                 return
-            attempt += 1
+            stable = self._connected_at is not None and (
+                time.monotonic() - self._connected_at >= STABLE_AFTER
+            )
+            self._connected_at = None
+            attempt = 1 if stable else attempt + 1
+            if attempt > MAX_RECONNECTS:
+                cause = self.failure.message if self.failure else "connection lost"
+                self.failure = None
+                self._fail(
+                    Failed(
+                        None,
+                        "rejoin",
+                        f"the voice connection dropped {attempt - 1} times in a row without "
+                        f"staying up {STABLE_AFTER:.0f}s (first: {cause}); giving it up",
+                    )
+                )
+                return
             await asyncio.sleep(min(5.0, 0.05 * 2**attempt) if attempt > 1 else 0)
 
     async def _serve(self) -> None:
@@ -279,6 +318,12 @@ class VoiceSession:
                 self._act(gw.receive(item, now))
             elif kind == "udp":
                 self._on_udp(item)
+            elif kind == "discovery":
+                address, port = item
+                self._act(gw.on_discovered(address, port))
+            elif kind == "discovery failed":
+                message, retry = item
+                self._act(gw.discovery_failed(message, retry=retry))
             elif kind == "closed":
                 assert isinstance(item, ClosedInfo)
                 self._act(gw.on_closed(item.code, now))
@@ -297,16 +342,26 @@ class VoiceSession:
                 if self.ws is not None:
                     self.ws.close(action.code, action.reason)
             elif isinstance(action, Discover):
-                asyncio.get_running_loop().create_task(self._discover(action))
+                if self._discovery_task is not None:
+                    self._discovery_task.cancel()
+                self._discovery_task = asyncio.get_running_loop().create_task(
+                    self._discover(action, self.inbox)
+                )
             elif isinstance(action, Connected):
                 self.cipher = TransportCipher(action.mode, action.secret_key)
                 self.rtp = RtpPacketizer(action.ssrc)
                 self._next_keepalive = time.monotonic() + self.keepalive_interval
+                self._connected_at = time.monotonic()
+                self.failure = None  # whatever happened before, the session is whole now
                 self.connected.set()
                 self._act(self.dave.start(action.dave_protocol_version))
+            elif isinstance(action, Resumed):
+                self._connected_at = time.monotonic()
+                self.failure = None
             elif isinstance(action, Failed):
-                self.failure = action
-                log.warning(action.message)
+                self._fail(action)
+            elif isinstance(action, Warn):
+                self._warn(action.message)
             elif isinstance(action, Speaking):
                 self.ssrc_users[action.ssrc] = action.user_id
             elif isinstance(action, DaveMessage):
@@ -314,32 +369,53 @@ class VoiceSession:
                     self._forget_member(action.payload)
                 self._act(self.dave.receive(action.op, action.payload))
 
-    async def _discover(self, action: Discover) -> None:
+    def _warn(self, message: str) -> None:
+        """Log what the server sent that was ignored: every time at first, then on the
+        2nd, 4th, 8th... so that a flood cannot fill the log."""
+        self.warnings += 1
+        if self.warnings <= 10 or not self.warnings & (self.warnings - 1):
+            log.warning(f"{message} (ignored; {self.warnings} so far)")
+
+    async def _discover(self, action: Discover, inbox: asyncio.Queue[Any]) -> None:
+        """UDP IP discovery, owned by the session (``leave`` cancels it); its outcome goes
+        to the loop's inbox, as everything else does."""
         loop = asyncio.get_running_loop()
-        if self.udp is not None:
-            self.udp.close()  # a reconnect gets a fresh socket (arikawa #358)
-        self.udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.inbox), remote_addr=(action.ip, action.port)
-        )
-        self._discovery = loop.create_future()
-        for _ in range(5):
-            self.udp.sendto(build_request(action.ssrc))
-            try:
-                address, port = await asyncio.wait_for(asyncio.shield(self._discovery), 1.0)
-                break
-            except TimeoutError:
-                continue
-        else:
-            self.failure = Failed(None, "resume", "UDP IP discovery got no answer")
-            return
         gw = self.gateway
-        if gw.session.mode not in self.modes:
+        mode = gw.session.mode
+        if mode not in self.modes:
             offered = [m for m in self.modes if m in gw.session.modes]
             if not offered:
-                self.failure = Failed(None, "stop", f"no allowed mode in {gw.session.modes}")
+                message = (
+                    f"no common encryption mode: the server offers {gw.session.modes}, "
+                    f"this session allows {list(self.modes)}"
+                )
+                inbox.put_nowait(("discovery failed", (message, False)))
                 return
             gw.session.mode = offered[0]
-        self._act(gw.on_discovered(address, port))
+        if self.udp is not None:
+            self.udp.close()  # a reconnect gets a fresh socket (arikawa #358)
+            self.udp = None
+        try:
+            self.udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(inbox), remote_addr=(action.ip, action.port)
+            )
+            self._discovery = loop.create_future()
+            for _ in range(5):
+                self.udp.sendto(build_request(action.ssrc))
+                try:
+                    found = await asyncio.wait_for(asyncio.shield(self._discovery), 1.0)
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                message = f"UDP IP discovery with {action.ip}:{action.port} got no answer"
+                inbox.put_nowait(("discovery failed", (message, True)))
+                return
+        except OSError as exc:
+            message = f"UDP IP discovery with {action.ip}:{action.port} failed: {exc}"
+            inbox.put_nowait(("discovery failed", (message, True)))
+            return
+        inbox.put_nowait(("discovery", found))
 
     def _keepalive(self, now: float) -> None:
         """8 bytes on UDP every few seconds keep NAT mappings open while nothing plays."""
@@ -360,13 +436,22 @@ class VoiceSession:
 
     def _on_udp(self, data: bytes) -> None:
         if len(data) == 8:  # the server echoing a keepalive
-            self._keepalive_echoed = max(self._keepalive_echoed, int.from_bytes(data, "little"))
+            echoed = int.from_bytes(data, "little")
+            if self._keepalive_echoed < echoed <= self._keepalives:  # only what we sent
+                self._keepalive_echoed = echoed
             return
-        if len(data) == 74:
-            if self._discovery is not None and not self._discovery.done():
-                with contextlib.suppress(ValueError):
-                    self._discovery.set_result(parse_response(data, self.gateway.session.ssrc))
+        discovering = self._discovery is not None and not self._discovery.done()
+        if discovering and self._discovery is not None:
+            if len(data) != DISCOVERY_SIZE:
+                self._warn(f"a {len(data)}-byte UDP datagram during IP discovery (want 74)")
+                return
+            try:
+                self._discovery.set_result(parse_response(data, self.gateway.session.ssrc))
+            except DiscoveryError as exc:
+                self._warn(f"unusable IP discovery reply: {exc}")
             return
+        if len(data) == DISCOVERY_SIZE:
+            return  # a late duplicate of the discovery reply
         if self.cipher is None or self.on_audio is None:
             return  # receiving is off unless someone listens
         try:

@@ -111,7 +111,7 @@ def test_ready_sets_the_session_and_checkpoints() -> None:
     proto = make()
     actions = ready(proto)
     assert proto.state is ShardState.READY
-    assert Checkpoint("sess", 1, "wss://resume.example") in actions
+    assert Checkpoint("sess", 1, "wss://resume.example", 0, "99") in actions
     assert any(isinstance(a, Publish) and a.t == "READY" and a.seq == 1 for a in actions)
 
 
@@ -347,7 +347,7 @@ def test_stop_closes_resumably_with_a_final_checkpoint() -> None:
     actions = proto.stop()
     assert actions == [
         Close(RESUMABLE_CLOSE, "shutting down; will resume"),
-        Checkpoint("sess", 9, "wss://resume.example"),
+        Checkpoint("sess", 9, "wss://resume.example", 0, "99"),
     ]
     assert all(a.code not in (1000, 1001) for a in actions if isinstance(a, Close))
 

@@ -12,6 +12,7 @@ from shards.inflate import InflateError, make_inflator
 from shards.protocol import (
     Checkpoint,
     Close,
+    Forward,
     GatewayProtocol,
     Publish,
     RequestPermit,
@@ -177,7 +178,7 @@ def test_sequence_going_backwards_is_published_logged_and_never_checkpointed() -
         logged += emitted(actions, ProtocolError)
     assert proto.seq == 10
     assert "backwards" in logged[0].message and 1 <= len(logged) <= 8  # said, not flooded
-    assert proto.stop()[-1] == Checkpoint("sess", 10, "wss://resume.example")
+    assert proto.stop()[-1] == Checkpoint("sess", 10, "wss://resume.example", 0, "99")
     # The parsed path (a READ dispatch) is held to the same rule.
     proto = make()
     ready(proto)
@@ -206,3 +207,24 @@ def test_an_identify_that_gets_no_ready_is_given_up() -> None:
         assert not any(isinstance(a, Close) for a in proto.poll(float(t)))
     actions = proto.poll(62.0)
     assert "no READY" in emitted(actions, ConnectionLost)[0].message
+
+
+def test_a_resumed_shard_still_forwards_the_bots_own_voice_state() -> None:
+    proto = make()
+    ready(proto)  # READY says the bot is user 99
+    checkpoint = proto.checkpoint()
+    assert checkpoint.user_id == "99"
+    resumed = make()
+    resumed.restore(
+        checkpoint.session_id, checkpoint.seq, checkpoint.resume_url, 0, checkpoint.user_id
+    )
+    resumed.receive(frame(10, {"heartbeat_interval": INTERVAL_MS}), 1.0)
+    resumed.receive(frame(0, None, 2, "RESUMED"), 1.0)
+    mine = {"guild_id": "5", "user_id": "99", "session_id": "v", "channel_id": "6"}
+    other = {**mine, "user_id": "100"}
+    forwarded = resumed.receive(frame(0, mine, 3, "VOICE_STATE_UPDATE"), 2.0)
+    assert any(isinstance(a, Forward) for a in forwarded)
+    assert not any(
+        isinstance(a, Forward)
+        for a in resumed.receive(frame(0, other, 4, "VOICE_STATE_UPDATE"), 2.0)
+    )

@@ -17,6 +17,7 @@ from voiceworker.gateway import (
     VoiceCredentials,
     VoiceGateway,
     VoiceState,
+    Warn,
 )
 
 CREDS = VoiceCredentials(
@@ -160,8 +161,9 @@ def test_region_move_identifies_at_the_new_endpoint() -> None:
 def test_garbage_is_ignored() -> None:
     gw = VoiceGateway(CREDS)
     connect(gw)
-    assert gw.receive(b"{nope", 1.0) == []
-    assert gw.receive(b"\x00", 1.0) == []
+    said = gw.receive(b"{nope", 1.0)
+    assert len(said) == 1 and isinstance(said[0], Warn) and "not JSON" in said[0].message
+    assert gw.receive(b"\x00", 1.0) == []  # a short binary frame: not even a DAVE op
     assert gw.state is VoiceState.CONNECTED
 
 
