@@ -193,6 +193,11 @@ class VoiceServer:
         self._changed = asyncio.Condition()
         self._notify_scheduled = False
         self.udp_deaf = False  # test hook: drop every datagram (no echo, no record)
+        # Test hook: a voice server that misbehaves on purpose. "hello", "ready" and
+        # "description" replace fields of those payloads (HELLO's d, READY's d, the session
+        # description's d); "close_on_identify" is a list of close codes, one taken per
+        # IDENTIFY, each answered by that close instead of READY.
+        self.faults: dict[str, Any] = {}
 
     @property
     def ca_file(self) -> str:
@@ -285,7 +290,6 @@ class VoiceServer:
 
     async def _notify(self) -> None:
         self._notify_scheduled = False
-        self.udp_deaf = False  # test hook: drop every datagram (no echo, no record)
         async with self._changed:
             self._changed.notify_all()
 
@@ -300,7 +304,8 @@ class VoiceServer:
             await self._send_json(ws, record, op, d)
 
         try:
-            await ws.send(orjson.dumps({"op": 8, "d": {"heartbeat_interval": 13750}}).decode())
+            hello = {"heartbeat_interval": 13750, **self.faults.get("hello", {})}
+            await ws.send(orjson.dumps({"op": 8, "d": hello}).decode())
             async for message in ws:
                 if isinstance(message, bytes) and message[:1] != b"{":
                     if record is None or len(message) < 1:
@@ -332,17 +337,19 @@ class VoiceServer:
                     record = await self._identify(ws, d)
                     if record is None:
                         return
+                    closes = self.faults.get("close_on_identify")
+                    if closes:
+                        await ws.close(closes.pop(0), "fault injected")
+                        return
                     self._live[ws] = record
-                    await send(
-                        2,
-                        {
-                            "ssrc": record.ssrc,
-                            "ip": self.host,
-                            "port": self.udp_port,
-                            "modes": MODES,
-                            "heartbeat_interval": 1,
-                        },
-                    )
+                    ready = {
+                        "ssrc": record.ssrc,
+                        "ip": self.host,
+                        "port": self.udp_port,
+                        "modes": MODES,
+                        "heartbeat_interval": 1,
+                    }
+                    await send(2, {**ready, **self.faults.get("ready", {})})
                 elif record is None:
                     await ws.close(4003, "Not authenticated.")
                     return
@@ -354,14 +361,12 @@ class VoiceServer:
                     record.mode = mode
                     record.secret_key = secrets.token_bytes(32)
                     record.dave_version = 1 if self.dave and record.max_dave >= 1 else 0
-                    await send(
-                        4,
-                        {
-                            "mode": mode,
-                            "secret_key": list(record.secret_key),
-                            "dave_protocol_version": record.dave_version,
-                        },
-                    )
+                    description = {
+                        "mode": mode,
+                        "secret_key": list(record.secret_key),
+                        "dave_protocol_version": record.dave_version,
+                    }
+                    await send(4, {**description, **self.faults.get("description", {})})
                     await self._enter_call(record)
                 elif op == 3:
                     await ws.send(orjson.dumps({"op": 6, "d": {"t": (d or {}).get("t")}}).decode())

@@ -21,6 +21,7 @@ __all__ = [
     "SessionCheckpoint",
     "ShardStatus",
     "Shutdown",
+    "VoiceEnded",
     "VoicePause",
     "VoicePlay",
     "VoiceRecord",
@@ -154,6 +155,19 @@ class VoiceStatus(Event):
     late = integer(default=0)
     jitter_p99_ms = raw()
     playing = raw()
+
+
+class VoiceEnded(Event):
+    """A voice process's session ended by itself, just before the process exits: what the
+    close-code table says comes next (``outcome``: stop, rejoin, resume, reidentify, wait for
+    a new server) and the first cause (``message``)."""
+
+    __slots__ = ()
+    type_name = "control.voice_ended"
+    guild = string()
+    outcome = string()
+    code = integer(default=0)
+    message = string()
 
 
 class VoicePlay(Command):

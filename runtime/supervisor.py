@@ -27,7 +27,7 @@ import orjson
 import zmq
 import zmq.asyncio
 
-from ipc.codec import MAX_GATEWAY_PAYLOAD, encode_gateway_command
+from ipc.codec import MAX_GATEWAY_PAYLOAD, encode_bus_event, encode_gateway_command
 from ipc.commands import UpdateVoiceState
 from ipc.control import (
     GatewayForward,
@@ -37,6 +37,7 @@ from ipc.control import (
     SessionCheckpoint,
     ShardStatus,
     Shutdown,
+    VoiceEnded,
     VoicePause,
     VoicePlay,
     VoiceRecord,
@@ -49,7 +50,8 @@ from ipc.control import (
 )
 from ipc.fields import InvalidFieldError, check_snowflake
 from ipc.intents import names_from_bits
-from ipc.messages import REGISTRY, GatewayCommand
+from ipc.messages import REGISTRY, Event, GatewayCommand
+from ipc.voice import VoiceFailure
 from runtime.config import Config
 from runtime.curveauth import ClientAllowList
 from runtime.discord_rest import RestError, fetch_gateway_bot
@@ -62,7 +64,15 @@ from runtime.rundir import (
 from runtime.scheduler import IdentifyScheduler, startup_seconds
 from runtime.sessions import Checkpoint, SessionStore
 from runtime.spawner import ExecSpawner, Process, ZygoteSpawner
-from runtime.voice import MAX_REJOINS, VoiceWorker
+from runtime.voice import VoiceWorker
+from runtime.voicepolicy import (
+    HEALTHY_AFTER,
+    JOIN_TIMEOUT,
+    WAIT_FOR_SERVER,
+    Next,
+    Op4Budget,
+    after_exit,
+)
 
 __all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
 
@@ -198,6 +208,7 @@ class Supervisor:
         self.subscribers: dict[str, dict[str, Any]] = {}  # what each application reported
         self.voice: dict[int, VoiceWorker] = {}  # by guild id
         self.allow_list: ClientAllowList | None = None  # tcp:// endpoints: who may connect
+        self.op4_budget = Op4Budget()
         spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
         self.spawner: ZygoteSpawner | ExecSpawner = spawner(python, _exit_with_parent)
 
@@ -264,6 +275,7 @@ class Supervisor:
             commands.close(linger=0)
             if self.allow_list is not None:  # its ZAP sockets live in both contexts
                 self.allow_list.stop()
+            self._bus_pub.close(linger=0)
             self._ctx.term()
             self._stop_bus()
             self._release_runtime_dir()
@@ -343,6 +355,11 @@ class Supervisor:
                 self.allow_list.start(self._ctx, self._proxy_ctx)
             endpoint = self.endpoints.events
             self._start_bus(opened)
+            self._bus_pub = self._proxy_ctx.socket(zmq.PUB)  # the supervisor's own events
+            self._bus_pub.setsockopt(zmq.LINGER, 0)
+            self._bus_pub.setsockopt(zmq.SNDHWM, 1000)
+            opened.append(self._bus_pub)
+            self._bus_pub.connect(self.endpoints.bus_in)
             control = self._ctx.socket(zmq.ROUTER)
             opened.append(control)
             endpoint = self.endpoints.control
@@ -670,12 +687,14 @@ class Supervisor:
             if problem is not None:
                 return {"ok": False, "error": f"voice join: channel_id {problem}"}
             channel = int(data["channel_id"])
-            reply = await self._voice_state(guild, channel)
-            if reply["ok"] and (voice is None or voice.channel != channel):
+            if voice is None or voice.channel != channel or voice.error:
                 if voice is not None:
                     voice.leaving = True
                     await voice.stop()
-                self.voice[guild] = VoiceWorker(guild, channel)
+                self.voice[guild] = voice = VoiceWorker(guild, channel)
+            reply = await self._voice_state(guild, channel)
+            if not reply["ok"] and voice.proc is None:
+                self.voice.pop(guild, None)  # nothing was asked of Discord
             return reply
         if voice is None:
             return {"ok": False, "error": f"voice not connected in guild {guild}"}
@@ -685,7 +704,8 @@ class Supervisor:
             self.voice.pop(guild, None)
             return await self._voice_state(guild, None)
         if voice.proc is None or voice.status.get("state") != "connected":
-            return {"ok": False, "error": f"voice not connected in guild {guild} ({voice.state})"}
+            why = f"failed: {voice.error}" if voice.error else voice.state
+            return {"ok": False, "error": f"voice not connected in guild {guild} ({why})"}
         if action == "play":
             path = data.get("path", "")
             if not isinstance(path, str) or "\0" in path or len(path) > 4096:
@@ -719,26 +739,38 @@ class Supervisor:
         return {"ok": False, "error": f"unknown voice command {action!r}"}
 
     async def _voice_state(self, guild: int, channel: int | None) -> dict[str, Any]:
-        """Ask the shard that owns ``guild`` to send op 4."""
+        """Ask the shard that owns ``guild`` to send op 4 (within the shard's op 4 budget)."""
         shard = (guild >> 22) % self.plan.shard_count
         worker = self.workers.get(shard)
         if worker is None:
             return {"ok": False, "error": f"guild {guild} is on shard {shard}, not run here"}
         if worker.state != "ready":
             return {"ok": False, "error": f"shard {shard} is down ({worker.state})"}
-        command = UpdateVoiceState(guild, channel)
-        frames = [f"shard:{shard}".encode(), command.type_name.encode(), orjson.dumps(command.raw)]
-        await self.control.send_multipart(frames)
+        now = time.monotonic()
+        if not self.op4_budget.take(shard, now):
+            wait = self.op4_budget.wait(shard, now)
+            return {
+                "ok": False,
+                "error": f"shard {shard} sent {self.op4_budget.per_minute} voice state updates "
+                f"in the last minute, its budget; try again in {wait:.0f}s",
+            }
+        self._send_control(shard, UpdateVoiceState(guild, channel))
+        voice = self.voice.get(guild)
+        if voice is not None and channel is not None:
+            voice.join_deadline = now + JOIN_TIMEOUT
         return {"ok": True, "routed": f"shard:{shard}"}
 
     async def _on_voice_forward(self, message: GatewayForward) -> None:
+        """The bot's VOICE_STATE_UPDATE or a VOICE_SERVER_UPDATE, from a shard: Discord's
+        data, checked before a voice process is started with it."""
         try:
             d = orjson.loads(message.payload)["d"]
             guild = int(d["guild_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning(f"unusable {message.t[:40]} from shard {message.shard}; ignored")
             return
         voice = self.voice.get(guild)
-        if voice is None:
+        if voice is None or voice.error:
             return
         if message.t == "VOICE_STATE_UPDATE":
             if d.get("channel_id") is None:  # we left, or were disconnected
@@ -746,20 +778,27 @@ class Supervisor:
                 await voice.stop()
                 self.voice.pop(guild, None)
                 return
-            voice.session_id = str(d.get("session_id", ""))
-            voice.user_id = int(d.get("user_id", 0))
+            session_id, user_id = d.get("session_id"), d.get("user_id")
+            if not _short_text(session_id) or check_snowflake(user_id) is not None:
+                log.warning(f"unusable VOICE_STATE_UPDATE for guild {guild}; ignored")
+                return
+            voice.session_id, voice.user_id = session_id, int(user_id)
         elif message.t == "VOICE_SERVER_UPDATE":
-            if not d.get("endpoint"):
+            token, endpoint = d.get("token"), d.get("endpoint")
+            if not endpoint:
                 return  # the server is gone; the next update names a new one
+            if not (_short_text(token) and _short_text(endpoint)):
+                log.warning(f"unusable VOICE_SERVER_UPDATE for guild {guild}; ignored")
+                return
             # A new server or a new token (a move to another channel): identify afresh there.
-            moved = voice.proc is not None and (
-                voice.endpoint != d["endpoint"] or voice.token != d["token"]
-            )
-            voice.token, voice.endpoint = str(d["token"]), str(d["endpoint"])
+            moved = voice.proc is not None and (voice.endpoint != endpoint or voice.token != token)
+            voice.token, voice.endpoint = token, endpoint
+            voice.server_deadline = None
             if moved:
-                self._send_voice(guild, VoiceServerMove(token=voice.token, endpoint=voice.endpoint))
+                self._send_voice(guild, VoiceServerMove(token=token, endpoint=endpoint))
                 return
         if voice.ready_to_start:
+            voice.rejoin_at = None
             await voice.start(
                 self.endpoints.control,
                 self.endpoints.bus_in,
@@ -772,18 +811,77 @@ class Supervisor:
             )
 
     async def _voice_exited(self, voice: VoiceWorker, code: int) -> None:
+        """A voice process exited by itself: rejoin, wait for a new server, or give up, as
+        :func:`runtime.voicepolicy.after_exit` says for how its session ended."""
         if voice.leaving or self._stop.is_set() or self.voice.get(voice.guild) is not voice:
             return
-        if voice.rejoins >= MAX_REJOINS:
-            log.warning(f"voice in guild {voice.guild} died {voice.rejoins + 1} times; giving up")
-            self.voice.pop(voice.guild, None)
-            await self._voice_state(voice.guild, None)
-            return
-        voice.rejoins += 1
-        voice.session_id = voice.token = voice.endpoint = ""
+        now = time.monotonic()
+        if voice.connected_since is not None and now - voice.connected_since >= HEALTHY_AFTER:
+            voice.rejoins = 0  # that session was healthy: this is a first failure again
+        voice.connected_since = None
+        outcome, message = voice.ended or ("rejoin", f"the voice process exited ({code})")
+        voice.ended = None
         voice.status = {}
-        log.warning(f"voice process for guild {voice.guild} exited ({code}); rejoining")
-        await self._voice_state(voice.guild, voice.channel)
+        voice.session_id = voice.token = voice.endpoint = ""
+        decision = after_exit(outcome, message, voice.rejoins)
+        if decision.next is Next.FAIL:
+            self._voice_failed(voice, decision.reason)
+        elif decision.next is Next.WAIT_SERVER:
+            log.warning(
+                f"voice in guild {voice.guild}: {message}; waiting {decision.delay:.0f}s for a "
+                "new voice server"
+            )
+            voice.server_deadline = now + decision.delay
+        else:
+            voice.rejoins += 1
+            voice.rejoin_at = now + decision.delay
+            log.warning(
+                f"voice in guild {voice.guild}: {message}; rejoining in {decision.delay:.1f}s "
+                f"(rejoin {voice.rejoins})"
+            )
+
+    def _voice_failed(self, voice: VoiceWorker, reason: str) -> None:
+        """End a guild's voice session for good: say why in the log, in status and on the
+        bus, and leave the channel (the bot would sit in it deaf and mute)."""
+        log.error(f"voice in guild {voice.guild} failed: {reason}")
+        voice.fail(reason)
+        self._publish(VoiceFailure(message=reason, source="supervisor", guild_id=voice.guild))
+        shard = (voice.guild >> 22) % self.plan.shard_count
+        if shard in self.workers and self.op4_budget.take(shard, time.monotonic()):
+            self._send_control(shard, UpdateVoiceState(voice.guild, None))
+
+    def _voice_tick(self, now: float) -> None:
+        """The voice deadlines: due rejoins (within the op 4 budget), joins that took too
+        long, and 4014 waits that no new voice server ended."""
+        for voice in list(self.voice.values()):
+            if voice.error or voice.leaving:
+                continue
+            if voice.rejoin_at is not None and now >= voice.rejoin_at:
+                shard = (voice.guild >> 22) % self.plan.shard_count
+                worker = self.workers.get(shard)
+                wait = self.op4_budget.wait(shard, now)
+                if worker is None or worker.state != "ready" or wait > 0:
+                    voice.rejoin_at = now + max(wait, 1.0)  # the shard is busy or down
+                    continue
+                voice.rejoin_at = None
+                self.op4_budget.take(shard, now)
+                self._send_control(shard, UpdateVoiceState(voice.guild, voice.channel))
+                voice.join_deadline = now + JOIN_TIMEOUT
+            elif voice.server_deadline is not None and now >= voice.server_deadline:
+                self._voice_failed(
+                    voice,
+                    f"disconnected (4014: kicked, channel deleted or moved) and no new voice "
+                    f"server came within {WAIT_FOR_SERVER:.0f}s",
+                )
+            elif voice.join_deadline is not None and now >= voice.join_deadline:
+                if voice.proc is not None:
+                    continue  # connecting: the voice process's own timeout ends it
+                self._voice_failed(
+                    voice,
+                    f"Discord sent no voice state and server for guild {voice.guild} within "
+                    f"{JOIN_TIMEOUT:.0f}s of the join: is the bot in the guild, may it connect "
+                    f"to channel {voice.channel}, is the channel full?",
+                )
 
     def _on_voice_control(self, identity: bytes, message: Any) -> None:
         try:
@@ -791,8 +889,25 @@ class Supervisor:
         except ValueError:
             return
         voice = self.voice.get(guild)
-        if voice is not None and isinstance(message, VoiceStatus):
+        if voice is None:
+            return
+        if isinstance(message, VoiceStatus):
             voice.status = dict(message.raw)
+            if message.raw.get("state") == "connected":
+                voice.join_deadline = None
+                if voice.connected_since is None:
+                    voice.connected_since = time.monotonic()
+        elif isinstance(message, VoiceEnded):
+            outcome, text = message.raw.get("outcome"), message.raw.get("message")
+            if isinstance(outcome, str) and isinstance(text, str):
+                voice.ended = (outcome[:64], text[:1000])
+
+    def _publish(self, event: Event) -> None:
+        """A supervisor event on the bus (never blocking)."""
+        with contextlib.suppress(zmq.ZMQError):
+            self._bus_pub.send_multipart(
+                encode_bus_event(event, "supervisor", time.time_ns()), flags=zmq.NOBLOCK
+            )
 
     def _send_voice(self, guild: int, message: Any) -> None:
         self._send_to(f"voice:{guild}", message)
@@ -816,6 +931,7 @@ class Supervisor:
             now = time.monotonic()
             for shard in self.scheduler.poll(now):
                 self._send_control(shard, IdentifyPermit())
+            self._voice_tick(now)
             for worker in self.workers.values():
                 proc = worker.proc
                 if (
@@ -1071,6 +1187,11 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
     except TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+def _short_text(value: Any) -> bool:
+    """A non-empty string of reasonable length (a token, an endpoint, a session id)."""
+    return isinstance(value, str) and 0 < len(value) <= 512 and value.isprintable()
 
 
 def _snowflake_or_empty(value: Any) -> str:

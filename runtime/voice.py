@@ -19,9 +19,7 @@ from typing import Any
 
 from runtime.config import VoiceConfig
 
-__all__ = ["MAX_REJOINS", "VoiceWorker"]
-
-MAX_REJOINS = 3
+__all__ = ["VoiceWorker"]
 
 
 @dataclass
@@ -37,16 +35,39 @@ class VoiceWorker:
     leaving: bool = False
     rejoins: int = 0
     started_at: float = 0.0
+    # How the last process said its session ended (control.voice_ended): outcome, message.
+    ended: tuple[str, str] | None = None
+    error: str = ""  # set when the session failed for good: the first cause
+    connected_since: float | None = None
+    join_deadline: float | None = None  # op 4 sent: connected by then, or failed
+    rejoin_at: float | None = None  # a rejoin is due then
+    server_deadline: float | None = None  # 4014: a new voice server must come by then
 
     @property
     def ready_to_start(self) -> bool:
-        return bool(self.session_id and self.token and self.endpoint) and self.proc is None
+        return (
+            bool(self.session_id and self.token and self.endpoint)
+            and self.proc is None
+            and not self.error
+        )
 
     @property
     def state(self) -> str:
+        if self.error:
+            return "failed"
         if self.proc is None:
-            return "joining" if not self.leaving else "leaving"
+            if self.leaving:
+                return "leaving"
+            if self.server_deadline is not None:
+                return "waiting for server"
+            return "rejoining" if self.rejoin_at is not None else "joining"
         return str(self.status.get("state", "connecting"))
+
+    def fail(self, reason: str) -> None:
+        """The session is over for good; status keeps saying why until a leave or a join."""
+        self.error = reason
+        self.join_deadline = self.rejoin_at = self.server_deadline = None
+        self.session_id = self.token = self.endpoint = ""
 
     def summary(self) -> dict[str, Any]:
         s = self.status
@@ -60,6 +81,7 @@ class VoiceWorker:
             "jitter": s.get("jitter_p99_ms"),
             "rejoins": self.rejoins,
             "pid": None if self.proc is None else self.proc.pid,
+            "error": self.error or None,
         }
 
     async def start(

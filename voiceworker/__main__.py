@@ -17,6 +17,7 @@ import sys
 from ipc import eventloop
 from ipc.control import (
     Shutdown,
+    VoiceEnded,
     VoicePause,
     VoicePlay,
     VoiceRecord,
@@ -77,23 +78,39 @@ async def amain(args: argparse.Namespace) -> int:
     session = VoiceSession(credentials, ssl_context=context, precise=True)
     source_name = f"voice:{args.guild}"
     bus = EventPublisher(args.events, source_name) if args.events else NullPublisher(source_name)
+    control = ControlLink(args.control, source_name) if args.control else None
     try:
         await session.connect()
     except VoiceError as exc:
         log.error(str(exc))
         bus.event(VoiceFailure(message=str(exc), source=source_name, guild_id=args.guild))
+        if control is not None:
+            control.send(ended(args.guild, session, str(exc)))
+            control.close()
         bus.close()
         return 1
     log.info("voice connected", extra={"fields": {"guild": args.guild}})
     gc.freeze()  # what startup built stays: keep full collections off it while frames flow
-    if args.control is None:
+    if control is None:
         if args.play:
             await session.play(open_source(args.play))
         await session.leave()
         bus.close()
         return 0
-    worker = Worker(args, session, bus, ControlLink(args.control, source_name))
+    worker = Worker(args, session, bus, control)
     return await worker.run()
+
+
+def ended(guild: int, session: VoiceSession, message: str) -> VoiceEnded:
+    """How the session ended, for the supervisor's retry policy: the close-code table's
+    outcome and the first cause (a timeout with no cause is worth a rejoin)."""
+    failure = session.failure
+    return VoiceEnded(
+        guild=str(guild),
+        outcome=failure.outcome if failure else "rejoin",
+        code=(failure.code or 0) if failure else 0,
+        message=message,
+    )
 
 
 def raise_priority(nice: int) -> None:
@@ -148,9 +165,11 @@ class Worker:
             self.playing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.playing
-        if not self.stop.is_set() and self.session.failure is not None:
-            message = self.session.failure.message
+        if not self.stop.is_set():
+            failure = self.session.failure
+            message = failure.message if failure else "the voice connection ended"
             self.bus.event(VoiceFailure(message=message, source=self.source, guild_id=self.guild))
+            self.control.send(ended(self.guild, self.session, message))
         await self.session.leave()
         self.record("")
         self.control.send(VoiceStatus(guild=str(self.guild), state="disconnected"))

@@ -9,6 +9,7 @@ that a fault is met with growing backoff and without spending identifies.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -117,7 +118,7 @@ class HostileGateway:
             await self._changed.wait_for(lambda: len(self.opened) >= count)
 
     def gaps(self) -> list[float]:
-        return [b - a for a, b in zip(self.opened, self.opened[1:], strict=False)]
+        return [b - a for a, b in itertools.pairwise(self.opened)]
 
 
 class _RecordingPeer(Peer):

@@ -1,0 +1,59 @@
+"""The supervisor's voice retry policy: one row per outcome, and the op 4 budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.voicepolicy import (
+    MAX_REJOINS,
+    REJOIN_MAX,
+    WAIT_FOR_SERVER,
+    Next,
+    Op4Budget,
+    after_exit,
+)
+from voiceworker.gateway import VOICE_CLOSE_CODES, CloseOutcome
+
+
+@pytest.mark.parametrize(
+    ("outcome", "step"),
+    [
+        ("stop", Next.FAIL),
+        ("rejoin", Next.REJOIN),
+        ("resume", Next.REJOIN),
+        ("reidentify", Next.REJOIN),
+        ("wait for a new server", Next.WAIT_SERVER),
+        ("a crash nobody named", Next.REJOIN),
+    ],
+)
+def test_each_outcome_has_its_step(outcome: str, step: Next) -> None:
+    assert after_exit(outcome, "why", 0, rng=lambda: 1.0).next is step
+
+
+def test_every_close_code_of_the_worker_maps_to_a_known_outcome() -> None:
+    known = {o.value for o in CloseOutcome}
+    for outcome, _ in VOICE_CLOSE_CODES.values():
+        assert outcome.value in known
+        assert after_exit(outcome.value, "x", 0).next in Next
+    # codes a retry cannot fix are never retried (4021 is "rate limited")
+    for code in (4001, 4002, 4005, 4012, 4016, 4017, 4020, 4021, 4022):
+        assert after_exit(VOICE_CLOSE_CODES[code][0].value, "x", 0).next is Next.FAIL
+
+
+def test_rejoins_back_off_with_jitter_and_then_give_up() -> None:
+    delays = [after_exit("rejoin", "x", n, rng=lambda: 1.0).delay for n in range(MAX_REJOINS)]
+    assert delays == sorted(delays) and delays[0] == 1.0 and delays[-1] <= REJOIN_MAX
+    low = after_exit("rejoin", "x", 3, rng=lambda: 0.0).delay
+    assert low == delays[3] / 2  # jitter: half to all of the bound
+    final = after_exit("rejoin", "the server said no", MAX_REJOINS)
+    assert final.next is Next.FAIL and "the server said no" in final.reason
+    assert "rejoins in a row" in final.reason
+    assert after_exit("wait for a new server", "x", 0).delay == WAIT_FOR_SERVER
+
+
+def test_the_op4_budget_is_per_shard_and_per_minute() -> None:
+    budget = Op4Budget(per_minute=3)
+    assert all(budget.take(0, 10.0 + n) for n in range(3))
+    assert not budget.take(0, 20.0) and budget.wait(0, 20.0) == pytest.approx(50.0)
+    assert budget.take(1, 20.0)  # another shard has its own
+    assert budget.take(0, 70.0)  # the first one left the window
