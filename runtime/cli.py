@@ -259,7 +259,7 @@ def _commands_endpoint(config: object) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ipc.logfmt import setup_logging
-    from runtime.config import Config
+    from runtime.config import Config, ConfigError
     from runtime.discord_rest import RestError
     from runtime.plan import plan_fleet
     from runtime.supervisor import StartupError, Supervisor
@@ -277,6 +277,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     try:
         plan = plan_fleet(config, token)
+    except ConfigError as exc:  # a config value is wrong: exit 2, as every config error does
+        print(f"shardline: {exc}", file=sys.stderr)
+        return 2
     except (RestError, StartupError) as exc:
         print(f"shardline: {exc}", file=sys.stderr)
         return 1

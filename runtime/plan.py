@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 
-from runtime.config import Config
+from runtime.config import Config, ConfigError
 from runtime.discord_rest import fetch_gateway_bot
 from runtime.supervisor import FleetPlan, StartupError
 from shards.tls import client_context
@@ -14,7 +14,8 @@ __all__ = ["plan_fleet"]
 
 
 def plan_fleet(config: Config, token: str) -> FleetPlan:
-    """Raises StartupError (saying what to fix) when the fleet cannot start as configured."""
+    """Raises StartupError (saying what to fix) when the fleet cannot start as configured,
+    ConfigError when a config value is the cause."""
     check_ca_file(config.discord.ca_file)
     info = fetch_gateway_bot(config.discord.rest_url, token)
     count = config.shards.count or info.shards
@@ -43,7 +44,8 @@ def check_ca_file(ca_file: str) -> None:
     try:
         client_context(ca_file)  # what each worker will build from it
     except (OSError, ssl.SSLError) as exc:
-        raise StartupError(
-            f"discord.ca_file {ca_file!r} cannot be used as a CA bundle ({exc}); "
-            "point it at a PEM file, or leave it empty"
+        raise ConfigError(
+            "discord.ca_file",
+            ca_file,
+            f"a readable PEM CA bundle, or empty ({exc})",
         ) from None

@@ -87,7 +87,10 @@ class DaveDriver:
             self.users.discard(user)
             return []
         if op in _BINARY_OPS and self.session is None:
-            size = sum(len(p) for _, p in self._early if isinstance(p, bytes | bytearray))
+            if not isinstance(payload, bytes | bytearray):
+                log.warning(f"DAVE: opcode {op} is binary, got {_cut(payload)}; ignored")
+                return []
+            size = sum(len(p) for _, p in self._early)
             if len(self._early) >= MAX_EARLY or size + len(payload) > MAX_EARLY_BYTES:
                 log.warning(f"DAVE: opcode {op} before any session, past {MAX_EARLY}; dropped")
                 return []

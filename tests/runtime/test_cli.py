@@ -96,3 +96,27 @@ def test_emulator_program_serves_rest_and_control_until_sigterm() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+def test_a_missing_ca_file_is_a_config_error_with_exit_status_2(tmp_path: Any) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[discord]\nrest_url = "http://127.0.0.1:9/api/v10"\n'
+        f'ca_file = "{tmp_path / "missing.pem"}"\n[ipc]\nruntime_dir = "{tmp_path / "run"}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"DISCORD_TOKEN": "x", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2 and "discord.ca_file" in done.stderr
+
+
+def test_keygen_prints_a_usable_keypair() -> None:
+    import zmq
+
+    out = run_cli("keygen").stdout.split()
+    public, secret = out[out.index("public") + 1], out[out.index("secret") + 1]
+    assert zmq.curve_public(secret.encode()).decode() == public

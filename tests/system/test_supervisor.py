@@ -18,7 +18,7 @@ import pytest
 from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig, shard_for
 from ipc.client import Client, CommandError
 from ipc.commands import RequestGuildMembers
-from runtime.config import Config, parse_config
+from runtime.config import Config, ConfigError, parse_config
 from runtime.plan import plan_fleet
 from runtime.supervisor import StartupError, Supervisor
 from tests.shards.helpers import eventually
@@ -241,7 +241,7 @@ async def test_refuses_to_start_with_a_ca_file_that_is_not_pem(tmp_path: Path) -
     async with emulator(shards=2) as emu:
         config = make_config(emu, tmp_path / "run")
         config = replace(config, discord=replace(config.discord, ca_file=str(bogus)))
-        with pytest.raises(StartupError, match=r"discord.ca_file .*bogus-ca.pem"):
+        with pytest.raises(ConfigError, match=r"discord.ca_file = .*bogus-ca.pem"):
             await asyncio.to_thread(plan_fleet, config, emu.rules.token)
         assert emu.gateway.identifies == []
 

@@ -115,3 +115,28 @@ def test_malformed_messages_are_warned_about(payload: str) -> None:
     actions = gw.receive(payload, 1.0)
     assert all(isinstance(a, Warn) for a in actions) and actions
     assert gw.state is VoiceState.CONNECTED
+
+
+def test_dave_ops_before_the_session_are_buffered_within_a_bound() -> None:
+    from voiceworker.dave import MAX_EARLY, DaveDriver
+
+    dave = DaveDriver(20, 30)
+    for _ in range(MAX_EARLY * 10):
+        dave.receive(27, b"\x00" * 100)
+    assert len(dave._early) == MAX_EARLY
+    dave.receive(11, {"user_ids": ["1", "abc"]})  # a non-numeric id: ignored, no exception
+    dave.receive(13, {"user_id": {"x": 1}})
+    assert dave.users == set()
+
+
+def test_a_forged_keepalive_echo_cannot_switch_udp_loss_detection_off() -> None:
+    from voiceworker.session import VoiceSession
+
+    session = VoiceSession(CREDS, udp_silence_limit=3)
+    session._keepalives = 5
+    session._on_udp(b"\xff" * 8)  # a counter we never sent
+    assert session._keepalive_echoed == 0
+    session._on_udp((4).to_bytes(8, "little"))
+    assert session._keepalive_echoed == 4
+    session._on_udp((2).to_bytes(8, "little"))  # an old echo does not move it back
+    assert session._keepalive_echoed == 4
