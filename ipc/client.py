@@ -28,7 +28,7 @@ import orjson
 import zmq
 import zmq.asyncio
 
-from ipc.codec import CodecError, decode_bus
+from ipc.codec import SUBSCRIBE, CodecError, decode_bus
 from ipc.handlers import HandlerTable
 from ipc.messages import Command, Event
 
@@ -62,6 +62,7 @@ class Client:
         self.gaps = 0  # dispatches missing in a session's seq (lost at a high-water mark)
         self.received = 0
         self._sub: zmq.asyncio.Socket | None = None
+        self._subscription: list[bytes] = []
         self._dealer: zmq.asyncio.Socket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
@@ -93,14 +94,19 @@ class Client:
     # -- running --------------------------------------------------------------------------
 
     def connect(self, prefixes: list[bytes] | None = None) -> None:
+        """Connect to the supervisor and subscribe to the event types whose names start with
+        one of ``prefixes`` (all, by default)."""
         # A gap in seq means loss only when every type is subscribed to.
         self._count_gaps = prefixes is None or b"" in prefixes
-        sub = self.ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.RCVHWM, 100_000)
+        sub = self.ctx.socket(zmq.DEALER)
+        # Little waits here: the supervisor keeps each subscriber's backlog, bounded in bytes
+        # (bus.subscriber_buffer_bytes), and counts what it drops.
+        sub.setsockopt(zmq.RCVHWM, 1000)
+        sub.setsockopt(zmq.LINGER, 0)
         secure(sub, self.server_key, self.client_key)
-        for prefix in prefixes if prefixes is not None else [b""]:
-            sub.setsockopt(zmq.SUBSCRIBE, prefix)
         sub.connect(self.events_endpoint)
+        self._subscription = [SUBSCRIBE, self.name.encode()[:128], *(prefixes or [b""])]
+        zmq.Socket.shadow(sub.underlying).send_multipart(self._subscription, zmq.NOBLOCK)
         self._sub = sub
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -156,7 +162,10 @@ class Client:
         if count > 1 and envelope.kind == "dispatch":
             raw = event.raw
             guild = raw.get("guild_id") if isinstance(raw, dict) else None
-            if (0 if guild is None else (int(guild) >> 22) % count) != index:
+            shard_of = 0
+            if isinstance(guild, str) and guild.isdigit():
+                shard_of = (int(guild) >> 22) % count
+            if shard_of != index:
                 return
         for handler in self.handlers.handlers_for(event):
             result = handler(event)
@@ -168,6 +177,9 @@ class Client:
         high-water mark show in ``shardline status``."""
         while True:
             await asyncio.sleep(every)
+            if self._sub is not None:  # renew: it also re-subscribes after a supervisor restart
+                with contextlib.suppress(zmq.ZMQError):
+                    await self._sub.send_multipart(self._subscription, zmq.NOBLOCK)
             with contextlib.suppress(CommandError):
                 await self.request(
                     "shardline.client_stats",

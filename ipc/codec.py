@@ -25,6 +25,7 @@ from ipc.messages import (
 
 __all__ = [
     "MAX_GATEWAY_PAYLOAD",
+    "SUBSCRIBE",
     "CodecError",
     "Envelope",
     "GatewayPayload",
@@ -43,6 +44,11 @@ __all__ = [
 ]
 
 MAX_GATEWAY_PAYLOAD = 4096  # bytes; the gateway closes 4002 on anything larger
+
+
+# An application's subscription to the supervisor's event bus, sent (and renewed every few
+# seconds) on its events DEALER: [SUBSCRIBE, name, prefix...]; an empty prefix means all.
+SUBSCRIBE = b"SUBSCRIBE"
 
 
 class CodecError(ValueError):

@@ -19,6 +19,7 @@ from ipc.intents import INTENTS, intents_from_names
 __all__ = [
     "COMPRESSIONS",
     "AppConfig",
+    "BusConfig",
     "Config",
     "ConfigError",
     "DiscordConfig",
@@ -108,6 +109,13 @@ class VoiceConfig:
 
 
 @dataclass(frozen=True)
+class BusConfig:
+    # Each application's backlog in the supervisor, at most; past it, its newest events are
+    # dropped and counted (runtime/bus.py says why the bus never waits).
+    subscriber_buffer_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -131,6 +139,7 @@ class Config:
     source: str = "<defaults>"
     apps: tuple[AppConfig, ...] = ()
     voice: VoiceConfig = field(default_factory=VoiceConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -228,8 +237,15 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         receive=reader.get("voice.receive", False, _bool),
         record_dir=reader.get("voice.record_dir", "", _string),
     )
+    bus = BusConfig(
+        subscriber_buffer_bytes=reader.get(
+            "bus.subscriber_buffer_bytes",
+            BusConfig.subscriber_buffer_bytes,
+            _int_range(1 << 20, 1 << 40),
+        )
+    )
     reader.reject_unknown()
-    return Config(discord, shards, ipc, restart, log, source, apps, voice)
+    return Config(discord, shards, ipc, restart, log, source, apps, voice, bus)
 
 
 def _apps(value: Any, source: str) -> tuple[AppConfig, ...]:

@@ -16,7 +16,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from ipc.fields import InvalidFieldError, check_snowflake
 from ipc.intents import names_from_bits
 from ipc.messages import REGISTRY, Event, GatewayCommand
 from ipc.voice import VoiceFailure
+from runtime.bus import EventBus
 from runtime.config import Config
 from runtime.curveauth import ClientAllowList
 from runtime.discord_rest import RestError, fetch_gateway_bot
@@ -202,7 +202,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._ctx = zmq.asyncio.Context()
         self._proxy_ctx = zmq.Context()
-        self._proxy_thread: threading.Thread | None = None
+        self.bus: EventBus | None = None
         self._all_ready_logged = False
         self.resumed_from_disk = 0
         self.subscribers: dict[str, dict[str, Any]] = {}  # what each application reported
@@ -354,7 +354,7 @@ class Supervisor:
                 )
                 self.allow_list.start(self._ctx, self._proxy_ctx)
             endpoint = self.endpoints.events
-            self._start_bus(opened)
+            self._start_bus()
             self._bus_pub = self._proxy_ctx.socket(zmq.PUB)  # the supervisor's own events
             self._bus_pub.setsockopt(zmq.LINGER, 0)
             self._bus_pub.setsockopt(zmq.SNDHWM, 1000)
@@ -384,31 +384,21 @@ class Supervisor:
 
     # -- the bus --------------------------------------------------------------------------
 
-    def _start_bus(self, opened: list[zmq.Socket[Any]]) -> None:
-        xsub = self._proxy_ctx.socket(zmq.XSUB)
-        opened.append(xsub)
-        xsub.bind(self.endpoints.bus_in)
-        xsub.send(b"\x01")  # subscribe to everything: workers publish whether or not apps listen
-        xpub = self._proxy_ctx.socket(zmq.XPUB)
-        opened.append(xpub)
-        xpub.setsockopt(zmq.SNDHWM, 100_000)
-        self._secure(xpub, self.endpoints.events)
-        xpub.bind(self.endpoints.events)
-        del opened[-2:]  # the proxy thread owns them now
-
-        def proxy() -> None:
-            with contextlib.suppress(zmq.ContextTerminated, zmq.ZMQError):
-                zmq.proxy(xsub, xpub)
-            xsub.close(linger=0)
-            xpub.close(linger=0)
-
-        self._proxy_thread = threading.Thread(target=proxy, name="event-bus", daemon=True)
-        self._proxy_thread.start()
+    def _start_bus(self) -> None:
+        """The event bus thread (runtime/bus.py): it owns its sockets."""
+        self.bus = EventBus(
+            self._proxy_ctx,
+            self.endpoints.bus_in,
+            self.endpoints.events,
+            buffer_bytes=self.config.bus.subscriber_buffer_bytes,
+            secure=lambda sock: self._secure(sock, self.endpoints.events),
+        )
+        self.bus.start()
 
     def _stop_bus(self) -> None:
         self._proxy_ctx.term()
-        if self._proxy_thread is not None:
-            self._proxy_thread.join(5)
+        if self.bus is not None:
+            self.bus.join(5)
 
     # -- workers --------------------------------------------------------------------------
 
@@ -739,7 +729,7 @@ class Supervisor:
         return {"ok": False, "error": f"unknown voice command {action!r}"}
 
     async def _voice_state(self, guild: int, channel: int | None) -> dict[str, Any]:
-        """Ask the shard that owns ``guild`` to send op 4 (within the shard's op 4 budget)."""
+        """Ask the shard that owns ``guild`` to send op 4 (counted in its op 4 budget)."""
         shard = (guild >> 22) % self.plan.shard_count
         worker = self.workers.get(shard)
         if worker is None:
@@ -747,13 +737,7 @@ class Supervisor:
         if worker.state != "ready":
             return {"ok": False, "error": f"shard {shard} is down ({worker.state})"}
         now = time.monotonic()
-        if not self.op4_budget.take(shard, now):
-            wait = self.op4_budget.wait(shard, now)
-            return {
-                "ok": False,
-                "error": f"shard {shard} sent {self.op4_budget.per_minute} voice state updates "
-                f"in the last minute, its budget; try again in {wait:.0f}s",
-            }
+        self.op4_budget.record(shard, now)  # the bot asked: it counts, and rejoins wait for it
         self._send_control(shard, UpdateVoiceState(guild, channel))
         voice = self.voice.get(guild)
         if voice is not None and channel is not None:
@@ -847,7 +831,8 @@ class Supervisor:
         voice.fail(reason)
         self._publish(VoiceFailure(message=reason, source="supervisor", guild_id=voice.guild))
         shard = (voice.guild >> 22) % self.plan.shard_count
-        if shard in self.workers and self.op4_budget.take(shard, time.monotonic()):
+        if shard in self.workers:
+            self.op4_budget.record(shard, time.monotonic())
             self._send_control(shard, UpdateVoiceState(voice.guild, None))
 
     def _voice_tick(self, now: float) -> None:
@@ -1148,10 +1133,13 @@ class Supervisor:
                 }
             )
         live = {k: v for k, v in self.subscribers.items() if now - v["at"] < 10}
+        subscribers = self.bus.stats() if self.bus is not None else []
         bus = {
             "subscribers_reporting": len(live),
             "subscriber_gaps": sum(v["gaps"] for v in live.values()),
             "shard_drops": sum(s["dropped"] or 0 for s in shards),
+            "subscriber_drops": sum(s["dropped"] for s in subscribers),
+            "subscribers": subscribers,
         }
         return {
             "bus": bus,

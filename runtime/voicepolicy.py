@@ -5,7 +5,9 @@ close-code table in ``voiceworker/gateway.py`` and the first cause); this module
 into the next step: rejoin after a jittered, growing delay; wait a little for a new voice
 server (4014: moved, or the region changed); or give up and say why. Rejoins send op 4 on
 the guild's shard, so they are also held to a per-shard budget that leaves the shard's
-gateway send capacity (120 a minute) to everything else.
+gateway send capacity (120 a minute) to everything else: the bot's own joins and leaves are
+never refused (they count toward the budget), rejoins wait until it has room, so failing
+sessions cannot delay healthy joins.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ REJOIN_MAX = 60.0
 HEALTHY_AFTER = 60.0  # a session connected this long starts the rejoin count afresh
 WAIT_FOR_SERVER = 10.0  # after 4014: how long a new VOICE_SERVER_UPDATE may take
 JOIN_TIMEOUT = 20.0  # op 4 sent: connected by then, or the join failed
-OP4_PER_MINUTE = 20  # voice state updates one shard may send per minute (joins, rejoins, leaves)
+OP4_PER_MINUTE = 20  # op 4s per shard per minute past which rejoins wait (joins never do)
 
 
 class Next(Enum):
@@ -82,7 +84,8 @@ def after_exit(
 
 
 class Op4Budget:
-    """At most ``per_minute`` voice state updates per shard in any 60 s."""
+    """Voice state updates per shard in the last 60 s: rejoins wait while there were
+    ``per_minute`` or more."""
 
     def __init__(self, per_minute: int = OP4_PER_MINUTE, window: float = 60.0) -> None:
         self.per_minute = per_minute
@@ -98,9 +101,15 @@ class Op4Budget:
             sent.popleft()
         return 0.0 if len(sent) < self.per_minute else sent[0] + self.window - now
 
+    def record(self, shard: int, now: float) -> None:
+        """An op 4 went out on ``shard`` (a join or leave the bot asked for: never refused)."""
+        self.wait(shard, now)  # drop what left the window
+        self._sent.setdefault(shard, deque()).append(now)
+
     def take(self, shard: int, now: float) -> bool:
-        """Spend one op 4 of ``shard``'s minute; False (nothing spent) when none is left."""
+        """Spend one op 4 of ``shard``'s minute for a rejoin; False (nothing spent) when the
+        minute is full."""
         if self.wait(shard, now) > 0:
             return False
-        self._sent.setdefault(shard, deque()).append(now)
+        self.record(shard, now)
         return True

@@ -673,6 +673,16 @@ class GatewayProtocol:
             (self.guilds.add if add else self.guilds.discard)(str(d["id"]))
 
     def _on_session_ready(self, t: str, d: Any, now: float) -> list[Action]:
+        expected = ShardState.IDENTIFYING if t == "READY" else ShardState.RESUMING
+        if self.state is not expected or (t == "READY" and not self.identify_sent):
+            return [  # a server's mistake, never a state change: published, said, ignored
+                Emit(
+                    ProtocolError(
+                        message=f"{t} while {self.state.value}: out of turn, ignored",
+                        source=self.source,
+                    )
+                )
+            ]
         actions: list[Action] = []
         if t == "READY":
             session_id = d.get("session_id") if isinstance(d, dict) else None

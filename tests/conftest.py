@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 ASYNC_TEST_TIMEOUT = 60.0
+
+# In CI the property tests replay the same examples every run (a flaky landing helps
+# nobody); on a developer's machine they explore new ones each time.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -51,9 +51,12 @@ def test_rejoins_back_off_with_jitter_and_then_give_up() -> None:
     assert after_exit("wait for a new server", "x", 0).delay == WAIT_FOR_SERVER
 
 
-def test_the_op4_budget_is_per_shard_and_per_minute() -> None:
+def test_the_op4_budget_holds_rejoins_never_the_bots_own_joins() -> None:
     budget = Op4Budget(per_minute=3)
     assert all(budget.take(0, 10.0 + n) for n in range(3))
     assert not budget.take(0, 20.0) and budget.wait(0, 20.0) == pytest.approx(50.0)
     assert budget.take(1, 20.0)  # another shard has its own
     assert budget.take(0, 70.0)  # the first one left the window
+    for n in range(10):
+        budget.record(2, 100.0 + n)  # joins the bot asked for all go out, and are counted
+    assert not budget.take(2, 110.0)  # so a rejoin now waits for them

@@ -228,3 +228,14 @@ def test_a_resumed_shard_still_forwards_the_bots_own_voice_state() -> None:
         isinstance(a, Forward)
         for a in resumed.receive(frame(0, other, 4, "VOICE_STATE_UPDATE"), 2.0)
     )
+
+
+@pytest.mark.parametrize("t", ["READY", "RESUMED"])
+def test_ready_or_resumed_out_of_turn_is_ignored_not_a_crash(t: str) -> None:
+    proto = make()  # connected, no HELLO yet (found by the property test)
+    actions = proto.receive(frame(0, {"session_id": "s"}, 1, t), 1.0)
+    assert "out of turn" in emitted(actions, ProtocolError)[0].message
+    assert proto.state is ShardState.CONNECTING and proto.session_id is None
+    ready(proto, 2.0)
+    again = proto.receive(frame(0, {"session_id": "other"}, 2, "READY"), 3.0)
+    assert emitted(again, ProtocolError) and proto.session_id == "sess"

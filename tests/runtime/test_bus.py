@@ -1,0 +1,117 @@
+"""The event bus: each subscriber gets exactly the frames published, filtered by prefix;
+one that stops reading is held to its byte budget and its drops are counted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from ipc.codec import SUBSCRIBE
+from runtime.bus import EventBus
+
+
+@contextmanager
+def running_bus(tmp_path: Path, buffer_bytes: int) -> Iterator[tuple[EventBus, zmq.Context[Any]]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    bus = EventBus(
+        ctx, f"ipc://{tmp_path}/in.sock", f"ipc://{tmp_path}/ev.sock", buffer_bytes=buffer_bytes
+    )
+    bus.start()
+    try:
+        yield bus, ctx
+    finally:
+        for sock in list(_open):
+            sock.close(linger=0)
+        _open.clear()
+        ctx.term()
+        bus.join()
+
+
+_open: list[zmq.Socket[Any]] = []
+
+
+def socket(ctx: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    _open.append(sock)
+    return sock
+
+
+def subscriber(
+    ctx: zmq.Context[Any], tmp_path: Path, name: bytes, *prefixes: bytes
+) -> zmq.Socket[Any]:
+    sock = socket(ctx, zmq.DEALER)
+    sock.setsockopt(zmq.RCVHWM, 10)
+    sock.connect(f"ipc://{tmp_path}/ev.sock")
+    sock.send_multipart([SUBSCRIBE, name, *prefixes])
+    return sock
+
+
+def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def message(topic: bytes, n: int, size: int = 0) -> list[bytes]:
+    return [topic, b"envelope-%d" % n, b"x" * size]
+
+
+def receive(sock: zmq.Socket[Any], timeout_ms: int = 10_000) -> list[bytes]:
+    assert sock.poll(timeout_ms), "nothing arrived"
+    return sock.recv_multipart()
+
+
+def test_subscribers_get_their_prefixes_and_a_stalled_one_is_bounded(tmp_path: Path) -> None:
+    budget = 2_000_000
+    with running_bus(tmp_path, buffer_bytes=budget) as (bus, ctx):
+        everything = subscriber(ctx, tmp_path, b"fast")
+        only_typing = subscriber(ctx, tmp_path, b"typing", b"TYPING_START")
+        stalled = subscriber(ctx, tmp_path, b"stalled")  # does not read, for now
+        until(lambda: len(bus.stats()) == 3)
+        pub = socket(ctx, zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, 0)
+        pub.connect(f"ipc://{tmp_path}/in.sock")
+        until(lambda: (pub.send_multipart(message(b"PROBE", 0)), bus.received > 0)[1])
+        sent = [message(b"MESSAGE_CREATE x", n, 1000) for n in range(5000)]
+        sent.insert(2500, message(b"TYPING_START x", 5000))
+        got: list[list[bytes]] = []
+        for start in range(0, len(sent), 50):  # the fast subscriber keeps up, batch by batch
+            for frames in sent[start : start + 50]:
+                pub.send_multipart(frames)
+            while len(got) < min(start + 50, len(sent)):
+                frames = receive(everything)
+                if frames[0] != b"PROBE":
+                    got.append(frames)
+        assert got == sent  # every frame, in order, unchanged
+        frames = receive(only_typing)
+        while frames[0] == b"PROBE":
+            frames = receive(only_typing)
+        assert frames == sent[2500]
+        stats = {s["name"]: s for s in bus.stats()}
+        slow = stats["stalled"]
+        assert 0 < slow["queued_bytes"] <= budget
+        assert slow["dropped"] > 0 and slow["dropped_bytes"] >= slow["dropped"] * 1000
+        assert stats["fast"]["dropped"] == 0 and stats["typing"]["dropped"] == 0
+        # It reads again: what it gets is in order, and what it missed was counted.
+        seen = []
+        while (frames := receive(stalled))[0] == b"PROBE" or len(seen) < 100:
+            if frames[0] != b"PROBE":
+                seen.append(sent.index(frames))
+        assert seen == sorted(seen)
+
+
+def test_a_message_that_is_not_a_subscription_is_refused_with_a_log(tmp_path: Path) -> None:
+    with running_bus(tmp_path, buffer_bytes=1 << 20) as (bus, ctx):
+        odd = socket(ctx, zmq.DEALER)
+        odd.connect(f"ipc://{tmp_path}/ev.sock")
+        odd.send_multipart([b"HELLO"])
+        good = subscriber(ctx, tmp_path, b"good")
+        until(lambda: [s["name"] for s in bus.stats()] == ["good"])
+        assert good is not None
