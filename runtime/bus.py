@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 
 from ipc.codec import SUBSCRIBE
+from ipc.eventloop import trim_memory
 
 __all__ = ["DEFAULT_SUBSCRIBER_BUFFER", "SUBSCRIPTION_TTL", "EventBus"]
 
@@ -37,6 +38,9 @@ DEFAULT_SUBSCRIBER_BUFFER = 64 * 1024 * 1024
 MAX_SUBSCRIBERS = 1024
 MAX_PREFIXES = 64
 PIPE_HWM = 64  # messages ZeroMQ itself may hold per subscriber, outside our byte account
+# What a queued message costs beyond its bytes (its list and bytes objects), counted in the
+# budget so that it bounds memory, not just payload.
+MESSAGE_OVERHEAD = 200
 _FLUSH_EVERY = 0.005  # with a backlog, how often a stalled subscriber is retried (s)
 
 
@@ -52,6 +56,7 @@ class Subscriber:
     dropped: int = 0
     dropped_bytes: int = 0
     losing: bool = False  # dropping now (said once per episode)
+    drained_at: int = 0  # ``delivered`` when its last backlog drained
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -172,14 +177,20 @@ class EventBus:
                 return
             self.received += 1
             topic = frames[0].bytes
-            size = sum(len(f) for f in frames)
+            copied: list[Any] | None = None
             for sub in list(self.subscribers.values()):
-                if topic.startswith(sub.prefixes):
-                    self._deliver(sub, frames, size)
+                if not topic.startswith(sub.prefixes):
+                    continue
+                if not sub.queue and self._send(sub, frames):
+                    continue  # the usual case: straight through, no copy
+                if copied is None:
+                    # A queued message is kept as plain bytes: a zero-copy frame would pin
+                    # ZeroMQ's whole receive buffer (8 KB) for each small message it holds.
+                    copied = [f.bytes for f in frames]
+                self._enqueue(sub, copied)
 
-    def _deliver(self, sub: Subscriber, frames: list[Any], size: int) -> None:
-        if not sub.queue and self._send(sub, frames):
-            return
+    def _enqueue(self, sub: Subscriber, frames: list[Any]) -> None:
+        size = sum(len(f) for f in frames) + MESSAGE_OVERHEAD
         if sub.queued_bytes + size > self.buffer_bytes:
             sub.dropped += 1
             sub.dropped_bytes += size
@@ -218,12 +229,15 @@ class EventBus:
                 if sub.identity not in self.subscribers:
                     break
                 sub.queue.popleft()
-                sub.queued_bytes -= sum(len(f) for f in frames)
+                sub.queued_bytes -= sum(len(f) for f in frames) + MESSAGE_OVERHEAD
             if sub.losing and not sub.queue:
                 sub.losing = False
                 log.info(
                     f"bus: subscriber {sub.name} caught up ({sub.dropped} events dropped so far)"
                 )
+            if not sub.queue and sub.queued_bytes == 0 and sub.drained_at != sub.delivered:
+                sub.drained_at = sub.delivered
+                trim_memory(collect=False)  # the drained backlog's memory goes back
 
     def _forget_silent(self, now: float) -> None:
         for sub in list(self.subscribers.values()):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import logging
 import ssl
 import time
@@ -31,6 +29,7 @@ from ipc.control import (
     Shutdown,
 )
 from ipc.errors import ErrorEvent
+from ipc.eventloop import trim_memory
 from ipc.messages import Command, GatewayCommand
 from shards.links import ControlLink, NullPublisher
 from shards.protocol import (
@@ -53,21 +52,6 @@ __all__ = ["LocalIdentifyBucket", "ShardRunner"]
 log = logging.getLogger("shardline.shard")
 
 IDENTIFY_INTERVAL = 5.0  # seconds between identifies of one bucket (Discord's rule)
-
-
-def _trim_memory() -> None:
-    """Hand memory freed after a burst (the startup GUILD_CREATEs) back to the system: a
-    thousand idle shards should not each keep the peak of their busiest minute."""
-    gc.collect()
-    if _libc is not None:
-        _libc.malloc_trim(0)
-
-
-try:
-    _libc: Any = ctypes.CDLL("libc.so.6")
-    _libc.malloc_trim.argtypes = [ctypes.c_size_t]
-except (OSError, AttributeError):  # not glibc
-    _libc = None
 
 
 class _Permit:
@@ -377,7 +361,7 @@ class ShardRunner:
             if now >= self._next_trim or proto.dispatches - self._dispatches_at_trim >= 10:
                 self._next_trim = now + 60.0
                 self._dispatches_at_trim = proto.dispatches
-                _trim_memory()
+                trim_memory()  # a thousand idle shards must not keep their busiest minute
         status = proto.status()
         status.update(
             dispatch_rate=round(self.dispatch_rate, 1),
