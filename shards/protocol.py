@@ -412,6 +412,12 @@ class GatewayProtocol:
         self._closing = (code, then)
         return Close(code, reason)
 
+    def _close_after(
+        self, event: ErrorEvent, reason: str, then: CloseAction = CloseAction.RESUME
+    ) -> list[Action]:
+        """Say what went wrong, then close resumably; ``then``: what the next connection does."""
+        return [Emit(event), self._close(RESUMABLE_CLOSE, reason, then)]
+
     # -- receiving ------------------------------------------------------------------------
 
     def receive(self, message: bytes | str, now: float) -> list[Action]:
@@ -421,10 +427,10 @@ class GatewayProtocol:
         try:
             raw = self.inflator.feed(message)
         except InflateError as exc:
-            return [
-                Emit(DecodeError(message=f"{exc}; reconnecting to resume", source=self.source)),
-                self._close(RESUMABLE_CLOSE, "corrupt compressed stream", CloseAction.RESUME),
-            ]
+            return self._close_after(
+                DecodeError(message=f"{exc}; reconnecting to resume", source=self.source),
+                "corrupt compressed stream",
+            )
         if raw is None:
             return []
         match = _DISPATCH_PREFIX.match(raw)
@@ -491,17 +497,15 @@ class GatewayProtocol:
         lowest = self.settings.min_heartbeat_interval
         if not lowest <= interval <= MAX_HEARTBEAT_INTERVAL:
             self.attempts += 1  # a broken server: the reconnect after this close backs off
-            return [
-                Emit(
-                    ProtocolError(
-                        message=f"HELLO's heartbeat_interval {_sample(value)} is not a number of "
-                        f"milliseconds from {lowest * 1000:.0f} to "
-                        f"{MAX_HEARTBEAT_INTERVAL * 1000:.0f}; reconnecting after a backoff",
-                        source=self.source,
-                    )
+            return self._close_after(
+                ProtocolError(
+                    message=f"HELLO's heartbeat_interval {_sample(value)} is not a number of "
+                    f"milliseconds from {lowest * 1000:.0f} to "
+                    f"{MAX_HEARTBEAT_INTERVAL * 1000:.0f}; reconnecting after a backoff",
+                    source=self.source,
                 ),
-                self._close(RESUMABLE_CLOSE, "bad HELLO", CloseAction.RESUME),
-            ]
+                "bad HELLO",
+            )
         self.heartbeat_interval = interval
         self.silence_deadline = None
         self.limiter.reserve_for_heartbeats(interval)
@@ -527,17 +531,16 @@ class GatewayProtocol:
             # so that no idle connection waits on the gateway meanwhile.
             self.identify_hold_until = self.identify_times[0] + IDENTIFY_WINDOW
             wait = self.identify_hold_until - now
-            return [
-                Emit(
-                    ProtocolError(
-                        message=f"this shard identified {len(self.identify_times)} times in the "
-                        f"last hour, its cap (shards.max_identifies_per_hour = {cap}): the "
-                        f"next IDENTIFY waits {wait:.0f}s so the daily budget is not burnt",
-                        source=self.source,
-                    )
+            return self._close_after(
+                ProtocolError(
+                    message=f"this shard identified {len(self.identify_times)} times in the "
+                    f"last hour, its cap (shards.max_identifies_per_hour = {cap}): the "
+                    f"next IDENTIFY waits {wait:.0f}s so the daily budget is not burnt",
+                    source=self.source,
                 ),
-                self._close(RESUMABLE_CLOSE, "identify cap reached", CloseAction.IDENTIFY),
-            ]
+                "identify cap reached",
+                CloseAction.IDENTIFY,
+            )
         self.identify_hold_until = None
         self.permit_requested = True
         return [RequestPermit()]
@@ -587,17 +590,14 @@ class GatewayProtocol:
 
     def _on_invalid_session(self, d: Any, now: float) -> list[Action]:
         if d is True and self.resumable:
-            return [
-                Emit(
-                    InvalidSession(
-                        message="gateway sent INVALID_SESSION (op 9, resumable); "
-                        "reconnecting to resume",
-                        source=self.source,
-                        resumable=True,
-                    )
+            return self._close_after(
+                InvalidSession(
+                    message="gateway sent INVALID_SESSION (op 9, resumable); resuming",
+                    source=self.source,
+                    resumable=True,
                 ),
-                self._close(RESUMABLE_CLOSE, "session invalid, resumable", CloseAction.RESUME),
-            ]
+                "session invalid, resumable",
+            )
         # Not resumable: wait a random 1-5 s (Discord's advice), doubled for each invalid
         # session in a row, then identify afresh on this connection.
         self.invalid_sessions += 1
@@ -690,16 +690,15 @@ class GatewayProtocol:
                 # No session to resume or checkpoint: this connection is useless. Identify
                 # afresh after a growing backoff (and within the hourly cap).
                 self.attempts += 1
-                return [
-                    Emit(
-                        ProtocolError(
-                            message=f"READY without a usable session_id "
-                            f"({_sample(session_id)}); reconnecting to identify afresh",
-                            source=self.source,
-                        )
+                return self._close_after(
+                    ProtocolError(
+                        message=f"READY without a usable session_id "
+                        f"({_sample(session_id)}); reconnecting to identify afresh",
+                        source=self.source,
                     ),
-                    self._close(RESUMABLE_CLOSE, "READY without session_id", CloseAction.IDENTIFY),
-                ]
+                    "READY without session_id",
+                    CloseAction.IDENTIFY,
+                )
             assert isinstance(d, dict)
             self.session_id = session_id
             url = d.get("resume_gateway_url")
@@ -769,16 +768,14 @@ class GatewayProtocol:
         limit = self.settings.hello_timeout if waited == "HELLO" else self.settings.ready_timeout
         self.silence_deadline = None
         self.attempts += 1
-        return [
-            Emit(
-                ConnectionLost(
-                    message=f"no {waited} from the gateway within {limit:.0f}s: a stalled "
-                    "server; reconnecting after a backoff",
-                    source=self.source,
-                )
+        return self._close_after(
+            ConnectionLost(
+                message=f"no {waited} from the gateway within {limit:.0f}s: a stalled "
+                "server; reconnecting after a backoff",
+                source=self.source,
             ),
-            self._close(RESUMABLE_CLOSE, f"no {waited}", CloseAction.RESUME),
-        ]
+            f"no {waited}",
+        )
 
     def _heartbeat(self, now: float) -> list[Action]:
         if self.heartbeat_interval is None:
