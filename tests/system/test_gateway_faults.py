@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,3 +238,18 @@ async def test_a_server_that_never_says_hello_is_left_with_growing_backoff() -> 
     gaps = gateway.gaps()
     assert all(gap >= 0.2 for gap in gaps)
     assert_growing([g - 0.2 for g in gaps], 2 * BASE)
+
+
+async def test_a_spent_identify_budget_holds_identifies_not_the_fleet(tmp_path: Path) -> None:
+    from tests.system.test_supervisor import all_ready, emulator, fleet
+
+    async with emulator(shards=2, session_start_remaining=2) as emu, fleet(emu, tmp_path) as sup:
+        await eventually(lambda: all_ready(sup), timeout=30)
+        assert sup.scheduler.remaining == 0
+        await emu.close_shard(1, 4009)  # session timed out: shard 1 must identify afresh
+        await eventually(lambda: sup.scheduler.starved, timeout=30)
+        # Shard 1 waits for the day's reset instead of getting the token reset; the fleet,
+        # and shard 0 in it, keep running.
+        assert not sup._stop.is_set()
+        assert sup.status()["shards"][0]["state"] == "ready"
+        assert len(emu.gateway.identifies) == 2

@@ -59,3 +59,24 @@ async def test_a_crash_inside_the_loop_ends_the_session_and_says_why() -> None:
             assert session.failure is not None and "boom" in session.failure.message
         finally:
             await session.leave()
+
+
+async def test_a_voice_server_that_crashes_again_and_again_is_given_up() -> None:
+    from voiceworker.session import MAX_RECONNECTS
+
+    async with voice_emulator() as emu:
+        assert emu.voice is not None
+        session = await new_session(emu)
+        await session.connect()
+        try:
+            for n in range(MAX_RECONNECTS + 1):
+                await eventually(lambda: session.state.value == "connected", timeout=10)
+                resumes = emu.voice.resumes()
+                await emu.voice.close_session(4015, "crashed")  # resumable: the session resumes
+                if n < MAX_RECONNECTS:
+                    await emu.voice.wait_until(lambda r=resumes: emu.voice.resumes() > r)  # type: ignore[union-attr]
+            await eventually(lambda: session.ended.is_set(), timeout=10)
+            assert session.failure is not None
+            assert "dropped" in session.failure.message and "4015" in session.failure.message
+        finally:
+            await session.leave()
