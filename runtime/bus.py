@@ -37,10 +37,13 @@ SUBSCRIPTION_TTL = 30.0  # seconds without a SUBSCRIBE before a subscriber is fo
 DEFAULT_SUBSCRIBER_BUFFER = 64 * 1024 * 1024
 MAX_SUBSCRIBERS = 1024
 MAX_PREFIXES = 64
-PIPE_HWM = 64  # messages ZeroMQ itself may hold per subscriber, outside our byte account
+# Messages ZeroMQ itself may hold per subscriber on its way out, beyond the byte-counted
+# queue: enough to keep a reading subscriber fed while the bus reads its input.
+PIPE_HWM = 1000
 # What a queued message costs beyond its bytes (its list and bytes objects), counted in the
 # budget so that it bounds memory, not just payload.
 MESSAGE_OVERHEAD = 200
+TRIM_AFTER_BACKLOG = 1 << 20  # a drained backlog this large is handed back to the system
 _FLUSH_EVERY = 0.005  # with a backlog, how often a stalled subscriber is retried (s)
 
 
@@ -56,7 +59,7 @@ class Subscriber:
     dropped: int = 0
     dropped_bytes: int = 0
     losing: bool = False  # dropping now (said once per episode)
-    drained_at: int = 0  # ``delivered`` when its last backlog drained
+    backlog_peak: int = 0  # the largest backlog (bytes) since it last drained
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -85,6 +88,8 @@ class EventBus:
         self.buffer_bytes = buffer_bytes
         self.clock = clock
         self.subscribers: dict[bytes, Subscriber] = {}
+        self._fanout: tuple[Subscriber, ...] = ()  # the same, as the hot path iterates it
+        self._trimmed_at = -10.0
         self.received = 0
         self._lock = threading.Lock()  # guards the stats the supervisor reads
         self._thread: threading.Thread | None = None
@@ -165,6 +170,7 @@ class EventBus:
                     known.prefixes, known.name, known.seen_at = prefixes, name, self.clock()
                 elif len(self.subscribers) < MAX_SUBSCRIBERS:
                     self.subscribers[identity] = Subscriber(identity, name, prefixes, self.clock())
+                    self._fanout = tuple(self.subscribers.values())
                     log.info(f"bus: subscriber {name} joined")
                 else:
                     log.warning(f"bus: {MAX_SUBSCRIBERS} subscribers already; {name} refused")
@@ -178,9 +184,11 @@ class EventBus:
             self.received += 1
             topic = frames[0].bytes
             copied: list[Any] | None = None
-            for sub in list(self.subscribers.values()):
+            for sub in self._fanout:
                 if not topic.startswith(sub.prefixes):
                     continue
+                if sub.queue:
+                    self._flush(sub)  # what waits goes first: order is kept
                 if not sub.queue and self._send(sub, frames):
                     continue  # the usual case: straight through, no copy
                 if copied is None:
@@ -204,6 +212,7 @@ class EventBus:
             return
         sub.queue.append(frames)
         sub.queued_bytes += size
+        sub.backlog_peak = max(sub.backlog_peak, sub.queued_bytes)
 
     def _send(self, sub: Subscriber, frames: list[Any]) -> bool:
         """True when ZeroMQ took the message; False when the subscriber's pipe is full.
@@ -221,7 +230,12 @@ class EventBus:
         return True
 
     def _flush_all(self) -> None:
-        for sub in list(self.subscribers.values()):
+        for sub in self._fanout:
+            self._flush(sub)
+
+    def _flush(self, sub: Subscriber) -> None:
+        """Send what waits for ``sub``, oldest first, until its pipe is full."""
+        if sub.queue:
             while sub.queue:
                 frames = sub.queue[0]
                 if not self._send(sub, frames):
@@ -235,9 +249,12 @@ class EventBus:
                 log.info(
                     f"bus: subscriber {sub.name} caught up ({sub.dropped} events dropped so far)"
                 )
-            if not sub.queue and sub.queued_bytes == 0 and sub.drained_at != sub.delivered:
-                sub.drained_at = sub.delivered
-                trim_memory(collect=False)  # the drained backlog's memory goes back
+            if not sub.queue and sub.backlog_peak >= TRIM_AFTER_BACKLOG:
+                sub.backlog_peak = 0
+                now = self.clock()
+                if now - self._trimmed_at >= 10.0:
+                    self._trimmed_at = now
+                    trim_memory(collect=False)  # a large drained backlog's memory goes back
 
     def _forget_silent(self, now: float) -> None:
         for sub in list(self.subscribers.values()):
@@ -247,5 +264,7 @@ class EventBus:
     def _forget(self, sub: Subscriber, why: str) -> None:
         with self._lock:
             self.subscribers.pop(sub.identity, None)
+            self._fanout = tuple(self.subscribers.values())
         sub.queue.clear()
+        sub.queued_bytes = 0
         log.info(f"bus: subscriber {sub.name} forgotten ({why})")
