@@ -6,7 +6,8 @@ seconds: that keeps the subscription alive, and renews it after a supervisor res
 bus message whose topic starts with one of the prefixes reaches them as the same three
 frames as before, ``[topic, envelope, body]``.
 
-Each subscriber has a queue bounded in **bytes** (``bus.subscriber_buffer_bytes``). The
+Each subscriber has a queue bounded in **bytes** (``bus.subscriber_buffer_bytes``), behind at
+most ``PIPE_HWM`` messages ZeroMQ holds on their way out. The
 policy for one that falls behind: the bus never waits for it (a shard's loop must never
 wait on IPC, and one slow application must not slow the others); once its queue is full,
 its newest messages are dropped and counted (``dropped``, ``dropped_bytes`` per subscriber in
@@ -44,6 +45,15 @@ PIPE_HWM = 1000
 # budget so that it bounds memory, not just payload.
 MESSAGE_OVERHEAD = 200
 TRIM_AFTER_BACKLOG = 1 << 20  # a drained backlog this large is handed back to the system
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+try:  # pyzmq's Cython send without the Python wrapper (as the shard's publisher uses it)
+    from zmq.backend.cython._zmq import Socket as _BackendSocket
+
+    _raw_send: Any = _BackendSocket.send
+except ImportError:  # another pyzmq backend: the public method
+    _raw_send = zmq.Socket.send
 _FLUSH_EVERY = 0.005  # with a backlog, how often a stalled subscriber is retried (s)
 
 
@@ -177,25 +187,22 @@ class EventBus:
 
     def _read_events(self) -> None:
         for _ in range(1000):  # then let subscriptions and flushes have their turn
+            # Copied out, as bytes: for messages of a few KB that is cheaper than zero-copy
+            # frames, and a queued frame would pin ZeroMQ's whole 8 KB receive buffer.
             try:
-                frames = self.xsub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                frames = self.xsub.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.received += 1
-            topic = frames[0].bytes
-            copied: list[Any] | None = None
+            topic = frames[0]
             for sub in self._fanout:
                 if not topic.startswith(sub.prefixes):
                     continue
                 if sub.queue:
                     self._flush(sub)  # what waits goes first: order is kept
                 if not sub.queue and self._send(sub, frames):
-                    continue  # the usual case: straight through, no copy
-                if copied is None:
-                    # A queued message is kept as plain bytes: a zero-copy frame would pin
-                    # ZeroMQ's whole receive buffer (8 KB) for each small message it holds.
-                    copied = [f.bytes for f in frames]
-                self._enqueue(sub, copied)
+                    continue  # the usual case: straight through
+                self._enqueue(sub, frames)
 
     def _enqueue(self, sub: Subscriber, frames: list[Any]) -> None:
         size = sum(len(f) for f in frames) + MESSAGE_OVERHEAD
@@ -217,8 +224,10 @@ class EventBus:
     def _send(self, sub: Subscriber, frames: list[Any]) -> bool:
         """True when ZeroMQ took the message; False when the subscriber's pipe is full.
         A subscriber that is gone is forgotten."""
+        router = self.router
         try:
-            self.router.send_multipart([sub.identity, *frames], flags=zmq.NOBLOCK, copy=False)
+            # The identity frame decides: once ZeroMQ takes it, the rest cannot be refused.
+            _raw_send(router, sub.identity, _MORE_NOBLOCK)
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
@@ -226,6 +235,9 @@ class EventBus:
                 self._forget(sub, "gone")
                 return True
             raise
+        last = len(frames) - 1
+        for n, frame in enumerate(frames):
+            _raw_send(router, frame, _NOBLOCK if n == last else _MORE_NOBLOCK)
         sub.delivered += 1
         return True
 
