@@ -167,3 +167,21 @@ async def test_a_session_the_server_invalidates_is_rejoined_with_growing_delays(
             assert len(joins) == 3
             gaps = [b - a for a, b in itertools.pairwise(joins)]
             assert gaps[0] >= 0.5 and gaps[1] >= 1.0  # half to all of 1 s, then of 2 s
+
+
+async def test_4014_after_connect_waits_for_a_new_server_then_fails(tmp_path: Path) -> None:
+    async with emulator(shards=1, max_concurrency=1) as emu:
+        assert emu.voice is not None
+        config = voice_config(emu, tmp_path, ["guilds", "guild_voice_states"])
+        async with fleet_with(config, emu, tmp_path) as sup, app(sup) as client:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            guild = emu.world.guild_ids[0]
+            assert (await join(client, guild, emu.world.voice_channel_id(guild)))["ok"]
+            await eventually(lambda: voice_of(sup).get("state") == "connected", timeout=30)
+            await emu.voice.close_session(4014, "kicked")
+            await eventually(lambda: voice_of(sup).get("state") == "waiting for server", 30)
+            voice = sup.voice[guild]
+            assert voice.server_deadline is not None and voice.rejoins == 0
+            voice.server_deadline -= 1000  # no new VOICE_SERVER_UPDATE came in time
+            await eventually(lambda: voice_of(sup).get("state") == "failed", timeout=10)
+            assert "4014" in voice_of(sup)["error"]
