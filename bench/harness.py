@@ -6,6 +6,7 @@ its own interpreter and core; this module starts and stops them.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,3 +129,4 @@ class SupervisorProcess:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)  # nothing left in the temp dir

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -292,6 +293,7 @@ def run_shardline(emu: EmulatorProcess, messages: int, guilds: int) -> dict[str,
     finally:
         proc.terminate()
         proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_result(stream: Any) -> Any:

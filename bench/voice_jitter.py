@@ -22,6 +22,7 @@ import asyncio
 import io
 import math
 import os
+import shutil
 import ssl
 import struct
 import subprocess
@@ -333,6 +334,7 @@ def main() -> int:
         if fleet is not None:
             fleet.close()
         emu.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
