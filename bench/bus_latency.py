@@ -35,14 +35,15 @@ from zmq_floor import summary  # noqa: E402
 from ipc.client import Client  # noqa: E402
 from ipc.codec import Envelope  # noqa: E402
 from ipc.events import MessageCreate  # noqa: E402
+from ipc.requests import GetStatus, StatusReply  # noqa: E402
 
 
 async def wait_ready(client: Client, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            reply = await client.request("shardline.status", {}, timeout=2)
-            if all(s["state"] == "ready" for s in reply["status"]["shards"]):
+            reply = await client.ask(GetStatus(), StatusReply, timeout=2)
+            if all(s["state"] == "ready" for s in reply.status["shards"]):
                 return
         except Exception:
             pass

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from emulator.world import DEFAULT_TOKEN  # noqa: E402
 from ipc.client import CommandError, request_sync  # noqa: E402
+from ipc.requests import GetStatus, StatusReply  # noqa: E402
 
 __all__ = ["ROOT", "EmulatorProcess", "SupervisorProcess", "cpu_seconds"]
 
@@ -113,9 +114,10 @@ class SupervisorProcess:
     def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """The supervisor's status, or None while it is not answering yet."""
         try:
-            return dict(request_sync(self.commands, "shardline.status", timeout=timeout)["status"])
+            reply = request_sync(self.commands, GetStatus(), timeout=timeout)
         except CommandError:
             return None
+        return dict(reply.raw["status"]) if isinstance(reply, StatusReply) else None
 
     def wait_all_ready(self, timeout: float = 300) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

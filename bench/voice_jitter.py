@@ -35,6 +35,8 @@ from typing import Any
 from harness import EmulatorProcess, SupervisorProcess
 
 from ipc.client import request_sync
+from ipc.messages import Command, ErrorReply, Reply
+from ipc.requests import JoinVoice, PlayAudio
 from voiceworker.audio import ffmpeg_executable
 
 FRAME = 0.020
@@ -114,16 +116,16 @@ class Fleet:
         self.sup.wait_all_ready()
         self.joined: set[int] = set()
 
-    def request(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        reply = request_sync(self.sup.commands, f"shardline.voice.{kind}", body, timeout=10)
-        if not reply.get("ok"):
-            raise RuntimeError(f"voice {kind}: {reply.get('error')}")
+    def request(self, command: Command) -> Reply:
+        reply = request_sync(self.sup.commands, command, timeout=10)
+        if isinstance(reply, ErrorReply):
+            raise RuntimeError(f"{command.type_name}: {reply.error}")
         return reply
 
     def join(self, guilds: list[int]) -> None:
         self.joined.update(guilds)
         for g in guilds:
-            self.request("join", {"guild_id": str(g), "channel_id": str(self.channels[g])})
+            self.request(JoinVoice(guild_id=g, channel_id=self.channels[g]))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             status = self.sup.status() or {}
@@ -135,7 +137,7 @@ class Fleet:
 
     def play(self, guilds: list[int], path: str) -> None:
         for g in guilds:
-            self.request("play", {"guild_id": str(g), "path": path})
+            self.request(PlayAudio(guild_id=g, path=path))
 
     def count(self, guild: int) -> int:
         reply = self.emu.post("voice_packets", {"guild_id": guild, "count": True})

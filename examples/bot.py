@@ -23,6 +23,9 @@ from ipc.client import Client, CommandError
 from ipc.commands import RequestGuildMembers, UpdatePresence
 from ipc.errors import ErrorEvent
 from ipc.events import GuildMembersChunk, MessageCreate
+from ipc.requests import GetStatus, StatusReply
+from ipc.states import VoiceState
+from ipc.status import FleetStatus
 
 log = logging.getLogger("examples.bot")
 
@@ -38,7 +41,7 @@ async def main(client: Client) -> None:
                 reply = await client.send(
                     UpdatePresence("online", [activity]), guild_id=message.guild_id
                 )
-                log.info(f"ping from {message.author.username}: presence {reply['routed']}")
+                log.info(f"ping from {message.author.username}: presence {reply.raw['routed']}")
             elif message.content.startswith("!play "):
                 channel = int(message.content.split()[1])
                 await client.join_voice(message.guild_id, channel)
@@ -71,8 +74,9 @@ async def main(client: Client) -> None:
 
 async def _when_voice_connected(client: Client, guild_id: int, timeout: float = 15.0) -> None:
     for _ in range(int(timeout / 0.25)):
-        status = (await client.request("shardline.status", {}))["status"]
-        if any(v["guild"] == str(guild_id) and v["state"] == "connected" for v in status["voice"]):
+        reply = await client.ask(GetStatus(), StatusReply)
+        status = FleetStatus.from_json(reply.status)
+        if any(v.guild == str(guild_id) and v.state is VoiceState.CONNECTED for v in status.voice):
             return
         await asyncio.sleep(0.25)
     raise CommandError(f"voice in guild {guild_id} did not connect within {timeout}s")

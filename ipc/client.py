@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -29,16 +29,42 @@ import zmq
 import zmq.asyncio
 
 from ipc.codec import SUBSCRIBE, CodecError, decode_bus
+from ipc.fields import InvalidFieldError
 from ipc.handlers import HandlerTable
-from ipc.messages import Command, Event
+from ipc.messages import Command, ErrorCode, ErrorReply, Event, Reply
+from ipc.requests import (
+    CommandResult,
+    JoinVoice,
+    LeaveVoice,
+    PauseAudio,
+    PlayAudio,
+    RawRequest,
+    Record,
+    Recording,
+    ReportClientStats,
+    ResumeAudio,
+    ServeCommands,
+    SetVolume,
+    StopAudio,
+    decode_call,
+    encode_request,
+)
 
 __all__ = ["Client", "CommandError", "request_sync", "secure"]
 
 E = TypeVar("E", bound=Event)
+C = TypeVar("C", bound=Command)
+R = TypeVar("R", bound=Reply)
+ServeHandler = Callable[[Any], Awaitable[Reply] | Reply]
 
 
 class CommandError(RuntimeError):
-    """The supervisor refused a command; the message says why."""
+    """The supervisor (or the application serving the command) refused it: the message says
+    why, ``reply`` is the typed :class:`~ipc.messages.ErrorReply` (``reply.code``)."""
+
+    def __init__(self, message: str, reply: ErrorReply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
 
 
 class Client:
@@ -65,7 +91,9 @@ class Client:
         self._subscription: list[bytes] = []
         self._dealer: zmq.asyncio.Socket | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[bytes, asyncio.Future[bytes]] = {}
+        self._served: dict[str, tuple[type[Command], ServeHandler]] = {}
+        self._calls: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._count_gaps = True
@@ -90,6 +118,17 @@ class Client:
             self.handlers.add(cls, queue.put_nowait)
         while True:
             yield await queue.get()
+
+    def serve(self, cls: type[C]) -> Callable[[Callable[[C], Any]], Callable[[C], Any]]:
+        """``@client.serve(MyCommand)``: answer every ``MyCommand`` any process sends (the
+        function returns an instance of ``MyCommand.reply_class``, or raises
+        :class:`CommandError`). The supervisor hands such commands to this process."""
+
+        def register(function: Callable[[C], Any]) -> Callable[[C], Any]:
+            self._served[cls.type_name] = (cls, function)
+            return function
+
+        return register
 
     # -- running --------------------------------------------------------------------------
 
@@ -175,17 +214,25 @@ class Client:
     async def _report_loop(self, every: float = 2.0) -> None:
         """Tell the supervisor what this subscriber received and missed, so that losses at a
         high-water mark show in ``shardline status``."""
+        await self._renew_served(every)
         while True:
             await asyncio.sleep(every)
             if self._sub is not None:  # renew: it also re-subscribes after a supervisor restart
                 with contextlib.suppress(zmq.ZMQError):
                     await self._sub.send_multipart(self._subscription, zmq.NOBLOCK)
             with contextlib.suppress(CommandError):
-                await self.request(
-                    "shardline.client_stats",
-                    {"name": self.name, "received": self.received, "gaps": self.gaps},
+                await self.send(
+                    ReportClientStats(name=self.name, received=self.received, gaps=self.gaps),
                     timeout=every,
                 )
+            await self._renew_served(every)
+
+    async def _renew_served(self, timeout: float) -> None:
+        """Tell the supervisor which command types this process serves (renewed, like a
+        subscription, so a restarted supervisor learns it again)."""
+        if self._served:
+            with contextlib.suppress(CommandError):
+                await self.send(ServeCommands(types=sorted(self._served)), timeout=timeout)
 
     # -- commands -------------------------------------------------------------------------
 
@@ -196,55 +243,62 @@ class Client:
         guild_id: int | None = None,
         shard: int | None = None,
         timeout: float = 10.0,
-    ) -> dict[str, Any]:
-        """Send a command through the supervisor; returns its reply (raises CommandError)."""
+    ) -> Reply:
+        """Send a command through the supervisor; returns its typed reply (an instance of
+        ``command.reply_class`` when this process declares the reply's class), or raises
+        :class:`CommandError` with the :class:`~ipc.messages.ErrorReply`."""
         options: dict[str, Any] = {}
         if guild_id is not None:
             options["guild_id"] = str(guild_id)
         if shard is not None:
             options["shard"] = shard
-        reply = await self.request(command.type_name, command.raw, options, timeout=timeout)
-        if not reply.get("ok"):
-            raise CommandError(str(reply.get("error")))
+        body = await self._exchange(command.type_name, command.raw, options, timeout)
+        try:
+            reply = Reply.decode(body, command.reply_class)
+        except ValueError as exc:
+            raise CommandError(f"unreadable reply to {command.type_name}: {exc}") from None
+        if isinstance(reply, ErrorReply):
+            raise CommandError(str(reply.raw.get("error")), reply)
         return reply
 
-    async def join_voice(self, guild_id: int, channel_id: int) -> dict[str, Any]:
+    async def ask(self, command: Command, expected: type[R], **kwargs: Any) -> R:
+        """:meth:`send`, checking that the reply is an ``expected``."""
+        reply = await self.send(command, **kwargs)
+        if not isinstance(reply, expected):
+            raise CommandError(f"{command.type_name} got {reply!r}, not a {expected.__name__}")
+        return reply
+
+    async def join_voice(self, guild_id: int, channel_id: int) -> Reply:
         """Join (or move to) a voice channel: the supervisor starts the guild's voice process."""
-        return await self._voice("join", guild_id, channel_id=str(channel_id))
+        return await self.send(JoinVoice(guild_id=guild_id, channel_id=channel_id))
 
-    async def leave_voice(self, guild_id: int) -> dict[str, Any]:
-        return await self._voice("leave", guild_id)
+    async def leave_voice(self, guild_id: int) -> Reply:
+        return await self.send(LeaveVoice(guild_id=guild_id))
 
-    async def play(self, guild_id: int, path: str, *, queue: bool = False) -> dict[str, Any]:
+    async def play(self, guild_id: int, path: str, *, queue: bool = False) -> Reply:
         """Play an audio file (anything ffmpeg reads; ``.pcm`` is raw s16le 48 kHz stereo);
         with ``queue``, after what is playing."""
-        return await self._voice("play", guild_id, path=os.path.abspath(path), queue=queue)
+        return await self.send(
+            PlayAudio(guild_id=guild_id, path=os.path.abspath(path), queue=queue)
+        )
 
-    async def stop_playing(self, guild_id: int) -> dict[str, Any]:
-        return await self._voice("stop", guild_id)
+    async def stop_playing(self, guild_id: int) -> Reply:
+        return await self.send(StopAudio(guild_id=guild_id))
 
-    async def pause(self, guild_id: int) -> dict[str, Any]:
-        return await self._voice("pause", guild_id)
+    async def pause(self, guild_id: int) -> Reply:
+        return await self.send(PauseAudio(guild_id=guild_id))
 
-    async def resume(self, guild_id: int) -> dict[str, Any]:
-        return await self._voice("resume", guild_id)
+    async def resume(self, guild_id: int) -> Reply:
+        return await self.send(ResumeAudio(guild_id=guild_id))
 
-    async def set_volume(self, guild_id: int, volume: float) -> dict[str, Any]:
+    async def set_volume(self, guild_id: int, volume: float) -> Reply:
         """Scale the guild's playback (1.0 = as is, up to 2.0)."""
-        return await self._voice("volume", guild_id, volume=str(volume))
+        return await self.send(SetVolume(guild_id=guild_id, volume=volume))
 
-    async def record(self, guild_id: int, *, stop: bool = False) -> dict[str, Any]:
+    async def record(self, guild_id: int, *, stop: bool = False) -> Recording:
         """Record every member of the guild's call to one WAV file each; the reply names
         the directory. ``stop=True`` ends the recording (and closes the files)."""
-        return await self._voice("record", guild_id, stop=stop)
-
-    async def _voice(self, action: str, guild_id: int, **fields: Any) -> dict[str, Any]:
-        reply = await self.request(
-            f"shardline.voice.{action}", {"guild_id": str(guild_id), **fields}
-        )
-        if not reply.get("ok"):
-            raise CommandError(str(reply.get("error")))
-        return reply
+        return await self.ask(Record(guild_id=guild_id, stop=stop), Recording)
 
     async def request(
         self,
@@ -253,6 +307,15 @@ class Client:
         options: dict[str, Any] | None = None,
         timeout: float = 10.0,
     ) -> dict[str, Any]:
+        """The raw request: any type name and JSON body; the reply's JSON object as is (for
+        commands this process has no class for)."""
+        body_bytes = await self._exchange(type_name, body, options or {}, timeout)
+        reply = orjson.loads(body_bytes)
+        return reply if isinstance(reply, dict) else {"ok": False, "error": repr(reply)}
+
+    async def _exchange(
+        self, type_name: str, body: Any, options: dict[str, Any], timeout: float
+    ) -> bytes:
         if self._closed.is_set():
             raise CommandError("the client is closed")
         if self._dealer is None:
@@ -260,13 +323,13 @@ class Client:
         assert self._dealer is not None
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read_replies())
+            await self._renew_served(timeout)
         request_id = str(next(self._ids)).encode()
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        frames = [request_id, type_name.encode(), orjson.dumps(body), orjson.dumps(options)]
         try:
-            await self._dealer.send_multipart(
-                [request_id, type_name.encode(), orjson.dumps(body), orjson.dumps(options or {})]
-            )
+            await self._dealer.send_multipart(frames)
         except zmq.ZMQError as exc:
             self._pending.pop(request_id, None)
             raise CommandError(f"cannot send to the supervisor: {exc}") from None
@@ -274,7 +337,8 @@ class Client:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise CommandError(
-                f"no reply from the supervisor at {self.commands_endpoint} within {timeout}s"
+                f"no reply from the supervisor at {self.commands_endpoint} within {timeout}s",
+                ErrorReply.of(ErrorCode.TIMEOUT, "no reply"),
             ) from None
         finally:
             self._pending.pop(request_id, None)
@@ -282,10 +346,47 @@ class Client:
     async def _read_replies(self) -> None:
         assert self._dealer is not None
         while True:
-            request_id, body = await self._dealer.recv_multipart()
-            future = self._pending.get(request_id)
-            if future is not None and not future.done():
-                future.set_result(orjson.loads(body))
+            frames = await self._dealer.recv_multipart()
+            if len(frames) == 2:
+                future = self._pending.get(frames[0])
+                if future is not None and not future.done():
+                    future.set_result(frames[1])
+                continue
+            call = decode_call(list(frames))
+            if call is not None:
+                task = asyncio.get_running_loop().create_task(self._answer(call))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
+
+    async def _answer(self, call: RawRequest) -> None:
+        """Run the handler this process serves ``call``'s type with; send its reply back."""
+        served = self._served.get(call.type_name)
+        reply: Reply
+        if served is None:
+            reply = ErrorReply.of(
+                ErrorCode.UNKNOWN_COMMAND, f"{call.type_name} is not served here any more"
+            )
+        else:
+            cls, handler = served
+            command = cls.from_raw(call.body)
+            try:
+                command.validate()
+                result = handler(command)
+                reply = await result if asyncio.iscoroutine(result) else result  # type: ignore[assignment]
+                if not isinstance(reply, Reply):
+                    raise TypeError(f"the handler returned {reply!r}, not a Reply")
+            except CommandError as exc:
+                reply = exc.reply or ErrorReply.of(ErrorCode.INVALID, str(exc))
+            except InvalidFieldError as exc:
+                reply = ErrorReply.invalid(call.type_name, exc)
+            except Exception as exc:  # the application's bug: the requester hears of it
+                reply = ErrorReply.of(
+                    ErrorCode.INTERNAL, f"the handler of {call.type_name} failed: {exc!r}"
+                )
+        body = orjson.loads(reply.encode())
+        result_command = CommandResult(call=call.request_id.decode(errors="replace"), reply=body)
+        with contextlib.suppress(CommandError):
+            await self.send(result_command, timeout=5.0)
 
     async def wait_closed(self) -> None:
         """Return when :meth:`close` is called (an app's ``main`` can end with this)."""
@@ -295,6 +396,8 @@ class Client:
         self._closed.set()
         if self._reader is not None:
             self._reader.cancel()
+        for task in list(self._calls):
+            task.cancel()
         for sock in (self._sub, self._dealer):
             if sock is not None:
                 sock.close(linger=0)
@@ -318,13 +421,14 @@ def secure(sock: zmq.Socket[Any], server_key: str | None, client_key: str | None
 
 def request_sync(
     endpoint: str,
-    type_name: str,
-    body: Any = None,
+    command: Command,
     timeout: float = 5.0,
     server_key: str | None = None,
     client_key: str | None = None,
-) -> dict[str, Any]:
-    """One request/reply from a plain (non-async) program, e.g. the CLI."""
+) -> Reply:
+    """One request and its typed reply from a plain (non-async) program, e.g. the CLI.
+    An :class:`~ipc.messages.ErrorReply` is returned, not raised; no answer raises
+    :class:`CommandError`."""
     ctx: zmq.Context[Any] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -342,15 +446,16 @@ def request_sync(
         if not sock.poll(int(timeout * 1000), zmq.POLLOUT):
             raise no_answer
         try:
-            sock.send_multipart(
-                [b"1", type_name.encode(), orjson.dumps(body or {}), b"{}"], flags=zmq.NOBLOCK
-            )
+            sock.send_multipart(encode_request(b"1", command), flags=zmq.NOBLOCK)
         except zmq.Again:
             raise no_answer from None
         if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             raise no_answer
-        _, reply = sock.recv_multipart()
-        return dict(orjson.loads(reply))
+        _, body = sock.recv_multipart()
+        try:
+            return Reply.decode(body, command.reply_class)
+        except ValueError as exc:
+            raise CommandError(f"unreadable reply from {endpoint}: {exc}") from None
     finally:
         with contextlib.suppress(zmq.ZMQError):
             sock.close()

@@ -30,14 +30,17 @@ __all__ = [
     "Envelope",
     "GatewayPayload",
     "UnknownMessageError",
+    "control_to",
     "decode_bus",
     "decode_command",
+    "decode_control",
     "decode_event",
     "decode_gateway",
     "decode_gateway_event",
     "encode_bus_dispatch",
     "encode_bus_event",
     "encode_command",
+    "encode_control",
     "encode_gateway_command",
     "event_from_payload",
     "topic_for",
@@ -223,6 +226,28 @@ def decode_command(frames: list[bytes]) -> Command:
     cls = REGISTRY.command(type_name)
     if cls is None:
         raise UnknownMessageError(f"no command class declares type_name {type_name!r}")
+    return cls.from_raw(_decode_body(frames[1]))
+
+
+def encode_control(message: Message) -> list[bytes]:
+    """A control message, worker <-> supervisor: ``[type_name, body]`` (docs/wire.md)."""
+    return [message.type_name.encode(), orjson.dumps(message.raw)]
+
+
+def control_to(identity: str, message: Message) -> list[bytes]:
+    """A control message as the supervisor's ROUTER sends it to one worker."""
+    return [identity.encode(), *encode_control(message)]
+
+
+def decode_control(frames: list[bytes]) -> Message:
+    """A control message from the other side: a worker's event, or the supervisor's
+    command. Raises CodecError (UnknownMessageError for a type nobody declares)."""
+    if len(frames) != 2:
+        raise CodecError(f"control message has {len(frames)} frames, expected 2")
+    type_name = frames[0].decode(errors="replace")
+    cls: type[Message] | None = REGISTRY.event(type_name) or REGISTRY.command(type_name)
+    if cls is None:
+        raise UnknownMessageError(f"no class declares type_name {type_name[:64]!r}")
     return cls.from_raw(_decode_body(frames[1]))
 
 

@@ -9,26 +9,41 @@ subclass, with no string maps and no edits to this package.
 from __future__ import annotations
 
 import importlib
+from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
-from ipc.fields import Struct
+import orjson
+
+from ipc.fields import InvalidFieldError, Struct, string
 
 __all__ = [
     "REGISTRY",
+    "Accepted",
     "Command",
     "DispatchEvent",
+    "ErrorCode",
+    "ErrorReply",
     "Event",
     "GatewayCommand",
     "GatewayEvent",
     "Message",
     "Registry",
     "RegistryConflictError",
+    "Reply",
+    "Routed",
     "UnknownDispatch",
     "UnknownGatewayEvent",
 ]
 
 Kind = Literal["event", "command"]
-BUILTIN_MODULES = ("ipc.events", "ipc.commands", "ipc.errors", "ipc.control", "ipc.voice")
+BUILTIN_MODULES = (
+    "ipc.events",
+    "ipc.commands",
+    "ipc.errors",
+    "ipc.control",
+    "ipc.voice",
+    "ipc.requests",
+)
 
 
 class RegistryConflictError(TypeError):
@@ -124,9 +139,24 @@ class Event(Message):
 
 
 class Command(Message):
-    """Something a bot asks for: sent to Discord or to shardline."""
+    """Something a bot asks for: sent to Discord or to shardline. ``reply_class`` is what
+    the supervisor (or the application that serves it) answers with when it succeeds; a
+    failure is an :class:`ErrorReply`."""
 
     __slots__ = ()
+
+    reply_class: ClassVar[type[Reply]]
+
+    def validate(self) -> None:
+        """Check a command that came from outside before it is acted on (for a gateway
+        command, before it goes to Discord, which closes the connection on a payload it
+        cannot decode): raises :class:`~ipc.fields.InvalidFieldError` naming the field."""
+        self.check_fields(extra_keys=False)
+        self.check()
+
+    def check(self) -> None:
+        """Rules beyond each field's type (enums, ranges, either-or fields): override to
+        add them, raising :class:`~ipc.fields.InvalidFieldError`."""
 
 
 class GatewayEvent(Event):
@@ -175,6 +205,88 @@ class UnknownGatewayEvent(GatewayEvent):
         return f"UnknownGatewayEvent(op={self.unknown_op!r}, raw={self.raw!r})"
 
 
+class Reply(Event):
+    """The answer to a command. On the wire a JSON object: ``ok``, ``reply`` (the reply's
+    type name) and the reply's own fields."""
+
+    __slots__ = ()
+
+    type_name = "shardline.reply"
+    ok: ClassVar[bool] = True
+
+    def encode(self) -> bytes:
+        body = self.raw if isinstance(self.raw, dict) else {}
+        return orjson.dumps({**body, "ok": self.ok, "reply": self.type_name})
+
+    @staticmethod
+    def decode(body: bytes, expected: type[Reply] | None = None) -> Reply:
+        """A reply from the wire: the class its ``reply`` names (when this process declared
+        it), else ``expected`` for a success, :class:`ErrorReply` for a failure. Raises
+        ValueError when the body is not a reply at all."""
+        data = orjson.loads(body)
+        if not isinstance(data, dict) or type(data.get("ok")) is not bool:
+            raise ValueError(f"not a reply: {body[:80]!r}")
+        if not data["ok"]:
+            return ErrorReply.from_raw(data)
+        name = data.get("reply")
+        cls = REGISTRY.event(name) if isinstance(name, str) else None
+        if cls is None or not issubclass(cls, Reply) or not cls.ok:
+            cls = expected if expected is not None and expected.ok else Reply
+        return cls.from_raw(data)
+
+
+class Accepted(Reply):
+    """Done, or under way (a stop, a restart): nothing more to say."""
+
+    __slots__ = ()
+    type_name = "shardline.reply.accepted"
+
+
+class Routed(Reply):
+    """Handed to the process that acts on it: ``routed`` is ``shard:N`` or ``voice:GUILD``."""
+
+    __slots__ = ()
+    type_name = "shardline.reply.routed"
+    routed = string()
+
+
+class ErrorCode(StrEnum):
+    UNKNOWN_COMMAND = "unknown_command"  # no class declares the type, or nobody serves it
+    MALFORMED = "malformed"  # not a request: frames, JSON, options
+    INVALID = "invalid"  # a field does not fit the command's class
+    UNROUTABLE = "unroutable"  # no guild or shard, or one this host does not run
+    UNAVAILABLE = "unavailable"  # the shard is down, voice is not connected
+    TOO_LARGE = "too_large"  # over the gateway's payload limit
+    TIMEOUT = "timeout"  # the application serving it did not answer in time
+    INTERNAL = "internal"  # a bug: the supervisor's log says more
+
+
+class ErrorReply(Reply):
+    """The command failed: ``error`` says why in words, ``code`` (an :class:`ErrorCode`
+    value) in a word a program can branch on."""
+
+    __slots__ = ()
+    type_name = "shardline.reply.error"
+    ok = False
+    error = string()
+    code = string()
+
+    @classmethod
+    def of(cls, code: ErrorCode, error: str) -> ErrorReply:
+        return cls(code=code, error=error)
+
+    @classmethod
+    def invalid(cls, command: str, exc: InvalidFieldError) -> ErrorReply:
+        return cls(code=ErrorCode.INVALID, error=f"{command}: {exc}")
+
+    @property
+    def error_code(self) -> ErrorCode | None:
+        try:
+            return ErrorCode(self.raw.get("code"))
+        except ValueError:
+            return None
+
+
 class GatewayCommand(Command):
     """A payload the shard sends to the gateway: ``{"op": op, "d": raw}``."""
 
@@ -185,16 +297,7 @@ class GatewayCommand(Command):
     # sending one would spend the identify budget or break the session.
     from_applications: ClassVar[bool] = True
 
+    reply_class = Routed
+
     def to_payload(self) -> dict[str, Any]:
         return {"op": self.op, "d": self.raw}
-
-    def validate(self) -> None:
-        """Check a command that came from outside before it goes to Discord (which closes the
-        shard's connection on a payload it cannot decode): raises
-        :class:`~ipc.fields.InvalidFieldError` naming the field that does not fit."""
-        self.check_fields(extra_keys=False)
-        self.check()
-
-    def check(self) -> None:
-        """Rules beyond each field's type (enums, either-or fields): override to add them,
-        raising :class:`~ipc.fields.InvalidFieldError`."""

@@ -30,6 +30,7 @@ import zmq
 
 from ipc.codec import SUBSCRIBE
 from ipc.eventloop import trim_memory
+from ipc.status import SubscriberRecord
 
 __all__ = ["DEFAULT_SUBSCRIBER_BUFFER", "SUBSCRIPTION_TTL", "EventBus"]
 
@@ -71,14 +72,14 @@ class Subscriber:
     losing: bool = False  # dropping now (said once per episode)
     backlog_peak: int = 0  # the largest backlog (bytes) since it last drained
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "queued_bytes": self.queued_bytes,
-            "delivered": self.delivered,
-            "dropped": self.dropped,
-            "dropped_bytes": self.dropped_bytes,
-        }
+    def stats(self) -> SubscriberRecord:
+        return SubscriberRecord(
+            name=self.name,
+            queued_bytes=self.queued_bytes,
+            delivered=self.delivered,
+            dropped=self.dropped,
+            dropped_bytes=self.dropped_bytes,
+        )
 
 
 class EventBus:
@@ -129,7 +130,7 @@ class EventBus:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def stats(self) -> list[dict[str, Any]]:
+    def stats(self) -> list[SubscriberRecord]:
         with self._lock:
             return [s.stats() for s in self.subscribers.values()]
 

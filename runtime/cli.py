@@ -9,6 +9,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
+from ipc.messages import Command, ErrorReply, Reply
+
 __all__ = ["build_parser", "main"]
 
 
@@ -304,20 +306,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return result[0] if result else 1
 
 
-def _request(config_path: str, type_name: str, body: object = None) -> dict[str, object]:
+def _request(config_path: str, command: Command) -> Reply:
+    """Send ``command`` to the supervisor of this config; an error reply or no answer ends
+    the CLI with status 1 and the reason on stderr."""
     from ipc.client import CommandError, request_sync
     from runtime.config import Config
+    from runtime.curveauth import read_local_key
 
     config = _load(config_path)
     assert isinstance(config, Config)
-    from runtime.curveauth import read_local_key
-
     endpoint = _commands_endpoint(config)
     try:
-        return request_sync(
+        reply = request_sync(
             endpoint,
-            type_name,
-            body,
+            command,
             server_key=config.ipc.curve_public_key or None,
             # A tcp:// supervisor admits the CLI of its own host by the key in its runtime dir.
             client_key=read_local_key(config.ipc.resolved_runtime_dir()),
@@ -325,55 +327,32 @@ def _request(config_path: str, type_name: str, body: object = None) -> dict[str,
     except CommandError as exc:
         print(f"shardline: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    if isinstance(reply, ErrorReply):
+        print(f"shardline: {reply.error}", file=sys.stderr)
+        raise SystemExit(1)
+    return reply
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    reply = _request(args.config, "shardline.status")
-    status = reply.get("status")
-    if not isinstance(status, dict):
-        print(f"shardline: unexpected reply {reply!r}", file=sys.stderr)
+    from ipc.requests import GetStatus, StatusReply
+    from ipc.status import FleetStatus
+    from runtime.statusview import format_status
+
+    reply = _request(args.config, GetStatus())
+    try:
+        if not isinstance(reply, StatusReply):
+            raise ValueError(f"not a status reply: {reply!r}")
+        status = FleetStatus.from_json(reply.status)
+    except ValueError as exc:
+        print(f"shardline: unexpected reply from the supervisor ({exc})", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(status))
+        print(json.dumps(status.to_json()))
         return 0
     print(format_status(status))
     return 0
-
-
-def format_status(status: dict[str, object]) -> str:
-    """The status table: one row per shard, then voice sessions."""
-    head = (
-        f"{'shard':>5}  {'state':<12}{'latency':>9}{'guilds':>8}{'events/s':>10}{'seq':>10}"
-        f"{'restarts':>10}{'uptime':>9}"
-    )
-    lines = [head]
-    for shard in status.get("shards", []):  # type: ignore[attr-defined]
-        latency = "-" if shard["latency"] is None else f"{shard['latency']:.1f}ms"
-        seq = "-" if shard["seq"] is None else str(shard["seq"])
-        lines.append(
-            f"{shard['id']:>5}  {shard['state']:<12}{latency:>9}{shard['guilds']:>8}"
-            f"{shard['events_per_second']:>10.1f}{seq:>10}{shard['restarts']:>10}"
-            f"{shard['uptime']:>8.0f}s"
-        )
-    bus = status.get("bus")
-    if isinstance(bus, dict):
-        lines.append(
-            f"bus: {bus['shard_drops']} dropped by shards at the high-water mark, "
-            f"{bus['subscriber_gaps']} missed by {bus['subscribers_reporting']} reporting "
-            "subscribers"
-        )
-    voice = status.get("voice") or []
-    lines.append(f"voice sessions: {len(voice)}")  # type: ignore[arg-type]
-    for v in voice:  # type: ignore[attr-defined]
-        ping = "-" if v["ping"] is None else f"{v['ping']:.1f}ms"
-        jitter = "-" if v["jitter"] is None else f"{v['jitter']:.2f}ms"
-        lines.append(
-            f"  guild {v['guild']}: {v['state']}, ping {ping}, packets {v['packets']}, "
-            f"late {v['late']}, jitter p99 {jitter}"
-        )
-    return "\n".join(lines)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -386,54 +365,68 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    _request(args.config, "shardline.stop")
+    from ipc.requests import StopFleet
+
+    _request(args.config, StopFleet())
     print("shardline: stopping (shards close resumably; sessions are saved)")
     return 0
 
 
 def _cmd_restart(args: argparse.Namespace) -> int:
+    from ipc.requests import RestartShards
+
     if args.rolling:
-        body: dict[str, object] = {"rolling": True}
+        command = RestartShards(rolling=True)
     elif len(args.target) == 2 and args.target[0] == "shard" and args.target[1].isdigit():
-        body = {"shard": int(args.target[1])}
+        command = RestartShards(shard=int(args.target[1]))
     else:
         print(
             "shardline: use `shardline restart shard N` or `shardline restart --rolling`",
             file=sys.stderr,
         )
         return 2
-    reply = _request(args.config, "shardline.restart", body)
-    if not reply.get("ok"):
-        print(f"shardline: {reply.get('error')}", file=sys.stderr)
-        return 1
-    print(f"shardline: restarting shards {reply.get('restarting')}, each resuming")
+    reply = _request(args.config, command)
+    print(f"shardline: restarting shards {reply.raw.get('restarting')}, each resuming")
     return 0
 
 
-def _cmd_voice(args: argparse.Namespace) -> int:
-    body: dict[str, object] = {"guild_id": str(args.guild)}
-    needs = {
-        "join": ("channel_id", "a channel id"),
-        "play": ("path", "a file"),
-        "volume": ("volume", "a number"),
-    }
-    if args.action in needs:
-        key, what = needs[args.action]
-        if not args.arg:
-            print(f"shardline: voice {args.action} needs {what}", file=sys.stderr)
-            return 2
-        body[key] = os.path.abspath(args.arg) if key == "path" else args.arg
+def _voice_command(args: argparse.Namespace) -> Command | str:
+    """The typed voice command the CLI's words ask for, or what is missing."""
+    from ipc import requests as r
+
+    guild = args.guild
+    if args.action in ("join", "play", "volume") and not args.arg:
+        what = {"join": "a channel id", "play": "a file", "volume": "a number"}[args.action]
+        return f"voice {args.action} needs {what}"
+    try:
+        if args.action == "join":
+            return r.JoinVoice(guild_id=guild, channel_id=int(args.arg))
         if args.action == "play":
-            body["queue"] = args.queue
+            return r.PlayAudio(guild_id=guild, path=os.path.abspath(args.arg), queue=args.queue)
+        if args.action == "volume":
+            return r.SetVolume(guild_id=guild, volume=float(args.arg))
+    except ValueError:
+        return f"voice {args.action}: {args.arg!r} is not a number"
     if args.action == "record":
-        body["stop"] = args.stop
-    reply = _request(args.config, f"shardline.voice.{args.action}", body)
-    if not reply.get("ok"):
-        print(f"shardline: {reply.get('error')}", file=sys.stderr)
-        return 1
-    print(f"shardline: voice {args.action} routed to {reply.get('routed')}")
-    if reply.get("directory"):
-        print(f"shardline: recording to {reply['directory']}")
+        return r.Record(guild_id=guild, stop=args.stop)
+    simple: dict[str, type[r.VoiceRequest]] = {
+        "leave": r.LeaveVoice,
+        "stop": r.StopAudio,
+        "pause": r.PauseAudio,
+        "resume": r.ResumeAudio,
+    }
+    return simple[args.action](guild_id=guild)
+
+
+def _cmd_voice(args: argparse.Namespace) -> int:
+    command = _voice_command(args)
+    if isinstance(command, str):
+        print(f"shardline: {command}", file=sys.stderr)
+        return 2
+    reply = _request(args.config, command)
+    print(f"shardline: voice {args.action} routed to {reply.raw.get('routed')}")
+    if reply.raw.get("directory"):
+        print(f"shardline: recording to {reply.raw['directory']}")
     return 0
 
 

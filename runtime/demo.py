@@ -17,12 +17,14 @@ import tempfile
 from pathlib import Path
 
 from emulator.server import Emulator, EmulatorConfig
-from ipc.client import Client
+from ipc.client import Client, CommandError
 from ipc.errors import ErrorEvent
 from ipc.events import MessageCreate
-from runtime.cli import format_status
+from ipc.requests import JoinVoice, PlayAudio
+from ipc.states import ShardState
 from runtime.config import parse_config
 from runtime.plan import plan_fleet
+from runtime.statusview import format_status
 from runtime.supervisor import Supervisor
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.opus"
@@ -33,7 +35,7 @@ __all__ = ["run_demo"]
 async def _voice(app: Client, emu: Emulator, supervisor: Supervisor, runtime_dir: Path) -> None:
     """Once the fleet is up: join a voice channel and play the bundled chime, every 20 s."""
     while not supervisor.workers or not all(
-        w.state == "ready" for w in supervisor.workers.values()
+        w.state is ShardState.READY for w in supervisor.workers.values()
     ):
         await asyncio.sleep(0.5)
     guild = emu.world.guild_ids[0]
@@ -41,16 +43,19 @@ async def _voice(app: Client, emu: Emulator, supervisor: Supervisor, runtime_dir
     sample = SAMPLE if SAMPLE.is_file() else runtime_dir / "tone.pcm"
     if not SAMPLE.is_file():  # an installed package without examples/: a plain tone
         sample.write_bytes(_tone(seconds=2.0))
-    reply = await app.request(
-        "shardline.voice.join", {"guild_id": str(guild), "channel_id": str(channel)}
-    )
-    print(f"demo: voice join in guild {guild}: {reply}", flush=True)
+    try:
+        reply = await app.send(JoinVoice(guild_id=guild, channel_id=channel))
+        print(f"demo: voice join in guild {guild}: {reply}", flush=True)
+    except CommandError as exc:
+        print(f"demo: voice join in guild {guild} refused: {exc}", flush=True)
+        return
     while True:
         await asyncio.sleep(3.0)
-        reply = await app.request(
-            "shardline.voice.play", {"guild_id": str(guild), "path": str(sample)}
-        )
-        print(f"demo: voice play: {reply}", flush=True)
+        try:
+            reply = await app.send(PlayAudio(guild_id=guild, path=str(sample)))
+            print(f"demo: voice play: {reply}", flush=True)
+        except CommandError as exc:
+            print(f"demo: voice play refused: {exc}", flush=True)
         await asyncio.sleep(17.0)
 
 
@@ -117,7 +122,7 @@ async def run_demo(
         def on_error(event: ErrorEvent) -> None:
             print(f"app: error from {event.source}: {event.message}", flush=True)
 
-        app.connect([b"MESSAGE_CREATE ", b"shardline.error"])
+        app.connect([b"MESSAGE_CREATE ", ErrorEvent.type_name.encode()])
         app_task = asyncio.create_task(app.run())
         voice_task = asyncio.create_task(_voice(app, emu, supervisor, runtime_dir))
         n = 0

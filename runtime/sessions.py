@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ipc.control import MAX_SESSION_ID_LENGTH, gateway_url_problem
-from ipc.fields import check_snowflake
+from ipc.checkpoint import Checkpoint, CheckpointError
 from runtime.rundir import check_owned_file
 
-__all__ = ["Checkpoint", "SessionStore", "SessionsFileError", "parse_checkpoint"]
+__all__ = ["SessionStore", "SessionsFileError"]
 
 log = logging.getLogger("shardline.supervisor")
 MAX_FILE_BYTES = 16 * 1024 * 1024  # a million shards' checkpoints fit well inside
@@ -30,70 +27,6 @@ MAX_FILE_BYTES = 16 * 1024 * 1024  # a million shards' checkpoints fit well insi
 
 class SessionsFileError(ValueError):
     """The sessions file is not what shardline writes; the message names the fault."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    shard: int
-    shard_count: int
-    session_id: str
-    seq: int
-    resume_url: str
-    saved_at: float  # time.time()
-    guilds: int = 0
-    user_id: str = ""  # the bot's, so that a resumed shard still knows its own voice states
-
-    def resume_arg(self) -> str:
-        """The ``--resume`` argument of ``python -m shards``."""
-        body = {
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "resume_url": self.resume_url,
-            "guilds": self.guilds,
-            "user_id": self.user_id,
-        }
-        return orjson.dumps(body).decode()
-
-
-def parse_checkpoint(raw: Any) -> Checkpoint:
-    """One checkpoint from the file, every field checked; raises SessionsFileError."""
-    if not isinstance(raw, dict):
-        raise SessionsFileError(f"a checkpoint is {type(raw).__name__}, not an object")
-    known = {
-        "shard", "shard_count", "session_id", "seq", "resume_url", "saved_at", "guilds", "user_id"
-    }  # fmt: skip
-    missing = sorted(known - {"guilds", "user_id"} - set(raw))
-    if missing:
-        raise SessionsFileError(f"a checkpoint lacks {', '.join(missing)}")
-    extra = sorted(set(raw) - known)
-    if extra:
-        raise SessionsFileError(f"a checkpoint has unknown field {extra[0]!r}")
-    shard, count, seq = raw["shard"], raw["shard_count"], raw["seq"]
-    guilds, saved_at = raw.get("guilds", 0), raw["saved_at"]
-    for name, value in (("shard", shard), ("seq", seq), ("guilds", guilds)):
-        if type(value) is not int or not 0 <= value < 2**63:
-            raise SessionsFileError(f"{name} = {_cut(value)} is not a non-negative integer")
-    if type(count) is not int or not 1 <= count <= 1_000_000 or shard >= count:
-        raise SessionsFileError(f"shard_count = {_cut(count)} is not a count above shard {shard}")
-    if type(saved_at) not in (int, float) or not math.isfinite(saved_at):
-        raise SessionsFileError(f"saved_at = {_cut(saved_at)} is not a time")
-    session_id = raw["session_id"]
-    if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
-        raise SessionsFileError(f"session_id = {_cut(session_id)} is not a short string")
-    problem = gateway_url_problem(raw["resume_url"])
-    if problem is not None:
-        raise SessionsFileError(f"resume_url = {_cut(raw['resume_url'])} {problem}")
-    user_id = raw.get("user_id", "")
-    if not isinstance(user_id, str) or (user_id and check_snowflake(user_id) is not None):
-        raise SessionsFileError(f"user_id = {_cut(user_id)} is not a snowflake")
-    return Checkpoint(
-        shard, count, session_id, seq, raw["resume_url"], float(saved_at), guilds, user_id
-    )
-
-
-def _cut(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class SessionStore:
@@ -144,7 +77,10 @@ class SessionStore:
             raise SessionsFileError(f"not JSON: {exc}") from None
         if not isinstance(body, dict) or not isinstance(body.get("checkpoints"), list):
             raise SessionsFileError("not an object with a list of checkpoints")
-        return [parse_checkpoint(raw) for raw in body["checkpoints"]]
+        try:
+            return [Checkpoint.from_json(raw) for raw in body["checkpoints"]]
+        except CheckpointError as exc:
+            raise SessionsFileError(str(exc)) from None
 
     def get(self, shard: int) -> Checkpoint | None:
         return self._by_shard.get(shard)
@@ -169,7 +105,7 @@ class SessionStore:
         body: dict[str, Any] = {
             "saved_at": time.time(),
             "checkpoints": [
-                asdict(c) for c in sorted(self._by_shard.values(), key=lambda c: c.shard)
+                c.to_json() for c in sorted(self._by_shard.values(), key=lambda c: c.shard)
             ],
         }
         tmp = self.path.with_suffix(".tmp")

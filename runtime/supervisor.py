@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,15 @@ import orjson
 import zmq
 import zmq.asyncio
 
-from ipc.codec import MAX_GATEWAY_PAYLOAD, encode_bus_event, encode_gateway_command
+from ipc.checkpoint import Checkpoint, CheckpointError
+from ipc.codec import (
+    MAX_GATEWAY_PAYLOAD,
+    CodecError,
+    control_to,
+    decode_control,
+    encode_bus_event,
+    encode_gateway_command,
+)
 from ipc.commands import UpdateVoiceState
 from ipc.control import (
     GatewayForward,
@@ -47,14 +55,50 @@ from ipc.control import (
     VoiceVolume,
     WorkerHello,
 )
-from ipc.fields import InvalidFieldError, check_snowflake
+from ipc.errors import FatalClose
+from ipc.exits import ExitStatus
+from ipc.fields import check_snowflake
 from ipc.intents import names_from_bits
-from ipc.messages import REGISTRY, Event, GatewayCommand
+from ipc.messages import (
+    Accepted,
+    Command,
+    ErrorCode,
+    ErrorReply,
+    Event,
+    GatewayCommand,
+    Message,
+    Reply,
+    Routed,
+)
+from ipc.requests import (
+    GetStatus,
+    JoinVoice,
+    LeaveVoice,
+    PauseAudio,
+    PlayAudio,
+    Record,
+    Recording,
+    ReportClientStats,
+    Restarting,
+    RestartShards,
+    ResumeAudio,
+    SetVolume,
+    StatusReply,
+    StopAudio,
+    StopFleet,
+    Stopping,
+    VoiceRequest,
+)
+from ipc.states import ShardState, VoiceOutcome, VoiceState
+from ipc.status import AppRecord, BusRecord, FleetStatus, ShardRecord
 from ipc.voice import VoiceFailure
+from ipc.workerargs import ShardArgs
 from runtime.bus import EventBus
+from runtime.commands import CommandDesk, Options
 from runtime.config import Config
 from runtime.curveauth import ClientAllowList
 from runtime.discord_rest import RestError, fetch_gateway_bot
+from runtime.routing import route_command, shard_of_guild
 from runtime.rundir import (
     UnsafeRuntimeDirError,
     check_owned_file,
@@ -62,7 +106,7 @@ from runtime.rundir import (
     remove_sockets,
 )
 from runtime.scheduler import IdentifyScheduler, startup_seconds
-from runtime.sessions import Checkpoint, SessionStore
+from runtime.sessions import SessionStore
 from runtime.spawner import ExecSpawner, Process, ZygoteSpawner
 from runtime.voice import VoiceWorker
 from runtime.voicepolicy import (
@@ -78,11 +122,7 @@ __all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
 
 log = logging.getLogger("shardline.supervisor")
 
-MAX_TYPE_NAME = 128  # longer command type names are refused (and not echoed whole)
-MAX_REQUEST_ID = 64
 MAX_SUBSCRIBERS = 1024  # client_stats reports kept
-EXIT_USAGE = 2  # python -m shards: its command line or environment was refused
-EXIT_FATAL = 3  # python -m shards: a fatal close code
 
 
 class StartupError(RuntimeError):
@@ -129,7 +169,7 @@ class ShardWorker:
     last_exit: str = ""
     started_at: float = 0.0
     last_status_at: float = 0.0
-    status: dict[str, Any] = field(default_factory=dict)
+    report: ShardStatus | None = None  # the process's last status report
     stopping: bool = False
     fatal: str = ""
     fatal_advice: str = ""  # the shard's FatalClose message, when it sent one
@@ -137,12 +177,37 @@ class ShardWorker:
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
-    def state(self) -> str:
+    def state(self) -> ShardState:
         if self.fatal:
-            return "fatal"
+            return ShardState.FATAL
         if self.proc is None:
-            return "restarting" if self.respawn_at is not None else "stopped"
-        return str(self.status.get("state", "starting"))
+            return ShardState.RESTARTING if self.respawn_at is not None else ShardState.STOPPED
+        if self.report is None:
+            return ShardState.STARTING
+        try:
+            return ShardState(self.report.state)
+        except ValueError:
+            return ShardState.STARTING
+
+    def record(self, now: float) -> ShardRecord:
+        """This shard's line in the fleet status (from its last report, if any)."""
+        r = self.report
+        return ShardRecord(
+            id=self.shard,
+            state=self.state,
+            latency=None if r is None else _number_or_none(r.raw.get("latency_ms")),
+            seq=None if r is None else _int_or_none(r.raw.get("seq")),
+            session=None if r is None else _text_or_none(r.raw.get("session")),
+            guilds=0 if r is None else _count(r.raw.get("guilds")),
+            events_per_second=0.0
+            if r is None
+            else float(_number_or_none(r.raw.get("dispatch_rate")) or 0.0),
+            restarts=self.restarts,
+            last_exit=self.last_exit,
+            uptime=round(now - self.started_at, 1) if self.proc else 0.0,
+            pid=self.proc.pid if self.proc else None,
+            dropped=0 if r is None else _count(r.raw.get("dropped")),
+        )
 
 
 @dataclass
@@ -160,6 +225,15 @@ class AppWorker:
     @property
     def state(self) -> str:
         return "running" if self.proc is not None else "restarting"
+
+    def record(self) -> AppRecord:
+        return AppRecord(
+            module=self.module,
+            index=self.index,
+            state=self.state,
+            restarts=self.restarts,
+            pid=self.proc.pid if self.proc else None,
+        )
 
 
 def _exit_with_parent() -> None:
@@ -209,6 +283,9 @@ class Supervisor:
         self.voice: dict[int, VoiceWorker] = {}  # by guild id
         self.allow_list: ClientAllowList | None = None  # tcp:// endpoints: who may connect
         self.op4_budget = Op4Budget()
+        self.desk = CommandDesk(time.monotonic)
+        self._tasks: set[asyncio.Task[None]] = set()  # restarts the commands asked for
+        self._register_handlers()
         spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
         self.spawner: ZygoteSpawner | ExecSpawner = spawner(python, _exit_with_parent)
 
@@ -404,45 +481,30 @@ class Supervisor:
 
     async def _spawn(self, worker: ShardWorker) -> None:
         cfg = self.config
-        args = [
-            "--shard-id",
-            str(worker.shard),
-            "--shard-count",
-            str(self.plan.shard_count),
-            "--gateway",
-            self.plan.gateway_url,
-            "--events",
-            self.endpoints.bus_in,
-            "--control",
-            self.endpoints.control,
-            "--intents",
-            ",".join(names_from_bits(cfg.shards.intents)) or str(cfg.shards.intents),
-            "--compression",
-            cfg.shards.compression,
-            "--large-threshold",
-            str(cfg.shards.large_threshold),
-            "--max-payload-bytes",
-            str(cfg.shards.max_payload_bytes),
-            "--max-identifies-per-hour",
-            str(cfg.shards.max_identifies_per_hour),
-            "--token-env",
-            cfg.discord.token_env,
-            "--log-level",
-            cfg.log.level,
-            "--log-format",
-            cfg.log.format,
-        ]
-        if cfg.discord.ca_file:
-            args += ["--ca-file", cfg.discord.ca_file]
         checkpoint = self.sessions.get(worker.shard)
-        if checkpoint is not None:
-            args += ["--resume", checkpoint.resume_arg()]
+        args = ShardArgs(
+            shard_id=worker.shard,
+            shard_count=self.plan.shard_count,
+            gateway=self.plan.gateway_url,
+            events=self.endpoints.bus_in,
+            control=self.endpoints.control,
+            intents=",".join(names_from_bits(cfg.shards.intents)) or str(cfg.shards.intents),
+            compression=cfg.shards.compression,
+            large_threshold=cfg.shards.large_threshold,
+            max_payload_bytes=cfg.shards.max_payload_bytes,
+            max_identifies_per_hour=cfg.shards.max_identifies_per_hour,
+            token_env=cfg.discord.token_env,
+            log_level=cfg.log.level,
+            log_format=cfg.log.format,
+            ca_file=cfg.discord.ca_file or None,
+            resume=None if checkpoint is None else checkpoint.resume_arg(),
+        )
         env = {**os.environ, cfg.discord.token_env: self.token}
         # Its own session: a Ctrl-C at the terminal reaches the supervisor only, which then
         # shuts the shards down in order; PDEATHSIG still ends a shard if we die.
-        worker.proc = await self.spawner.spawn(args, env)
+        worker.proc = await self.spawner.spawn(args.to_argv(), env)
         worker.started_at = worker.last_status_at = time.monotonic()
-        worker.status = {"state": "starting"}
+        worker.report = None
         worker.respawn_at = None
 
     async def _keep_alive(self, worker: ShardWorker) -> None:
@@ -462,7 +524,7 @@ class Supervisor:
                     worker.restarts += 1
                     continue
                 return
-            if code == EXIT_FATAL:
+            if code == ExitStatus.FATAL:
                 # The shard sent its advice just before exiting; give it a moment to arrive.
                 for _ in range(40):
                     if worker.fatal_advice:
@@ -474,7 +536,7 @@ class Supervisor:
                 # fleet with the shard's advice rather than watch each shard fail the same way.
                 self.request_stop(f"shard {worker.shard}: {worker.fatal}")
                 return
-            if code == EXIT_USAGE:
+            if code == ExitStatus.USAGE:
                 # A refused command line, token or CA file is refused again on every respawn.
                 worker.fatal = (
                     "it refused its command line or environment (exit status 2; its log line "
@@ -597,7 +659,7 @@ class Supervisor:
         while time.monotonic() < deadline:
             if (
                 worker.proc is not None
-                and worker.status.get("state") == "ready"
+                and worker.state is ShardState.READY
                 and (worker.last_status_at > worker.started_at)
             ):
                 return
@@ -608,16 +670,14 @@ class Supervisor:
     async def _read_control(self, sock: zmq.asyncio.Socket) -> None:
         while True:
             frames = await sock.recv_multipart()
-            if len(frames) != 3:
-                continue
-            identity, type_name, body = frames
-            cls = REGISTRY.event(type_name.decode(errors="replace"))
-            if cls is None:
-                log.warning("unknown control message", extra={"fields": {"type": type_name}})
-                continue
+            identity = frames[0]
             try:
-                message = cls.from_raw(orjson.loads(body))
-            except orjson.JSONDecodeError:
+                message = decode_control(list(frames[1:]))
+            except CodecError as exc:
+                log.warning(
+                    f"unreadable control message from {identity[:32]!r}: {exc}",
+                    extra={"fields": {"worker": identity[:32].decode(errors="replace")}},
+                )
                 continue
             if identity.startswith(b"voice:"):
                 self._on_voice_control(identity, message)
@@ -628,10 +688,10 @@ class Supervisor:
             worker = self.workers[shard]
             now = time.monotonic()
             if isinstance(message, ShardStatus):
-                worker.status = dict(message.raw)
+                worker.report = message
                 worker.last_status_at = now
                 if (
-                    message.state == "ready"
+                    worker.state is ShardState.READY
                     and worker.crashes_in_a_row
                     and now - worker.started_at > 30
                 ):
@@ -641,108 +701,103 @@ class Supervisor:
             elif isinstance(message, IdentifySent):
                 self.scheduler.sent(shard, now)
             elif isinstance(message, SessionCheckpoint):
-                self.sessions.put(
-                    Checkpoint(
-                        shard,
-                        self.plan.shard_count,
-                        message.session_id,
-                        message.seq,
-                        message.resume_url,
-                        time.time(),
-                        message.guilds,
-                        _snowflake_or_empty(message.raw.get("user_id")),
-                    )
-                )
+                try:
+                    checkpoint = Checkpoint.from_event(message, self.plan.shard_count, time.time())
+                except CheckpointError as exc:
+                    log.warning(f"shard {shard} sent an unusable checkpoint ({exc}); not kept")
+                    continue
+                if checkpoint.shard == shard:
+                    self.sessions.put(checkpoint)
             elif isinstance(message, WorkerHello):
                 worker.last_status_at = now
             elif isinstance(message, GatewayForward):
                 await self._on_voice_forward(message)
-            elif message.type_name == "shardline.error.fatal_close":
-                worker.fatal_advice = str(message.raw.get("message") or "")
+            elif isinstance(message, FatalClose):
+                advice = message.raw.get("message") if isinstance(message.raw, dict) else None
+                worker.fatal_advice = advice[:1000] if isinstance(advice, str) else ""
 
     # -- voice ------------------------------------------------------------------------------
 
-    async def _voice_command(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
-        if "guild_id" not in data:
-            return {"ok": False, "error": "voice commands need a guild_id"}
-        problem = check_snowflake(data["guild_id"])
-        if problem is not None:
-            return {"ok": False, "error": f"voice {action[:32]}: guild_id {problem}"}
-        guild = int(data["guild_id"])
+    async def _on_join_voice(self, command: JoinVoice, options: Options) -> Reply:
+        guild, channel = command.guild_id, command.channel_id
         voice = self.voice.get(guild)
-        if action == "join":
-            if "channel_id" not in data:
-                return {"ok": False, "error": "voice join needs a channel_id"}
-            problem = check_snowflake(data["channel_id"])
-            if problem is not None:
-                return {"ok": False, "error": f"voice join: channel_id {problem}"}
-            channel = int(data["channel_id"])
-            if voice is None or voice.channel != channel or voice.error:
-                if voice is not None:
-                    voice.leaving = True
-                    await voice.stop()
-                self.voice[guild] = voice = VoiceWorker(guild, channel)
-            reply = await self._voice_state(guild, channel)
-            if not reply["ok"] and voice.proc is None:
-                self.voice.pop(guild, None)  # nothing was asked of Discord
-            return reply
-        if voice is None:
-            return {"ok": False, "error": f"voice not connected in guild {guild}"}
-        if action == "leave":
-            voice.leaving = True
-            await voice.stop()
-            self.voice.pop(guild, None)
-            return await self._voice_state(guild, None)
-        if voice.proc is None or voice.status.get("state") != "connected":
-            why = f"failed: {voice.error}" if voice.error else voice.state
-            return {"ok": False, "error": f"voice not connected in guild {guild} ({why})"}
-        if action == "play":
-            path = data.get("path", "")
-            if not isinstance(path, str) or "\0" in path or len(path) > 4096:
-                return {"ok": False, "error": "voice play: path must be a file path"}
-            if not os.path.isfile(path):
-                return {"ok": False, "error": f"no such file: {path!r}"}
-            queued = bool(data.get("queue", False))
-            self._send_voice(guild, VoicePlay(path=os.path.abspath(path), queue=queued))
-            return {"ok": True, "routed": f"voice:{guild}"}
-        if action == "volume":
-            try:
-                volume = float(data["volume"])
-            except (KeyError, TypeError, ValueError):
-                return {"ok": False, "error": "voice volume needs a number (1.0 = as is)"}
-            if not 0.0 <= volume <= 2.0:
-                return {"ok": False, "error": f"volume {volume} is outside 0.0-2.0"}
-            self._send_voice(guild, VoiceVolume(volume=volume))
-            return {"ok": True, "routed": f"voice:{guild}"}
-        if action == "record":
-            if data.get("stop"):
-                self._send_voice(guild, VoiceRecord(directory=""))
-                return {"ok": True, "routed": f"voice:{guild}"}
-            base = Path(self.config.voice.record_dir or self.runtime_dir / "recordings")
-            directory = base / f"{guild}-{time.strftime('%Y%m%d-%H%M%S')}"
-            self._send_voice(guild, VoiceRecord(directory=str(directory)))
-            return {"ok": True, "routed": f"voice:{guild}", "directory": str(directory)}
-        simple = {"stop": VoiceStop, "pause": VoicePause, "resume": VoiceResume}
-        if action in simple:
-            self._send_voice(guild, simple[action]())
-            return {"ok": True, "routed": f"voice:{guild}"}
-        return {"ok": False, "error": f"unknown voice command {action!r}"}
+        if voice is None or voice.channel != channel or voice.error:
+            if voice is not None:
+                voice.leaving = True
+                await voice.stop()
+            self.voice[guild] = voice = VoiceWorker(guild, channel)
+        reply = self._voice_state(guild, channel)
+        if isinstance(reply, ErrorReply) and voice.proc is None:
+            self.voice.pop(guild, None)  # nothing was asked of Discord
+        return reply
 
-    async def _voice_state(self, guild: int, channel: int | None) -> dict[str, Any]:
+    async def _on_leave_voice(self, command: LeaveVoice, options: Options) -> Reply:
+        guild = command.guild_id
+        voice = self.voice.get(guild)
+        if voice is None:
+            return ErrorReply.of(ErrorCode.UNAVAILABLE, f"voice not connected in guild {guild}")
+        voice.leaving = True
+        await voice.stop()
+        self.voice.pop(guild, None)
+        return self._voice_state(guild, None)
+
+    async def _on_voice_request(self, command: VoiceRequest, options: Options) -> Reply:
+        """play, stop, pause, resume, volume, record: for a connected voice process."""
+        guild = command.guild_id
+        voice = self.voice.get(guild)
+        if voice is None:
+            return ErrorReply.of(ErrorCode.UNAVAILABLE, f"voice not connected in guild {guild}")
+        if not voice.connected:
+            why = f"failed: {voice.error}" if voice.error else voice.state
+            return ErrorReply.of(
+                ErrorCode.UNAVAILABLE, f"voice not connected in guild {guild} ({why})"
+            )
+        routed = f"voice:{guild}"
+        message: Command
+        if isinstance(command, PlayAudio):
+            if not os.path.isfile(command.path):
+                return ErrorReply.of(ErrorCode.INVALID, f"no such file: {command.path!r}")
+            message = VoicePlay(path=os.path.abspath(command.path), queue=command.queue)
+        elif isinstance(command, SetVolume):
+            message = VoiceVolume(volume=command.volume)
+        elif isinstance(command, Record):
+            if command.stop:
+                self._send_voice(guild, VoiceRecord(directory=""))
+                return Recording(routed=routed, directory="")
+            base = Path(self.config.voice.record_dir or self.runtime_dir / "recordings")
+            directory = str(base / f"{guild}-{time.strftime('%Y%m%d-%H%M%S')}")
+            self._send_voice(guild, VoiceRecord(directory=directory))
+            return Recording(routed=routed, directory=directory)
+        elif isinstance(command, StopAudio):
+            message = VoiceStop()
+        elif isinstance(command, PauseAudio):
+            message = VoicePause()
+        elif isinstance(command, ResumeAudio):
+            message = VoiceResume()
+        else:
+            return ErrorReply.of(
+                ErrorCode.UNKNOWN_COMMAND, f"{command.type_name} is not handled here"
+            )
+        self._send_voice(guild, message)
+        return Routed(routed=routed)
+
+    def _voice_state(self, guild: int, channel: int | None) -> Reply:
         """Ask the shard that owns ``guild`` to send op 4 (counted in its op 4 budget)."""
-        shard = (guild >> 22) % self.plan.shard_count
+        shard = shard_of_guild(guild, self.plan.shard_count)
         worker = self.workers.get(shard)
         if worker is None:
-            return {"ok": False, "error": f"guild {guild} is on shard {shard}, not run here"}
-        if worker.state != "ready":
-            return {"ok": False, "error": f"shard {shard} is down ({worker.state})"}
+            return ErrorReply.of(
+                ErrorCode.UNROUTABLE, f"guild {guild} is on shard {shard}, not run here"
+            )
+        if worker.state is not ShardState.READY:
+            return ErrorReply.of(ErrorCode.UNAVAILABLE, f"shard {shard} is down ({worker.state})")
         now = time.monotonic()
         self.op4_budget.record(shard, now)  # the bot asked: it counts, and rejoins wait for it
         self._send_control(shard, UpdateVoiceState(guild, channel))
         voice = self.voice.get(guild)
         if voice is not None and channel is not None:
             voice.join_deadline = now + JOIN_TIMEOUT
-        return {"ok": True, "routed": f"shard:{shard}"}
+        return Routed(routed=f"shard:{shard}")
 
     async def _on_voice_forward(self, message: GatewayForward) -> None:
         """The bot's VOICE_STATE_UPDATE or a VOICE_SERVER_UPDATE, from a shard: Discord's
@@ -803,9 +858,9 @@ class Supervisor:
         if voice.connected_since is not None and now - voice.connected_since >= HEALTHY_AFTER:
             voice.rejoins = 0  # that session was healthy: this is a first failure again
         voice.connected_since = None
-        outcome, message = voice.ended or ("rejoin", f"the voice process exited ({code})")
+        outcome, message = voice.ended or (None, f"the voice process exited ({code})")
         voice.ended = None
-        voice.status = {}
+        voice.report = None
         voice.session_id = voice.token = voice.endpoint = ""
         decision = after_exit(outcome, message, voice.rejoins)
         if decision.next is Next.FAIL:
@@ -877,15 +932,19 @@ class Supervisor:
         if voice is None:
             return
         if isinstance(message, VoiceStatus):
-            voice.status = dict(message.raw)
-            if message.raw.get("state") == "connected":
+            voice.report = message
+            if voice.state is VoiceState.CONNECTED:
                 voice.join_deadline = None
                 if voice.connected_since is None:
                     voice.connected_since = time.monotonic()
         elif isinstance(message, VoiceEnded):
             outcome, text = message.raw.get("outcome"), message.raw.get("message")
-            if isinstance(outcome, str) and isinstance(text, str):
-                voice.ended = (outcome[:64], text[:1000])
+            if isinstance(text, str):
+                try:
+                    said: VoiceOutcome | None = VoiceOutcome(outcome)
+                except ValueError:
+                    said = None  # an outcome nobody declared: retried like a crash
+                voice.ended = (said, text[:1000])
 
     def _publish(self, event: Event) -> None:
         """A supervisor event on the bus (never blocking)."""
@@ -894,17 +953,16 @@ class Supervisor:
                 encode_bus_event(event, "supervisor", time.time_ns()), flags=zmq.NOBLOCK
             )
 
-    def _send_voice(self, guild: int, message: Any) -> None:
+    def _send_voice(self, guild: int, message: Message) -> None:
         self._send_to(f"voice:{guild}", message)
 
-    def _send_control(self, shard: int, message: Any) -> None:
+    def _send_control(self, shard: int, message: Message) -> None:
         self._send_to(f"shard:{shard}", message)
 
-    def _send_to(self, identity: str, message: Any) -> None:
+    def _send_to(self, identity: str, message: Message) -> None:
         """A control message to one worker, never blocking the supervisor."""
-        frames = [identity.encode(), message.type_name.encode(), orjson.dumps(message.raw)]
         with contextlib.suppress(zmq.ZMQError):
-            self.control.send_multipart(frames, flags=zmq.NOBLOCK)
+            self.control.send_multipart(control_to(identity, message), flags=zmq.NOBLOCK)
 
     # -- periodic work --------------------------------------------------------------------
 
@@ -991,117 +1049,88 @@ class Supervisor:
         """Every request gets exactly one reply, whatever it holds (docs/wire.md)."""
         while True:
             frames = await sock.recv_multipart()
-            identity, request_id = frames[0], frames[1] if len(frames) > 1 else b""
-            request_id = request_id[:MAX_REQUEST_ID]
-            if not 4 <= len(frames) <= 5:
-                reply: dict[str, Any] = {
-                    "ok": False,
-                    "error": f"a request is 4 frames (id, type, body, options), not "
-                    f"{len(frames) - 1}",
-                }
-            else:
-                type_name = frames[2][:MAX_TYPE_NAME].decode(errors="replace")
-                options = frames[4] if len(frames) > 4 else b"{}"
-                try:
-                    if len(frames[2]) > MAX_TYPE_NAME:
-                        reply = {"ok": False, "error": f"unknown command type {type_name!r}..."}
-                    else:
-                        reply = await self._handle_command(type_name, frames[3], options)
-                except Exception as exc:  # a bad request must never take the supervisor down
-                    log.exception(f"command {type_name!r} failed")
-                    reply = {"ok": False, "error": f"internal error ({type(exc).__name__})"}
-            await sock.send_multipart([identity, request_id, orjson.dumps(reply)])
+            for message in await self.desk.receive(list(frames)):
+                await sock.send_multipart(message)
 
-    async def _handle_command(
-        self, type_name: str, body: bytes, options_raw: bytes
-    ) -> dict[str, Any]:
-        try:
-            options = orjson.loads(options_raw) or {}
-            data = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError as exc:
-            return {"ok": False, "error": f"request is not JSON: {exc}"}
-        if not isinstance(options, dict):
-            return {"ok": False, "error": "options must be a JSON object"}
-        if type_name.startswith("shardline.") and not isinstance(data, dict):
-            return {"ok": False, "error": f"{type_name}: the body must be a JSON object"}
-        if type_name == "shardline.status":
-            return {"ok": True, "status": self.status()}
-        if type_name == "shardline.client_stats":
-            name, received, gaps = data.get("name"), data.get("received"), data.get("gaps")
-            if not isinstance(name, str) or len(name) > 128:
-                return {"ok": False, "error": "client_stats: name must be a short string"}
-            if type(received) is not int or type(gaps) is not int:
-                return {"ok": False, "error": "client_stats: received and gaps are integers"}
-            if name not in self.subscribers and len(self.subscribers) >= MAX_SUBSCRIBERS:
-                self._forget_quiet_subscribers()
-            self.subscribers[name] = {"received": received, "gaps": gaps, "at": time.monotonic()}
-            return {"ok": True}
-        if type_name.startswith("shardline.voice."):
-            return await self._voice_command(type_name.removeprefix("shardline.voice."), data)
-        if type_name == "shardline.stop":
-            self.request_stop()
-            return {"ok": True, "stopping": True}
-        if type_name == "shardline.restart":
-            if data.get("rolling") is True:
-                asyncio.get_running_loop().create_task(self.rolling_restart())
-                return {"ok": True, "restarting": sorted(self.workers)}
-            shard = data.get("shard")
-            if type(shard) is not int or shard not in self.workers:
-                return {
-                    "ok": False,
-                    "error": f"no shard {shard!r} on this host (shards: {sorted(self.workers)})",
-                }
-            asyncio.get_running_loop().create_task(self.restart_shard(int(shard)))
-            return {"ok": True, "restarting": [shard]}
-        cls = REGISTRY.command(type_name)
-        if cls is None:
-            return {"ok": False, "error": f"unknown command type {type_name!r}"}
-        if not issubclass(cls, GatewayCommand) or not cls.from_applications:
-            return {"ok": False, "error": f"{type_name} is not a gateway command an app may send"}
-        command = cls.from_raw(data)
-        try:
-            command.validate()
-        except InvalidFieldError as exc:
-            return {"ok": False, "error": f"{type_name}: {exc}; not sent"}
+    def _register_handlers(self) -> None:
+        """The supervisor's handler table: one handler per command class."""
+        desk = self.desk
+        desk.handle(GetStatus, self._on_status)
+        desk.handle(ReportClientStats, self._on_client_stats)
+        desk.handle(StopFleet, self._on_stop)
+        desk.handle(RestartShards, self._on_restart)
+        desk.handle(GatewayCommand, self._on_gateway_command)
+        desk.handle(JoinVoice, self._on_join_voice)
+        desk.handle(LeaveVoice, self._on_leave_voice)
+        desk.handle(VoiceRequest, self._on_voice_request)
+
+    async def _on_status(self, command: GetStatus, options: Options) -> Reply:
+        return StatusReply(status=self.status().to_json())
+
+    async def _on_client_stats(self, command: ReportClientStats, options: Options) -> Reply:
+        name = command.name
+        if name not in self.subscribers and len(self.subscribers) >= MAX_SUBSCRIBERS:
+            self._forget_quiet_subscribers()
+        self.subscribers[name] = {
+            "received": command.received,
+            "gaps": command.gaps,
+            "at": time.monotonic(),
+        }
+        return Accepted()
+
+    async def _on_stop(self, command: StopFleet, options: Options) -> Reply:
+        self.request_stop()
+        return Stopping(stopping=True)
+
+    async def _on_restart(self, command: RestartShards, options: Options) -> Reply:
+        if command.rolling:
+            self._background(self.rolling_restart(), "rolling restart")
+            return Restarting(restarting=sorted(self.workers))
+        shard = command.shard
+        if shard not in self.workers:
+            return ErrorReply.of(
+                ErrorCode.UNROUTABLE,
+                f"no shard {shard!r} on this host (shards: {sorted(self.workers)})",
+            )
+        self._background(self.restart_shard(shard), f"restart of shard {shard}")
+        return Restarting(restarting=[shard])
+
+    async def _on_gateway_command(self, command: GatewayCommand, options: Options) -> Reply:
+        type_name = command.type_name
         size = len(encode_gateway_command(command))
         if size > MAX_GATEWAY_PAYLOAD:
-            return {
-                "ok": False,
-                "error": f"{type_name} is {size} bytes, over the gateway's "
-                f"{MAX_GATEWAY_PAYLOAD}-byte limit; not sent",
-            }
-        shard = self._route(options, data)
-        if isinstance(shard, str):
-            return {"ok": False, "error": shard}
-        worker = self.workers[shard]
-        if worker.state != "ready":
-            return {
-                "ok": False,
-                "error": f"shard {shard} is down ({worker.state}); the command was not sent",
-            }
-        frames = [f"shard:{shard}".encode(), type_name.encode(), body]
-        await self.control.send_multipart(frames)
-        return {"ok": True, "routed": f"shard:{shard}"}
-
-    def _route(self, options: dict[str, Any], data: dict[str, Any]) -> int | str:
-        """The shard a command goes to, or an error saying why there is none."""
-        if "shard" in options:
-            shard = options["shard"]
-            if type(shard) is not int:
-                return f"options.shard must be a shard id, not {_cut(shard)}"
-        else:
-            guild = options.get("guild_id") or data.get("guild_id")
-            if guild is None:
-                return "the command needs a guild_id (or a shard) to be routed"
-            problem = check_snowflake(guild)
-            if problem is not None:
-                return f"guild_id {problem}"
-            shard = (int(guild) >> 22) % self.plan.shard_count
-        if shard not in self.workers:
-            return (
-                f"shard {shard} is not run by this host (it runs {_ranges(sorted(self.workers))})"
+            return ErrorReply.of(
+                ErrorCode.TOO_LARGE,
+                f"{type_name} is {size} bytes, over the gateway's {MAX_GATEWAY_PAYLOAD}-byte "
+                "limit; not sent",
             )
-        return shard
+        routed = route_command(options, command.raw, self.plan.shard_count, self.workers)
+        if isinstance(routed, str):
+            return ErrorReply.of(ErrorCode.UNROUTABLE, routed)
+        worker = self.workers[routed]
+        if worker.state is not ShardState.READY:
+            return ErrorReply.of(
+                ErrorCode.UNAVAILABLE,
+                f"shard {routed} is down ({worker.state}); the command was not sent",
+            )
+        self._send_control(routed, command)
+        return Routed(routed=f"shard:{routed}")
+
+    def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``work`` as a task the supervisor owns: cancelled at shutdown, its failure
+        logged (never lost with an unreferenced task)."""
+
+        async def owned() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(f"{what} failed")
+
+        task = asyncio.get_running_loop().create_task(owned())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _forget_quiet_subscribers(self) -> None:
         """Keep client_stats bounded: drop reports older than 10 s, else the oldest."""
@@ -1111,54 +1140,27 @@ class Supervisor:
         if len(self.subscribers) >= MAX_SUBSCRIBERS:
             del self.subscribers[min(self.subscribers, key=lambda k: self.subscribers[k]["at"])]
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> FleetStatus:
         now = time.monotonic()
-        shards = []
-        for worker in self.workers.values():
-            s = worker.status
-            shards.append(
-                {
-                    "id": worker.shard,
-                    "state": worker.state,
-                    "latency": s.get("latency_ms"),
-                    "seq": s.get("seq"),
-                    "session": s.get("session"),
-                    "guilds": s.get("guilds", 0),
-                    "events_per_second": s.get("dispatch_rate", 0.0),
-                    "restarts": worker.restarts,
-                    "last_exit": worker.last_exit,
-                    "uptime": round(now - worker.started_at, 1) if worker.proc else 0.0,
-                    "pid": worker.proc.pid if worker.proc else None,
-                    "dropped": s.get("dropped", 0),
-                }
-            )
+        shards = [worker.record(now) for worker in self.workers.values()]
         live = {k: v for k, v in self.subscribers.items() if now - v["at"] < 10}
         subscribers = self.bus.stats() if self.bus is not None else []
-        bus = {
-            "subscribers_reporting": len(live),
-            "subscriber_gaps": sum(v["gaps"] for v in live.values()),
-            "shard_drops": sum(s["dropped"] or 0 for s in shards),
-            "subscriber_drops": sum(s["dropped"] for s in subscribers),
-            "subscribers": subscribers,
-        }
-        return {
-            "bus": bus,
-            "shard_count": self.plan.shard_count,
-            "identifies_remaining": self.scheduler.remaining,
-            "uptime": round(now - self.started, 1),
-            "shards": shards,
-            "apps": [
-                {
-                    "module": app.module,
-                    "index": app.index,
-                    "state": app.state,
-                    "restarts": app.restarts,
-                    "pid": app.proc.pid if app.proc else None,
-                }
-                for app in self.apps
-            ],
-            "voice": [v.summary() for v in self.voice.values()],
-        }
+        bus = BusRecord(
+            subscribers_reporting=len(live),
+            subscriber_gaps=sum(v["gaps"] for v in live.values()),
+            shard_drops=sum(s.dropped for s in shards),
+            subscriber_drops=sum(s.dropped for s in subscribers),
+            subscribers=subscribers,
+        )
+        return FleetStatus(
+            bus=bus,
+            shard_count=self.plan.shard_count,
+            identifies_remaining=self.scheduler.remaining,
+            uptime=round(now - self.started, 1),
+            shards=shards,
+            apps=[app.record() for app in self.apps],
+            voice=[v.record() for v in self.voice.values()],
+        )
 
 
 class _Done(Exception):
@@ -1182,15 +1184,24 @@ def _short_text(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 512 and value.isprintable()
 
 
-def _snowflake_or_empty(value: Any) -> str:
-    """A worker's user id as the session store keeps it ("" when absent or not an id)."""
-    return value if isinstance(value, str) and check_snowflake(value) is None else ""
+def _number_or_none(value: Any) -> float | None:
+    """A number a worker reported (its own process, but checked: one bad field must not
+    break ``shardline status``)."""
+    if type(value) in (int, float) and math.isfinite(value):
+        return float(value)
+    return None
 
 
-def _cut(value: Any, limit: int = 40) -> str:
-    """A value from outside, for an error message: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+def _int_or_none(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value[:256] if isinstance(value, str) else None
 
 
 def _shard_of(identity: bytes) -> int | None:
@@ -1206,18 +1217,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _ranges(ids: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5"."""
-    if not ids:
-        return "none"
-    out: list[str] = []
-    start = prev = ids[0]
-    for i in [*ids[1:], -1]:
-        if i == prev + 1:
-            prev = i
-            continue
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        start = prev = i
-    return ",".join(out)

@@ -9,15 +9,20 @@ death reap it (a death rejoins, a bounded number of times).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ipc.control import VoiceStatus
+from ipc.states import VoiceOutcome, VoiceState
+from ipc.status import VoiceRecord
+from ipc.workerargs import VoiceArgs
 from runtime.config import VoiceConfig
+from runtime.procs import end_process
 
 __all__ = ["VoiceWorker"]
 
@@ -31,12 +36,13 @@ class VoiceWorker:
     token: str = ""
     endpoint: str = ""
     proc: asyncio.subprocess.Process | None = None
-    status: dict[str, Any] = field(default_factory=dict)
+    report: VoiceStatus | None = None  # the process's last status report
+    watcher: asyncio.Task[None] | None = None
     leaving: bool = False
     rejoins: int = 0
     started_at: float = 0.0
     # How the last process said its session ended (control.voice_ended): outcome, message.
-    ended: tuple[str, str] | None = None
+    ended: tuple[VoiceOutcome | None, str] | None = None
     error: str = ""  # set when the session failed for good: the first cause
     connected_since: float | None = None
     join_deadline: float | None = None  # op 4 sent: connected by then, or failed
@@ -52,16 +58,25 @@ class VoiceWorker:
         )
 
     @property
-    def state(self) -> str:
+    def state(self) -> VoiceState:
         if self.error:
-            return "failed"
+            return VoiceState.FAILED
         if self.proc is None:
             if self.leaving:
-                return "leaving"
+                return VoiceState.LEAVING
             if self.server_deadline is not None:
-                return "waiting for server"
-            return "rejoining" if self.rejoin_at is not None else "joining"
-        return str(self.status.get("state", "connecting"))
+                return VoiceState.WAITING_SERVER
+            return VoiceState.REJOINING if self.rejoin_at is not None else VoiceState.JOINING
+        if self.report is None:
+            return VoiceState.CONNECTING
+        try:
+            return VoiceState(self.report.raw.get("state"))
+        except ValueError:
+            return VoiceState.CONNECTING
+
+    @property
+    def connected(self) -> bool:
+        return self.proc is not None and self.state is VoiceState.CONNECTED
 
     def fail(self, reason: str) -> None:
         """The session is over for good; status keeps saying why until a leave or a join."""
@@ -69,20 +84,20 @@ class VoiceWorker:
         self.join_deadline = self.rejoin_at = self.server_deadline = None
         self.session_id = self.token = self.endpoint = ""
 
-    def summary(self) -> dict[str, Any]:
-        s = self.status
-        return {
-            "guild": str(self.guild),
-            "channel": str(self.channel),
-            "state": self.state,
-            "ping": s.get("ping_ms"),
-            "packets": s.get("packets", 0),
-            "late": s.get("late", 0),
-            "jitter": s.get("jitter_p99_ms"),
-            "rejoins": self.rejoins,
-            "pid": None if self.proc is None else self.proc.pid,
-            "error": self.error or None,
-        }
+    def record(self) -> VoiceRecord:
+        r = self.report.raw if self.report is not None else {}
+        return VoiceRecord(
+            guild=str(self.guild),
+            channel=str(self.channel),
+            state=self.state,
+            ping=_number(r.get("ping_ms")),
+            packets=_count(r.get("packets")),
+            late=_count(r.get("late")),
+            jitter=_number(r.get("jitter_p99_ms")),
+            rejoins=self.rejoins,
+            pid=None if self.proc is None else self.proc.pid,
+            error=self.error or None,
+        )
 
     async def start(
         self,
@@ -95,38 +110,30 @@ class VoiceWorker:
         on_exit: Callable[[VoiceWorker, int], Awaitable[None]],
         token_env: str = "DISCORD_TOKEN",
     ) -> None:
-        args = [
-            sys.executable,
-            "-m",
-            "voiceworker",
-            "--guild",
-            str(self.guild),
-            "--user",
-            str(self.user_id),
-            "--session",
-            self.session_id,
-            "--endpoint",
-            self.endpoint,
-            "--channel",
-            str(self.channel),
-            "--control",
-            control,
-            "--events",
-            events,
-            "--nice",
-            str(options.nice),
-            "--log-level",
-            log_level,
-        ]
-        if ca_file:
-            args += ["--ca-file", ca_file]
-        if options.receive:
-            args.append("--receive")
+        args = VoiceArgs(
+            guild=self.guild,
+            user=self.user_id,
+            session=self.session_id,
+            endpoint=self.endpoint,
+            channel=self.channel,
+            control=control,
+            events=events,
+            nice=options.nice,
+            log_level=log_level,
+            ca_file=ca_file or None,
+            receive=options.receive,
+        )
         # The voice token, not the bot's: a voice process never talks to the main gateway.
         env = {k: v for k, v in os.environ.items() if k != token_env}
         env["SHARDLINE_VOICE_TOKEN"] = self.token
         self.proc = await asyncio.create_subprocess_exec(
-            *args, env=env, preexec_fn=preexec, start_new_session=True
+            sys.executable,
+            "-m",
+            "voiceworker",
+            *args.to_argv(),
+            env=env,
+            preexec_fn=preexec,
+            start_new_session=True,
         )
         self.started_at = time.monotonic()
         proc = self.proc
@@ -137,16 +144,24 @@ class VoiceWorker:
                 self.proc = None
             await on_exit(self, code)
 
-        asyncio.get_running_loop().create_task(watch())
+        # Owned: kept here until it ends, cancelled by stop() (never an orphan task).
+        self.watcher = asyncio.get_running_loop().create_task(watch())
 
     async def stop(self) -> None:
+        """End the process (SIGTERM, then SIGKILL after 5 s) and its watcher."""
         proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if proc is not None:
+            await end_process(proc)
+            if self.proc is proc:
+                self.proc = None
+        if self.watcher is not None and self.watcher is not asyncio.current_task():
+            self.watcher.cancel()
+            self.watcher = None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if type(value) in (int, float) and math.isfinite(value) else None
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0

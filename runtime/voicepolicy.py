@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from ipc.states import VoiceOutcome
+
 __all__ = [
     "HEALTHY_AFTER",
     "JOIN_TIMEOUT",
@@ -52,25 +54,25 @@ class Decision:
     reason: str
 
 
-# The worker's outcome (voiceworker.gateway.CloseOutcome values) -> what comes next.
-_OUTCOMES: dict[str, Next] = {
-    "stop": Next.FAIL,  # 4001, 4002, 4005, 4012, 4016, 4017, 4020, 4021, 4022, bad data
-    "rejoin": Next.REJOIN,  # 4003, 4004, 4006, 4011, a second 4009, unreachable server
-    "resume": Next.REJOIN,  # resuming was given up inside the worker
-    "reidentify": Next.REJOIN,
-    "wait for a new server": Next.WAIT_SERVER,  # 4014
+# How the worker said its session ended -> what comes next.
+_OUTCOMES: dict[VoiceOutcome, Next] = {
+    VoiceOutcome.STOP: Next.FAIL,  # 4001, 4002, 4005, 4012, 4016, 4017, 4020-4022, bad data
+    VoiceOutcome.REJOIN: Next.REJOIN,  # 4003, 4004, 4006, 4011, a second 4009, no server
+    VoiceOutcome.RESUME: Next.REJOIN,  # resuming was given up inside the worker
+    VoiceOutcome.REIDENTIFY: Next.REJOIN,
+    VoiceOutcome.WAIT_SERVER: Next.WAIT_SERVER,  # 4014
 }
 
 
 def after_exit(
-    outcome: str,
+    outcome: VoiceOutcome | None,
     message: str,
     rejoins: int,
     rng: Callable[[], float] = random.random,
 ) -> Decision:
     """The next step for a session that ended with ``outcome`` after ``rejoins`` rejoins in
     a row. An outcome nobody knows (a crash) is retried like a rejoin."""
-    step = _OUTCOMES.get(outcome, Next.REJOIN)
+    step = Next.REJOIN if outcome is None else _OUTCOMES[outcome]
     if step is Next.FAIL:
         return Decision(Next.FAIL, 0.0, message)
     if step is Next.WAIT_SERVER:

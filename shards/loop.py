@@ -24,7 +24,6 @@ from ipc.control import (
     IdentifyPermit,
     IdentifyRequest,
     IdentifySent,
-    SessionCheckpoint,
     ShardStatus,
     Shutdown,
 )
@@ -317,14 +316,7 @@ class ShardRunner:
             self.control.send(event)  # the supervisor stops the fleet with this advice
 
     def _checkpoint(self, action: Checkpoint) -> None:
-        checkpoint = SessionCheckpoint(
-            shard=self.settings.shard_id,
-            session_id=action.session_id,
-            seq=action.seq,
-            resume_url=action.resume_url,
-            guilds=action.guilds,
-            user_id=action.user_id or None,
-        )
+        checkpoint = action.to_event()
         self.publisher.event(checkpoint)  # in order with the dispatches it covers
         if self.control is not None:
             self.control.send(checkpoint)

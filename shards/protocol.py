@@ -14,11 +14,11 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import orjson
 
+from ipc.checkpoint import Checkpoint
 from ipc.codec import MAX_GATEWAY_PAYLOAD, encode_gateway_command
 from ipc.commands import Heartbeat, Identify, Resume
 from ipc.control import MAX_SESSION_ID_LENGTH, gateway_url_problem
@@ -34,6 +34,7 @@ from ipc.errors import (
 )
 from ipc.intents import PRIVILEGED, names_from_bits
 from ipc.messages import GatewayCommand
+from ipc.states import ShardState
 from shards.closecodes import CloseAction, policy_for
 from shards.inflate import DEFAULT_MAX_PAYLOAD, InflateError, Inflator, make_inflator
 from shards.ratelimit import SendLimiter
@@ -69,17 +70,6 @@ READ_DISPATCHES = frozenset(
 # prefix spares parsing a body only the bus's consumers need. Anything else is parsed whole.
 _ID = re.compile(rb'"id":"(\d{1,20})"')
 _DISPATCH_PREFIX = re.compile(rb'\{"t":"([A-Z0-9_]{1,64})","s":(\d{1,19}),"op":0,"d":[\[{]')
-
-
-class ShardState(Enum):
-    DISCONNECTED = "disconnected"
-    CONNECTING = "connecting"  # socket opening, or open and waiting for HELLO
-    IDENTIFYING = "identifying"  # waiting for a permit, or for READY
-    RESUMING = "resuming"  # RESUME sent, waiting for RESUMED
-    READY = "ready"
-    BACKING_OFF = "backing off"
-    FATAL = "fatal"
-    STOPPED = "stopped"
 
 
 _S = ShardState
@@ -130,17 +120,6 @@ class Emit:
     """Publish a shardline event (an error, mostly) on the bus."""
 
     event: ErrorEvent
-
-
-@dataclass(slots=True)
-class Checkpoint:
-    """The session can be resumed from here: tell the supervisor."""
-
-    session_id: str
-    seq: int
-    resume_url: str
-    guilds: int = 0
-    user_id: str = ""  # the bot's, from READY: a RESUME does not say it again
 
 
 @dataclass(slots=True)
@@ -265,8 +244,15 @@ class GatewayProtocol:
     def checkpoint(self) -> Checkpoint:
         """Where the session stands (call only when :attr:`resumable`)."""
         assert self.session_id is not None and self.seq is not None
+        settings = self.settings
         return Checkpoint(
-            self.session_id, self.seq, self.resume_url or "", self.guild_count, self.user_id or ""
+            settings.shard_id,
+            settings.shard_count,
+            self.session_id,
+            self.seq,
+            self.resume_url or "",
+            guilds=self.guild_count,
+            user_id=self.user_id or "",
         )
 
     @property

@@ -47,6 +47,7 @@ import shards.__main__ as shard_main
 import shards.inflate
 import shards.links
 import shards.loop  # noqa: F401
+from ipc.workerargs import ShardArgs
 from shards import tls
 
 try:
@@ -82,7 +83,7 @@ def _warm_up() -> None:
             loop.run_until_complete(tick())
         finally:
             loop.close()
-    shard_main.shared_parser().format_help()  # argparse imports shutil (lzma, bz2) lazily
+    ShardArgs.parser().format_help()  # argparse imports shutil (lzma, bz2) lazily
     tls.client_context()  # the system CA store, loaded once for every wss:// shard
     ctx = zmq.Context()
     try:

@@ -4,7 +4,6 @@ supervisor with what a shard collected). The voice token comes from the environm
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
@@ -15,6 +14,7 @@ import ssl
 import sys
 
 from ipc import eventloop
+from ipc.codec import CodecError
 from ipc.control import (
     Shutdown,
     VoiceEnded,
@@ -27,8 +27,11 @@ from ipc.control import (
     VoiceStop,
     VoiceVolume,
 )
+from ipc.exits import ExitStatus
 from ipc.logfmt import setup_logging
+from ipc.states import VoiceOutcome, VoiceState
 from ipc.voice import TrackEnd, TrackStart, VoiceAudio, VoiceFailure, VoiceStats
+from ipc.workerargs import VoiceArgs
 from shards import tls
 from shards.links import ControlLink, EventPublisher, NullPublisher
 from voiceworker.audio import open_source
@@ -39,44 +42,22 @@ from voiceworker.session import VoiceError, VoiceSession
 log = logging.getLogger("shardline.voice")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m voiceworker", description=__doc__)
-    p.add_argument("--guild", type=int, required=True)
-    p.add_argument("--user", type=int, required=True, help="the bot's user id")
-    p.add_argument("--session", required=True, help="session_id from VOICE_STATE_UPDATE")
-    p.add_argument("--endpoint", required=True, help="endpoint from VOICE_SERVER_UPDATE")
-    p.add_argument("--channel", type=int, required=True, help="the voice channel's id (DAVE)")
-    p.add_argument("--control", help="supervisor control endpoint; none: play --play and exit")
-    p.add_argument("--play", help="standalone: a raw PCM file to play, then leave")
-    p.add_argument("--ca-file", help="extra CA bundle (PEM) to trust for wss://")
-    p.add_argument("--events", help="the event bus to publish on (the supervisor's XSUB)")
-    p.add_argument(
-        "--receive", action="store_true", help="publish every member's Opus frames on the bus"
-    )
-    p.add_argument(
-        "--nice", type=int, default=0, help="a better CPU priority to ask for (e.g. -10)"
-    )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="text", choices=["text", "json"])
-    return p
-
-
-async def amain(args: argparse.Namespace) -> int:
+async def amain(args: VoiceArgs) -> int:
     token = os.environ.get("SHARDLINE_VOICE_TOKEN")
     if not token:
         log.error("no voice token: set SHARDLINE_VOICE_TOKEN")
-        return 2
+        return ExitStatus.USAGE
     raise_priority(args.nice)
     try:
         context = tls.client_context(args.ca_file)
     except (OSError, ssl.SSLError) as exc:
         log.error(f"cannot use --ca-file {args.ca_file}: {exc}")
-        return 2
+        return ExitStatus.USAGE
     credentials = VoiceCredentials(
         args.guild, args.user, args.session, token, args.endpoint, args.channel
     )
     session = VoiceSession(credentials, ssl_context=context, precise=True)
-    source_name = f"voice:{args.guild}"
+    source_name = args.source
     bus = EventPublisher(args.events, source_name) if args.events else NullPublisher(source_name)
     control = ControlLink(args.control, source_name) if args.control else None
     try:
@@ -88,7 +69,7 @@ async def amain(args: argparse.Namespace) -> int:
             control.send(ended(args.guild, session, str(exc)))
             control.close()
         bus.close()
-        return 1
+        return ExitStatus.CRASH
     log.info("voice connected", extra={"fields": {"guild": args.guild}})
     gc.freeze()  # what startup built stays: keep full collections off it while frames flow
     if control is None:
@@ -96,7 +77,7 @@ async def amain(args: argparse.Namespace) -> int:
             await session.play(open_source(args.play))
         await session.leave()
         bus.close()
-        return 0
+        return ExitStatus.STOPPED
     worker = Worker(args, session, bus, control)
     return await worker.run()
 
@@ -107,7 +88,7 @@ def ended(guild: int, session: VoiceSession, message: str) -> VoiceEnded:
     failure = session.failure
     return VoiceEnded(
         guild=str(guild),
-        outcome=failure.outcome if failure else "rejoin",
+        outcome=failure.outcome if failure else VoiceOutcome.REJOIN,
         code=(failure.code or 0) if failure else 0,
         message=message,
     )
@@ -130,7 +111,7 @@ class Worker:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        args: VoiceArgs,
         session: VoiceSession,
         bus: NullPublisher,
         control: ControlLink,
@@ -140,7 +121,7 @@ class Worker:
         self.session = session
         self.bus = bus
         self.control = control
-        self.source = f"voice:{args.guild}"
+        self.source = args.source
         self.stop = asyncio.Event()
         self.playing: asyncio.Task[None] | None = None
         self.queue: list[str] = []
@@ -172,10 +153,10 @@ class Worker:
             self.control.send(ended(self.guild, self.session, message))
         await self.session.leave()
         self.record("")
-        self.control.send(VoiceStatus(guild=str(self.guild), state="disconnected"))
+        self.control.send(VoiceStatus(guild=str(self.guild), state=VoiceState.DISCONNECTED))
         self.control.close()
         self.bus.close()
-        return 0 if self.stop.is_set() else 1
+        return ExitStatus.STOPPED if self.stop.is_set() else ExitStatus.CRASH
 
     # -- audio in -------------------------------------------------------------------------
 
@@ -246,7 +227,7 @@ class Worker:
             self.control.send(
                 VoiceStatus(
                     guild=str(self.guild),
-                    state=session.state.value,
+                    state=session.state,
                     ping_ms=None if ping is None else round(ping, 2),
                     packets=session.packets_sent,
                     late=late,
@@ -258,7 +239,7 @@ class Worker:
                 self.bus.event(
                     VoiceStats(
                         guild_id=self.guild,
-                        state=session.state.value,
+                        state=session.state,
                         ping_ms=None if ping is None else round(ping, 2),
                         packets=session.packets_sent,
                         late=late,
@@ -273,7 +254,11 @@ class Worker:
     async def commands(self) -> None:
         session = self.session
         while True:
-            command = await self.control.receive()
+            try:
+                command = await self.control.receive()
+            except CodecError as exc:  # the supervisor's bug, not a reason to go deaf
+                log.warning(f"unreadable control message ignored: {exc}")
+                continue
             if isinstance(command, VoicePlay):
                 busy = self.playing is not None and not self.playing.done()
                 if command.queue and busy:
@@ -311,13 +296,13 @@ class Worker:
 
 
 def main() -> int:
-    args = build_parser().parse_args()
+    args = VoiceArgs.from_argv()
     setup_logging("voice", str(args.guild), args.log_level, args.log_format)
     try:
         return eventloop.run(amain(args))
     except Exception:
         log.exception("voice worker crashed")
-        return 1
+        return ExitStatus.CRASH
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import orjson
 
+from ipc.states import VoiceOutcome, VoiceState
 from voiceworker.crypto import choose_mode
 
 __all__ = [
@@ -48,45 +48,24 @@ MAX_HEARTBEAT_INTERVAL = 600.0
 SECRET_KEY_SIZE = 32
 
 
-class VoiceState(Enum):
-    CONNECTING = "connecting"
-    IDENTIFYING = "identifying"
-    DISCOVERING = "discovering"  # READY received: UDP IP discovery under way
-    SELECTING = "selecting"  # SELECT PROTOCOL sent, waiting for the session description
-    CONNECTED = "connected"
-    RESUMING = "resuming"
-    BACKING_OFF = "backing off"
-    REJOIN = "rejoin"  # the session is gone: the supervisor must send op 4 again
-    WAITING_SERVER = "waiting for server"  # 4014: a new VOICE_SERVER_UPDATE may come
-    DISCONNECTED = "disconnected"
-
-
-class CloseOutcome(Enum):
-    RESUME = "resume"
-    REJOIN = "rejoin"
-    WAIT_SERVER = "wait for a new server"
-    STOP = "stop"
-    REIDENTIFY = "identify again"  # UDP went silent: a new connection, discovery and key
-
-
 # Close codes (topics/opcodes-and-status-codes#voice) and what they call for.
-VOICE_CLOSE_CODES: dict[int, tuple[CloseOutcome, str]] = {
-    4001: (CloseOutcome.STOP, "unknown opcode sent (a bug in this client)"),
-    4002: (CloseOutcome.STOP, "the server could not decode a payload (a bug in this client)"),
-    4003: (CloseOutcome.REJOIN, "not authenticated"),
-    4004: (CloseOutcome.REJOIN, "authentication failed (wrong token)"),
-    4005: (CloseOutcome.STOP, "already authenticated (a bug in this client)"),
-    4006: (CloseOutcome.REJOIN, "session no longer valid"),
-    4009: (CloseOutcome.RESUME, "session timed out"),  # once; a second time: rejoin
-    4011: (CloseOutcome.REJOIN, "server not found"),
-    4012: (CloseOutcome.STOP, "unknown protocol"),
-    4014: (CloseOutcome.WAIT_SERVER, "disconnected (kicked, channel deleted, or moved)"),
-    4015: (CloseOutcome.RESUME, "voice server crashed"),
-    4016: (CloseOutcome.STOP, "unknown encryption mode"),
-    4017: (CloseOutcome.STOP, "E2EE (DAVE) required but not offered"),
-    4020: (CloseOutcome.STOP, "bad request"),
-    4021: (CloseOutcome.STOP, "disconnected: rate limited"),
-    4022: (CloseOutcome.STOP, "disconnected: call terminated"),
+VOICE_CLOSE_CODES: dict[int, tuple[VoiceOutcome, str]] = {
+    4001: (VoiceOutcome.STOP, "unknown opcode sent (a bug in this client)"),
+    4002: (VoiceOutcome.STOP, "the server could not decode a payload (a bug in this client)"),
+    4003: (VoiceOutcome.REJOIN, "not authenticated"),
+    4004: (VoiceOutcome.REJOIN, "authentication failed (wrong token)"),
+    4005: (VoiceOutcome.STOP, "already authenticated (a bug in this client)"),
+    4006: (VoiceOutcome.REJOIN, "session no longer valid"),
+    4009: (VoiceOutcome.RESUME, "session timed out"),  # once; a second time: rejoin
+    4011: (VoiceOutcome.REJOIN, "server not found"),
+    4012: (VoiceOutcome.STOP, "unknown protocol"),
+    4014: (VoiceOutcome.WAIT_SERVER, "disconnected (kicked, channel deleted, or moved)"),
+    4015: (VoiceOutcome.RESUME, "voice server crashed"),
+    4016: (VoiceOutcome.STOP, "unknown encryption mode"),
+    4017: (VoiceOutcome.STOP, "E2EE (DAVE) required but not offered"),
+    4020: (VoiceOutcome.STOP, "bad request"),
+    4021: (VoiceOutcome.STOP, "disconnected: rate limited"),
+    4022: (VoiceOutcome.STOP, "disconnected: call terminated"),
 }
 
 
@@ -180,7 +159,7 @@ class Failed:
     """The connection cannot continue as is: ``outcome`` says what happens next."""
 
     code: int | None
-    outcome: str
+    outcome: VoiceOutcome
     message: str
 
 
@@ -242,7 +221,7 @@ class VoiceGateway:
         self.heartbeat_sent_at = 0.0
         self.latency: float | None = None
         self.resumable = False  # True once connected: a drop resumes
-        self._closing: CloseOutcome | None = None
+        self._closing: VoiceOutcome | None = None
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -282,39 +261,39 @@ class VoiceGateway:
     def on_closed(self, code: int | None, now: float) -> list[VoiceAction]:
         """The websocket closed. Decide: resume, rejoin, wait for a new server, or stop."""
         self.heartbeat_interval = self.next_heartbeat = None
-        if self._closing is CloseOutcome.REIDENTIFY:  # UDP went silent: start afresh
+        if self._closing is VoiceOutcome.REIDENTIFY:  # UDP went silent: start afresh
             self._closing = None
             self.resumable = False
             self.seq_ack = -1
             self.state = VoiceState.BACKING_OFF
-            return [Failed(code, "reidentify", "UDP went silent: identifying again")]
-        outcome: CloseOutcome
+            return [Failed(code, VoiceOutcome.REIDENTIFY, "UDP went silent: identifying again")]
+        outcome: VoiceOutcome
         if self._closing is not None:  # we closed it on purpose (zombie): resume
             outcome, meaning = self._closing, "closed by us"
         elif code is None or code < 4000:
-            outcome, meaning = CloseOutcome.RESUME, "connection lost"
+            outcome, meaning = VoiceOutcome.RESUME, "connection lost"
         else:
-            outcome, meaning = VOICE_CLOSE_CODES.get(code, (CloseOutcome.RESUME, "unknown code"))
+            outcome, meaning = VOICE_CLOSE_CODES.get(code, (VoiceOutcome.RESUME, "unknown code"))
         if code == 4009:
             self.session.timeouts += 1
             if self.session.timeouts > 1:
-                outcome = CloseOutcome.REJOIN  # resumed once already: start over
-        if outcome is CloseOutcome.RESUME and not self.resumable:
-            outcome = CloseOutcome.REJOIN  # nothing to resume yet
+                outcome = VoiceOutcome.REJOIN  # resumed once already: start over
+        if outcome is VoiceOutcome.RESUME and not self.resumable:
+            outcome = VoiceOutcome.REJOIN  # nothing to resume yet
         self.state = {
-            CloseOutcome.RESUME: VoiceState.BACKING_OFF,
-            CloseOutcome.REJOIN: VoiceState.REJOIN,
-            CloseOutcome.WAIT_SERVER: VoiceState.WAITING_SERVER,
-            CloseOutcome.STOP: VoiceState.DISCONNECTED,
+            VoiceOutcome.RESUME: VoiceState.BACKING_OFF,
+            VoiceOutcome.REJOIN: VoiceState.REJOIN,
+            VoiceOutcome.WAIT_SERVER: VoiceState.WAITING_SERVER,
+            VoiceOutcome.STOP: VoiceState.DISCONNECTED,
         }[outcome]
-        if outcome is not CloseOutcome.RESUME:
+        if outcome is not VoiceOutcome.RESUME:
             self.resumable = False
-        return [Failed(code, outcome.value, f"voice gateway closed {code} ({meaning})")]
+        return [Failed(code, outcome, f"voice gateway closed {code} ({meaning})")]
 
     def udp_lost(self) -> list[VoiceAction]:
         """UDP keepalives stopped coming back: close, then identify afresh (a new UDP
         socket, IP discovery and key), the same credentials still being valid."""
-        self._closing = CloseOutcome.REIDENTIFY
+        self._closing = VoiceOutcome.REIDENTIFY
         return [Close(RESUMABLE_CLOSE, "UDP silent: reconnecting")]
 
     def new_server(self, token: str, endpoint: str) -> None:
@@ -363,12 +342,12 @@ class VoiceGateway:
             interval = value / 1000
         if not MIN_HEARTBEAT_INTERVAL <= interval <= MAX_HEARTBEAT_INTERVAL:
             # A broken server: close, and resume (or rejoin) after the loop's backoff.
-            outcome = CloseOutcome.RESUME if self.resumable else CloseOutcome.REJOIN
+            outcome = VoiceOutcome.RESUME if self.resumable else VoiceOutcome.REJOIN
             self._closing = outcome
             return [
                 Failed(
                     None,
-                    outcome.value,
+                    outcome,
                     f"voice HELLO's heartbeat_interval {_cut(value)} is not a number of "
                     f"milliseconds from {MIN_HEARTBEAT_INTERVAL * 1000:.0f} to "
                     f"{MAX_HEARTBEAT_INTERVAL * 1000:.0f}",
@@ -393,8 +372,8 @@ class VoiceGateway:
         """The server sent what cannot work: end the session with the reason (a retry of
         the same server would get the same)."""
         self.state = VoiceState.DISCONNECTED
-        self._closing = CloseOutcome.STOP
-        return [Failed(None, CloseOutcome.STOP.value, message), Close(1000, "unusable server data")]
+        self._closing = VoiceOutcome.STOP
+        return [Failed(None, VoiceOutcome.STOP, message), Close(1000, "unusable server data")]
 
     def on_discovered(self, address: str, port: int) -> list[VoiceAction]:
         """IP discovery answered: SELECT PROTOCOL with our external address."""
@@ -424,9 +403,9 @@ class VoiceGateway:
     def discovery_failed(self, message: str, *, retry: bool) -> list[VoiceAction]:
         """UDP IP discovery could not complete: close, then rejoin (``retry``: a new server
         may answer) or stop (nothing we can offer will work)."""
-        outcome = CloseOutcome.REJOIN if retry else CloseOutcome.STOP
+        outcome = VoiceOutcome.REJOIN if retry else VoiceOutcome.STOP
         self._closing = outcome
-        return [Failed(None, outcome.value, message), Close(1000, "IP discovery failed")]
+        return [Failed(None, outcome, message), Close(1000, "IP discovery failed")]
 
     def _on_speaking(self, d: Any, now: float) -> list[VoiceAction]:
         try:
@@ -449,7 +428,7 @@ class VoiceGateway:
         if self.next_heartbeat is None or now < self.next_heartbeat or self._closing is not None:
             return []
         if self.awaiting_ack:
-            self._closing = CloseOutcome.RESUME
+            self._closing = VoiceOutcome.RESUME
             return [Close(RESUMABLE_CLOSE, "no heartbeat ACK: reconnecting to resume")]
         assert self.heartbeat_interval is not None
         self.awaiting_ack = True

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ipc.states import VoiceOutcome
 from shards.transport import ClosedInfo, WebSocketTransport
 from voiceworker.audio import SILENCE, AudioSource
 from voiceworker.clock import SendClock
@@ -247,7 +248,7 @@ class VoiceSession:
             raise  # leave or move: not an end by itself
         except Exception as exc:
             log.exception("voice session loop crashed")
-            self._fail(Failed(None, "stop", f"voice session crashed: {exc!r}"))
+            self._fail(Failed(None, VoiceOutcome.STOP, f"voice session crashed: {exc!r}"))
         self.connected.clear()
         self.ended.set()  # ended by itself (not cancelled by leave or move): failure says why
 
@@ -271,7 +272,9 @@ class VoiceSession:
                 )
             except OSError as exc:
                 if not gw.resumable or attempt >= MAX_RECONNECTS:
-                    self._fail(Failed(None, "rejoin", f"cannot reach the voice server: {exc}"))
+                    self._fail(
+                        Failed(None, VoiceOutcome.REJOIN, f"cannot reach the voice server: {exc}")
+                    )
                     return
                 attempt += 1
                 await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
@@ -291,7 +294,7 @@ class VoiceSession:
                 self._fail(
                     Failed(
                         None,
-                        "rejoin",
+                        VoiceOutcome.REJOIN,
                         f"the voice connection dropped {attempt - 1} times in a row without "
                         f"staying up {STABLE_AFTER:.0f}s (first: {cause}); giving it up",
                     )

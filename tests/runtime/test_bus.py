@@ -94,7 +94,7 @@ def test_subscribers_get_their_prefixes_and_a_stalled_one_is_bounded(tmp_path: P
         while frames[0] == b"PROBE":
             frames = receive(only_typing)
         assert frames == sent[2500]
-        stats = {s["name"]: s for s in bus.stats()}
+        stats = {s.name: s.to_json() for s in bus.stats()}
         slow = stats["stalled"]
         assert 0 < slow["queued_bytes"] <= budget
         assert slow["dropped"] > 0 and slow["dropped_bytes"] >= slow["dropped"] * 1000
@@ -113,5 +113,5 @@ def test_a_message_that_is_not_a_subscription_is_refused_with_a_log(tmp_path: Pa
         odd.connect(f"ipc://{tmp_path}/ev.sock")
         odd.send_multipart([b"HELLO"])
         good = subscriber(ctx, tmp_path, b"good")
-        until(lambda: [s["name"] for s in bus.stats()] == ["good"])
+        until(lambda: [s.name for s in bus.stats()] == ["good"])
         assert good is not None

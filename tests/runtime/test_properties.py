@@ -9,10 +9,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipc.checkpoint import Checkpoint, CheckpointError
 from runtime.config import ConfigError, parse_config
 from runtime.discord_rest import RestError, parse_gateway_bot
-from runtime.sessions import SessionsFileError, parse_checkpoint
-from shards.__main__ import parse_resume
 from tests.shards.test_protocol_properties import json_values
 
 KEYS = {
@@ -69,18 +68,22 @@ CHECKPOINT = {
 
 @settings(max_examples=500, deadline=None)
 @given(json_values | st.fixed_dictionaries({}, optional=CHECKPOINT))
-def test_checkpoints_raise_only_sessions_file_errors(raw: Any) -> None:
+def test_checkpoints_raise_only_checkpoint_errors(raw: Any) -> None:
     try:
-        parse_checkpoint(raw)
-    except SessionsFileError:
-        pass
+        checkpoint = Checkpoint.from_json(raw)
+    except CheckpointError:
+        return
+    assert checkpoint.problem() is None
 
 
 @settings(max_examples=500, deadline=None)
 @given(json_values | st.fixed_dictionaries({}, optional=CHECKPOINT))
 def test_resume_arguments_are_parsed_or_refused(raw: Any) -> None:
-    result = parse_resume(orjson.dumps(raw).decode())
-    assert isinstance(result, str | tuple)
+    try:
+        checkpoint = Checkpoint.from_resume_arg(orjson.dumps(raw).decode(), 0, 1)
+    except CheckpointError:
+        return
+    assert checkpoint.problem() is None and checkpoint.shard_count == 1
 
 
 @settings(max_examples=500, deadline=None)

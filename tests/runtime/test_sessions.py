@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
+from ipc.checkpoint import Checkpoint
 from runtime.rundir import UnsafeRuntimeDirError
-from runtime.sessions import Checkpoint, SessionStore
+from runtime.sessions import SessionStore
 
 GOOD: dict[str, Any] = {
     "shard": 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ipc.states import VoiceOutcome
 from runtime.voicepolicy import (
     MAX_REJOINS,
     REJOIN_MAX,
@@ -12,43 +13,45 @@ from runtime.voicepolicy import (
     Op4Budget,
     after_exit,
 )
-from voiceworker.gateway import VOICE_CLOSE_CODES, CloseOutcome
+from voiceworker.gateway import VOICE_CLOSE_CODES
 
 
 @pytest.mark.parametrize(
     ("outcome", "step"),
     [
-        ("stop", Next.FAIL),
-        ("rejoin", Next.REJOIN),
-        ("resume", Next.REJOIN),
-        ("reidentify", Next.REJOIN),
-        ("wait for a new server", Next.WAIT_SERVER),
-        ("a crash nobody named", Next.REJOIN),
+        (VoiceOutcome.STOP, Next.FAIL),
+        (VoiceOutcome.REJOIN, Next.REJOIN),
+        (VoiceOutcome.RESUME, Next.REJOIN),
+        (VoiceOutcome.REIDENTIFY, Next.REJOIN),
+        (VoiceOutcome.WAIT_SERVER, Next.WAIT_SERVER),
+        (None, Next.REJOIN),  # a crash, or an outcome nobody named
     ],
 )
-def test_each_outcome_has_its_step(outcome: str, step: Next) -> None:
+def test_each_outcome_has_its_step(outcome: VoiceOutcome | None, step: Next) -> None:
     assert after_exit(outcome, "why", 0, rng=lambda: 1.0).next is step
 
 
 def test_every_close_code_of_the_worker_maps_to_a_known_outcome() -> None:
-    known = {o.value for o in CloseOutcome}
+    known = {o.value for o in VoiceOutcome}
     for outcome, _ in VOICE_CLOSE_CODES.values():
         assert outcome.value in known
-        assert after_exit(outcome.value, "x", 0).next in Next
+        assert after_exit(outcome, "x", 0).next in Next
     # codes a retry cannot fix are never retried (4021 is "rate limited")
     for code in (4001, 4002, 4005, 4012, 4016, 4017, 4020, 4021, 4022):
-        assert after_exit(VOICE_CLOSE_CODES[code][0].value, "x", 0).next is Next.FAIL
+        assert after_exit(VOICE_CLOSE_CODES[code][0], "x", 0).next is Next.FAIL
 
 
 def test_rejoins_back_off_with_jitter_and_then_give_up() -> None:
-    delays = [after_exit("rejoin", "x", n, rng=lambda: 1.0).delay for n in range(MAX_REJOINS)]
+    delays = [
+        after_exit(VoiceOutcome.REJOIN, "x", n, rng=lambda: 1.0).delay for n in range(MAX_REJOINS)
+    ]
     assert delays == sorted(delays) and delays[0] == 1.0 and delays[-1] <= REJOIN_MAX
-    low = after_exit("rejoin", "x", 3, rng=lambda: 0.0).delay
+    low = after_exit(VoiceOutcome.REJOIN, "x", 3, rng=lambda: 0.0).delay
     assert low == delays[3] / 2  # jitter: half to all of the bound
-    final = after_exit("rejoin", "the server said no", MAX_REJOINS)
+    final = after_exit(VoiceOutcome.REJOIN, "the server said no", MAX_REJOINS)
     assert final.next is Next.FAIL and "the server said no" in final.reason
     assert "rejoins in a row" in final.reason
-    assert after_exit("wait for a new server", "x", 0).delay == WAIT_FOR_SERVER
+    assert after_exit(VoiceOutcome.WAIT_SERVER, "x", 0).delay == WAIT_FOR_SERVER
 
 
 def test_the_op4_budget_holds_rejoins_never_the_bots_own_joins() -> None:

@@ -111,7 +111,7 @@ def test_ready_sets_the_session_and_checkpoints() -> None:
     proto = make()
     actions = ready(proto)
     assert proto.state is ShardState.READY
-    assert Checkpoint("sess", 1, "wss://resume.example", 0, "99") in actions
+    assert Checkpoint(1, 4, "sess", 1, "wss://resume.example", guilds=0, user_id="99") in actions
     assert any(isinstance(a, Publish) and a.t == "READY" and a.seq == 1 for a in actions)
 
 
@@ -154,7 +154,7 @@ def test_resume_after_restore_sends_session_and_seq() -> None:
     proto.receive(frame(0, {}, 42, "MESSAGE_CREATE"), 1.1)
     actions = proto.receive(frame(0, {}, 43, "RESUMED"), 1.2)
     assert proto.state is ShardState.READY
-    assert Checkpoint("old-session", 43, "wss://resume.example") in actions
+    assert Checkpoint(0, 1, "old-session", 43, "wss://resume.example") in actions
 
 
 @pytest.mark.parametrize("code", sorted(CLOSE_CODES))
@@ -347,7 +347,7 @@ def test_stop_closes_resumably_with_a_final_checkpoint() -> None:
     actions = proto.stop()
     assert actions == [
         Close(RESUMABLE_CLOSE, "shutting down; will resume"),
-        Checkpoint("sess", 9, "wss://resume.example", 0, "99"),
+        Checkpoint(1, 4, "sess", 9, "wss://resume.example", guilds=0, user_id="99"),
     ]
     assert all(a.code not in (1000, 1001) for a in actions if isinstance(a, Close))
 

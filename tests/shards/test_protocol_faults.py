@@ -178,7 +178,9 @@ def test_sequence_going_backwards_is_published_logged_and_never_checkpointed() -
         logged += emitted(actions, ProtocolError)
     assert proto.seq == 10
     assert "backwards" in logged[0].message and 1 <= len(logged) <= 8  # said, not flooded
-    assert proto.stop()[-1] == Checkpoint("sess", 10, "wss://resume.example", 0, "99")
+    assert proto.stop()[-1] == Checkpoint(
+        1, 4, "sess", 10, "wss://resume.example", guilds=0, user_id="99"
+    )
     # The parsed path (a READ dispatch) is held to the same rule.
     proto = make()
     ready(proto)

@@ -251,5 +251,5 @@ async def test_a_spent_identify_budget_holds_identifies_not_the_fleet(tmp_path: 
         # Shard 1 waits for the day's reset instead of getting the token reset; the fleet,
         # and shard 0 in it, keep running.
         assert not sup._stop.is_set()
-        assert sup.status()["shards"][0]["state"] == "ready"
+        assert sup.status().to_json()["shards"][0]["state"] == "ready"
         assert len(emu.gateway.identifies) == 2

@@ -18,6 +18,10 @@ import pytest
 from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig, shard_for
 from ipc.client import Client, CommandError
 from ipc.commands import RequestGuildMembers
+from ipc.messages import ErrorCode, Routed
+from ipc.requests import GetStatus, StatusReply, StopFleet
+from ipc.states import ShardState, VoiceState
+from ipc.status import FleetStatus
 from runtime.config import Config, ConfigError, parse_config
 from runtime.plan import plan_fleet
 from runtime.supervisor import StartupError, Supervisor
@@ -95,7 +99,7 @@ async def fleet_with(config: Config, emu: Emulator, runtime_dir: Path) -> AsyncI
 
 
 def all_ready(supervisor: Supervisor) -> bool:
-    return all(s["state"] == "ready" for s in supervisor.status()["shards"])
+    return all(s["state"] == "ready" for s in supervisor.status().to_json()["shards"])
 
 
 @asynccontextmanager
@@ -121,8 +125,8 @@ async def test_startup_honours_identify_buckets(tmp_path: Path) -> None:
             gaps = [b.at - a.at for a, b in itertools.pairwise(rows)]
             assert all(gap >= GATEWAY_INTERVAL for gap in gaps), gaps
         status = sup.status()
-        assert status["identifies_remaining"] == 1000 - 6
-        assert {s["guilds"] for s in status["shards"]} != {0}
+        assert status.identifies_remaining == 1000 - 6
+        assert {s.guilds for s in status.shards} != {0}
 
 
 async def test_sigkill_under_load_respawns_and_resumes_without_loss(tmp_path: Path) -> None:
@@ -137,7 +141,7 @@ async def test_sigkill_under_load_respawns_and_resumes_without_loss(tmp_path: Pa
         await stream
         await eventually(lambda: victim.restarts == 1 and all_ready(sup), timeout=30)
         final = session.seq
-        await eventually(lambda: sup.status()["shards"][1]["seq"] >= final, timeout=30)
+        await eventually(lambda: sup.status().to_json()["shards"][1]["seq"] >= final, timeout=30)
         assert len(emu.gateway.identifies) == 2  # the respawned shard resumed
         assert "killed by signal 9" in victim.last_exit
 
@@ -159,7 +163,7 @@ async def test_every_dispatch_reaches_the_application_across_a_kill(tmp_path: Pa
                 await original(frames)
 
             client._dispatch = spy  # type: ignore[method-assign]
-            await client.request("shardline.status", {})  # connected: the bus has us too
+            await client.send(GetStatus())  # connected: the bus has us too
             session = emu.sessions(0)[0]
             start = session.seq + 1
             stream = emu.stream(0, rate=2000, count=2000)
@@ -213,14 +217,19 @@ async def test_commands_are_routed_by_guild(tmp_path: Path) -> None:
         async with app(sup) as client:
             guild = next(g for g in emu.world.guild_ids if shard_for(g, 4) == 2)
             reply = await client.send(RequestGuildMembers(guild_id=guild, user_ids=[1], nonce="n"))
-            assert reply == {"ok": True, "routed": "shard:2"}
+            assert isinstance(reply, Routed) and reply.routed == "shard:2"
             await emu.wait_until(lambda: bool(emu.received(2, op=8)))
             assert emu.received(2, op=8)[0].d["guild_id"] == str(guild)
             elsewhere = next(g for g in emu.world.guild_ids if shard_for(g, 4) == 3)
             with pytest.raises(CommandError, match="shard 3 is not run by this host"):
                 await client.send(RequestGuildMembers(guild_id=elsewhere, user_ids=[1]))
             reply = await client.request("NOT_A_COMMAND", {})
-            assert reply == {"ok": False, "error": "unknown command type 'NOT_A_COMMAND'"}
+            assert reply["error"] == "unknown command type 'NOT_A_COMMAND'"
+            assert (reply["ok"], reply["code"], reply["reply"]) == (
+                False,
+                "unknown_command",
+                "shardline.reply.error",
+            )
             reply = await client.request("REQUEST_GUILD_MEMBERS", {"user_ids": ["1"]})
             assert not reply["ok"] and "'guild_id' is required" in reply["error"]
 
@@ -329,24 +338,23 @@ async def test_tcp_endpoints_admit_only_listed_client_keys(tmp_path: Path) -> No
         try:
             await eventually(lambda: all_ready(sup), timeout=30)
             with pytest.raises(CommandError, match="did not answer"):  # no CURVE at all
-                await asyncio.to_thread(request_sync, commands, "shardline.status", None, 1.0)
+                await asyncio.to_thread(request_sync, commands, GetStatus(), 1.0)
             # Knowing the server's public key is not enough: a key not on the list is refused,
             # and its `stop` never reaches the supervisor.
             with pytest.raises(CommandError, match="did not answer"):
                 await asyncio.to_thread(
-                    request_sync, commands, "shardline.stop", None, 1.0, public, stranger_secret
+                    request_sync, commands, StopFleet(), 1.0, public, stranger_secret
                 )
             assert sup.allow_list is not None and sup.allow_list.refused >= 1
             reply = await asyncio.to_thread(
-                request_sync, commands, "shardline.status", None, 5.0, public, app_secret
+                request_sync, commands, GetStatus(), 5.0, public, app_secret
             )
-            assert reply["ok"] and reply["status"]["shards"][0]["state"] == "ready"
+            assert isinstance(reply, StatusReply)
+            assert FleetStatus.from_json(reply.status).shards[0].state is ShardState.READY
             local = read_local_key(tmp_path)  # what `shardline status` on this host uses
             assert local is not None and (tmp_path / "client.key").stat().st_mode & 0o777 == 0o600
-            reply = await asyncio.to_thread(
-                request_sync, commands, "shardline.status", None, 5.0, public, local
-            )
-            assert reply["ok"]
+            reply = await asyncio.to_thread(request_sync, commands, GetStatus(), 5.0, public, local)
+            assert isinstance(reply, StatusReply)
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
@@ -376,7 +384,7 @@ async def test_app_processes_split_guilds_and_send_commands(tmp_path: Path) -> N
         task = asyncio.create_task(sup.run(stop))
         try:
             await eventually(lambda: all_ready(sup), timeout=30)
-            assert [a["state"] for a in sup.status()["apps"]] == ["running", "running"]
+            assert [a["state"] for a in sup.status().to_json()["apps"]] == ["running", "running"]
             guilds = emu.world.guild_ids[:4]
             # The apps' subscriptions reach the bus a moment after they start, and nothing
             # announces it: ping in rounds until a round is answered in full.
@@ -421,20 +429,16 @@ async def test_voice_join_play_and_rejoin_after_a_kill(tmp_path: Path) -> None:
             await eventually(lambda: all_ready(sup), timeout=30)
             guild = emu.world.guild_ids[0]
             channel = emu.world.voice_channel_id(guild)
-            reply = await client.request(
-                "shardline.voice.join", {"guild_id": str(guild), "channel_id": str(channel)}
-            )
-            assert reply["ok"], reply
+            reply = await client.join_voice(guild, channel)
+            assert isinstance(reply, Routed) and reply.routed.startswith("shard:")
 
             def voice_state() -> str:
-                sessions = sup.status()["voice"]
+                sessions = sup.status().to_json()["voice"]
                 return sessions[0]["state"] if sessions else "none"
 
             await eventually(lambda: voice_state() == "connected", timeout=30)
-            reply = await client.request(
-                "shardline.voice.play", {"guild_id": str(guild), "path": str(pcm)}
-            )
-            assert reply == {"ok": True, "routed": f"voice:{guild}"}
+            reply = await client.play(guild, str(pcm))
+            assert isinstance(reply, Routed) and reply.routed == f"voice:{guild}"
             await emu.voice.wait_until(
                 lambda: any(len(r.packets) >= 15 for r in emu.voice.sessions.values())
             )
@@ -446,12 +450,13 @@ async def test_voice_join_play_and_rejoin_after_a_kill(tmp_path: Path) -> None:
             voice.proc.kill()
             await eventually(lambda: voice.rejoins == 1 and voice_state() == "connected", 30)
             assert len(emu.voice.sessions) == 2  # a second, fresh voice session
-            reply = await client.request("shardline.voice.leave", {"guild_id": str(guild)})
-            assert reply["ok"] and sup.status()["voice"] == []
-            reply = await client.request(
-                "shardline.voice.play", {"guild_id": str(guild), "path": str(pcm)}
-            )
-            assert reply == {"ok": False, "error": f"voice not connected in guild {guild}"}
+            await client.leave_voice(guild)
+            assert sup.status().voice == []
+            with pytest.raises(CommandError) as refused:
+                await client.play(guild, str(pcm))
+            assert str(refused.value) == f"voice not connected in guild {guild}"
+            assert refused.value.reply is not None
+            assert refused.value.reply.error_code is ErrorCode.UNAVAILABLE
 
 
 async def test_example_bot_plays_a_clip_on_request(tmp_path: Path) -> None:
@@ -496,7 +501,7 @@ async def test_rolling_restart_loses_no_dispatch(tmp_path: Path) -> None:
                 await original(frames)
 
             client._dispatch = spy  # type: ignore[method-assign]
-            await client.request("shardline.status", {})
+            await client.send(GetStatus())
             sessions = {s.shard_id: s for s in emu.sessions() if not s.invalid}
             start = {shard: s.seq + 1 for shard, s in sessions.items()}
             streams = [emu.stream(shard, rate=500, count=1500) for shard in (0, 1)]
@@ -526,7 +531,7 @@ async def test_voice_region_move_and_rejoin_after_4006(tmp_path: Path) -> None:
             await client.join_voice(guild, emu.world.voice_channel_id(guild))
 
             def connected(sessions: int) -> bool:
-                voice = sup.status()["voice"]
+                voice = sup.status().to_json()["voice"]
                 return (
                     bool(voice)
                     and voice[0]["state"] == "connected"
@@ -567,7 +572,7 @@ async def test_voice_queue_pause_resume_and_volume_commands(tmp_path: Path) -> N
             await client.join_voice(guild, emu.world.voice_channel_id(guild))
             await eventually(
                 lambda: (
-                    bool(sup.status()["voice"]) and sup.status()["voice"][0]["state"] == "connected"
+                    bool(sup.status().voice) and sup.status().voice[0].state is VoiceState.CONNECTED
                 ),
                 timeout=30,
             )
@@ -581,7 +586,7 @@ async def test_voice_queue_pause_resume_and_volume_commands(tmp_path: Path) -> N
                 await client.resume(guild),
                 await client.set_volume(guild, 0.5),
             ):
-                assert reply == {"ok": True, "routed": f"voice:{guild}"}
+                assert isinstance(reply, Routed) and reply.routed == f"voice:{guild}"
             with pytest.raises(CommandError, match=r"outside 0\.0-2\.0"):
                 await client.set_volume(guild, 5.0)
 
@@ -619,7 +624,7 @@ async def test_voice_events_received_audio_and_recording_through_the_supervisor(
             await client.join_voice(guild, channel)
             await eventually(
                 lambda: (
-                    bool(sup.status()["voice"]) and sup.status()["voice"][0]["state"] == "connected"
+                    bool(sup.status().voice) and sup.status().voice[0].state is VoiceState.CONNECTED
                 ),
                 timeout=30,
             )
@@ -633,7 +638,7 @@ async def test_voice_events_received_audio_and_recording_through_the_supervisor(
             assert (end.reason, end.frames, end.error) == ("finished", 4 + 5, None)
 
             reply = await client.record(guild)
-            directory = Path(reply["directory"])
+            directory = Path(reply.directory)
             spoken = frames(6)
             await eventually(lambda: directory.is_dir(), timeout=10)
             await voice_server.member_speaks(4242, spoken)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 
 def voice_of(sup: Supervisor) -> dict[str, Any]:
-    sessions = sup.status()["voice"]
+    sessions = sup.status().to_json()["voice"]
     return dict(sessions[0]) if sessions else {}
 
 

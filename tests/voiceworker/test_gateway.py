@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from ipc.states import VoiceOutcome
 from voiceworker.crypto import XCHACHA
 from voiceworker.gateway import (
     VOICE_CLOSE_CODES,
@@ -173,7 +174,7 @@ def test_udp_loss_identifies_again_instead_of_resuming() -> None:
     closes = [a for a in gw.udp_lost() if isinstance(a, Close)]
     assert closes and closes[0].code == 4000
     failed = gw.on_closed(4000, 5.0)
-    assert isinstance(failed[0], Failed) and failed[0].outcome == "reidentify"
+    assert isinstance(failed[0], Failed) and failed[0].outcome is VoiceOutcome.REIDENTIFY
     assert gw.state is VoiceState.BACKING_OFF  # the session loop reconnects in place
     again = sent(gw.on_connected(6.0))[0]
     assert again["op"] == 0  # IDENTIFY, not RESUME: new UDP socket, discovery and key

@@ -1,0 +1,150 @@
+"""The status records: one per worker kind, and the fleet status that the supervisor builds,
+``shardline.status`` carries, ``shardline status --json`` prints and the table renders.
+The JSON keys are a documented contract (``docs/wire.md``); this module is where they are
+spelled."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from ipc.states import ShardState, VoiceState
+
+__all__ = [
+    "AppRecord",
+    "BusRecord",
+    "FleetStatus",
+    "ShardRecord",
+    "SubscriberRecord",
+    "VoiceRecord",
+]
+
+
+class _Record:
+    """JSON in and out; reading checks each key's presence and type (a reply from another
+    process is outside input)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload,no-any-return]
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Self:
+        if not isinstance(raw, dict):
+            raise ValueError(f"{cls.__name__}: not an object")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name not in raw:
+                raise ValueError(f"{cls.__name__}: no {f.name!r}")
+            values[f.name] = _read(f.type, raw[f.name], f"{cls.__name__}.{f.name}")
+        return cls(**values)
+
+
+_RECORDS: dict[str, type[_Record]] = {}
+
+
+def _read(annotation: Any, value: Any, where: str) -> Any:
+    text = str(annotation)
+    if text.startswith("list["):
+        inner = text[5:-1]
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: not a list")
+        return [_read(inner, item, where) for item in value]
+    if text in _RECORDS:
+        return _RECORDS[text].from_json(value)
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "int": int,
+        "float": (int, float),
+        "str": str,
+        "bool": bool,
+    }
+    options = [part.strip() for part in text.split("|")]
+    if value is None and "None" in options:
+        return None
+    for option in options:
+        if option == "ShardState":
+            return ShardState(value)
+        if option == "VoiceState":
+            return VoiceState(value)
+        kind = kinds.get(option)
+        if (
+            kind is not None
+            and isinstance(value, kind)
+            and not (option != "bool" and isinstance(value, bool))
+        ):
+            return value
+        if option == "Any":
+            return value
+    raise ValueError(f"{where}: {value!r} is not {text}")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRecord(_Record):
+    id: int
+    state: ShardState
+    latency: float | None  # ms
+    seq: int | None
+    session: str | None
+    guilds: int
+    events_per_second: float
+    restarts: int
+    last_exit: str
+    uptime: float  # s
+    pid: int | None
+    dropped: int  # bus messages dropped by the shard at the high-water mark
+
+
+@dataclass(frozen=True, slots=True)
+class AppRecord(_Record):
+    module: str
+    index: int
+    state: str  # running, restarting
+    restarts: int
+    pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceRecord(_Record):
+    guild: str
+    channel: str
+    state: VoiceState
+    ping: float | None  # ms
+    packets: int
+    late: int
+    jitter: float | None  # p99 of the send clock, ms
+    rejoins: int
+    pid: int | None
+    error: str | None  # the first cause of a failed session
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberRecord(_Record):
+    name: str
+    queued_bytes: int
+    delivered: int
+    dropped: int
+    dropped_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BusRecord(_Record):
+    subscribers_reporting: int
+    subscriber_gaps: int
+    shard_drops: int
+    subscriber_drops: int
+    subscribers: list[SubscriberRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus(_Record):
+    bus: BusRecord
+    shard_count: int
+    identifies_remaining: int
+    uptime: float
+    shards: list[ShardRecord]
+    apps: list[AppRecord]
+    voice: list[VoiceRecord]
+
+
+for _cls in (ShardRecord, AppRecord, VoiceRecord, SubscriberRecord, BusRecord, FleetStatus):
+    _RECORDS[_cls.__name__] = _cls
