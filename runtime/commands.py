@@ -75,11 +75,10 @@ class CommandDesk:
             return [[identity, *reply_frames(request_id, error)]]
         request = decoded
         cls = REGISTRY.command(request.type_name)
-        if cls is None:  # not ours: an application may serve it
-            served = self._server_of(request.type_name)
-            if served is not None:
-                return [self._call(identity, served, request)]
-        elif cls is CommandResult:
+        served = self._server_of(request.type_name)
+        if served is not None:  # an application serves it (never one of ours)
+            return [self._call(identity, served, request)]
+        if cls is CommandResult:
             return self._result(identity, request)
         elif cls is ServeCommands:
             return [[identity, *reply_frames(request.request_id, self._serve(identity, request))]]
@@ -110,7 +109,7 @@ class CommandDesk:
         if isinstance(command, ErrorReply):
             return command
         names = [str(n) for n in command.raw.get("types", [])]
-        ours = [n for n in names if REGISTRY.command(n) is not None]
+        ours = [n for n in names if self._ours(n)]
         if ours:
             return ErrorReply.of(
                 ErrorCode.INVALID, f"{ours[0]} is shardline's own command; it cannot be served"
@@ -122,6 +121,13 @@ class CommandDesk:
                 return ErrorReply.of(ErrorCode.INVALID, f"more than {MAX_SERVERS} served types")
             self._servers[name] = (identity, until)
         return ServeCommands.reply_class()
+
+    def _ours(self, type_name: str) -> bool:
+        """Whether the supervisor answers this type itself (an app may not take it over)."""
+        cls = REGISTRY.command(type_name)
+        if cls is None:
+            return False
+        return cls in (CommandResult, ServeCommands) or self.handler_for(cls) is not None
 
     def _server_of(self, type_name: str) -> bytes | None:
         entry = self._servers.get(type_name)
