@@ -44,6 +44,7 @@ __all__ = [
     "encode_gateway_command",
     "event_from_payload",
     "topic_for",
+    "topic_prefix",
 ]
 
 MAX_GATEWAY_PAYLOAD = 4096  # bytes; the gateway closes 4002 on anything larger
@@ -172,6 +173,12 @@ def topic_for(type_name: str, source: str) -> bytes:
     """``MESSAGE_CREATE shard:3``: subscribe to ``b"MESSAGE_CREATE "`` for one type from every
     source, to ``b"GUILD_"`` for a family, to ``b""`` for everything."""
     return f"{type_name} {source}".encode()
+
+
+def topic_prefix(cls: type[Message]) -> bytes:
+    """The subscription prefix for ``cls`` and its subclasses on the bus (e.g. every
+    ``shardline.error.*`` for :class:`~ipc.errors.ErrorEvent`)."""
+    return cls.type_name.encode()
 
 
 def encode_bus_dispatch(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from emulator.server import Emulator, EmulatorConfig
 from ipc.client import Client, CommandError
+from ipc.codec import topic_prefix
 from ipc.errors import ErrorEvent
 from ipc.events import MessageCreate
 from ipc.requests import JoinVoice, PlayAudio
@@ -122,7 +123,7 @@ async def run_demo(
         def on_error(event: ErrorEvent) -> None:
             print(f"app: error from {event.source}: {event.message}", flush=True)
 
-        app.connect([b"MESSAGE_CREATE ", ErrorEvent.type_name.encode()])
+        app.connect([topic_prefix(MessageCreate) + b" ", topic_prefix(ErrorEvent)])
         app_task = asyncio.create_task(app.run())
         voice_task = asyncio.create_task(_voice(app, emu, supervisor, runtime_dir))
         n = 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import ssl
 
+from conn.tls import client_context
 from runtime.config import Config, ConfigError
 from runtime.discord_rest import fetch_gateway_bot
 from runtime.supervisor import FleetPlan, StartupError
-from shards.tls import client_context
 
 __all__ = ["plan_fleet"]
 

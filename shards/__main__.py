@@ -14,15 +14,15 @@ import ssl
 import sys
 from dataclasses import dataclass
 
+from conn import tls
 from ipc import eventloop
 from ipc.checkpoint import Checkpoint, CheckpointError
 from ipc.exits import ExitStatus
 from ipc.intents import UnknownIntentError, intents_from_names
+from ipc.links import ControlLink, EventPublisher, NullPublisher
+from ipc.links import shutdown as shutdown_links
 from ipc.logfmt import setup_logging
 from ipc.workerargs import ShardArgs
-from shards import tls
-from shards.links import ControlLink, EventPublisher, NullPublisher
-from shards.links import shutdown as shutdown_links
 from shards.loop import LocalIdentifyBucket, ShardRunner
 from shards.protocol import ShardSettings, ShardState
 

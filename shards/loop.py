@@ -14,10 +14,11 @@ import contextlib
 import logging
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from conn.inbox import Inbox
+from conn.websocket import ClosedInfo, TransportError, WebSocketTransport
 from ipc.codec import CodecError
 from ipc.control import (
     GatewayForward,
@@ -27,10 +28,10 @@ from ipc.control import (
     ShardStatus,
     Shutdown,
 )
-from ipc.errors import ErrorEvent
+from ipc.errors import ErrorEvent, FatalClose
 from ipc.eventloop import trim_memory
+from ipc.links import ControlLink, NullPublisher
 from ipc.messages import Command, GatewayCommand
-from shards.links import ControlLink, NullPublisher
 from shards.protocol import (
     Action,
     Checkpoint,
@@ -44,7 +45,6 @@ from shards.protocol import (
     ShardSettings,
     ShardState,
 )
-from shards.transport import ClosedInfo, TransportError, WebSocketTransport
 
 __all__ = ["LocalIdentifyBucket", "ShardRunner"]
 
@@ -107,8 +107,7 @@ class ShardRunner:
         self.bucket = identify_bucket or LocalIdentifyBucket()
         self.clock = clock
         self.ws: WebSocketTransport | None = None
-        self.inbox: deque[Any] = deque()
-        self._wakeup = asyncio.Event()
+        self.inbox: Inbox[Any] = Inbox(clock)
         self._timer: asyncio.TimerHandle | None = None
         self._next_status = 0.0
         self._rate_mark = (0.0, 0)
@@ -124,8 +123,7 @@ class ShardRunner:
     # -- the inbox: everything enters here ------------------------------------------------
 
     def _put(self, item: Any) -> None:
-        self.inbox.append(item)
-        self._wakeup.set()
+        self.inbox.put(item)
 
     def submit(self, command: GatewayCommand) -> None:
         """Queue a command for the gateway (thread: the loop's own)."""
@@ -139,8 +137,7 @@ class ShardRunner:
         self._put(_Stop())
 
     def _on_message(self, message: bytes | str) -> None:
-        self.inbox.append(message)
-        self._wakeup.set()
+        self.inbox.put(message)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -220,24 +217,13 @@ class ShardRunner:
         if self._next_status <= now:
             self._send_status()
             self._next_status = now + self.status_interval
-        target = self._next_status if until is None else min(until, self._next_status)
-        delay = target - now
-        if delay <= 0:
-            await asyncio.sleep(0)  # due now: still let the transport's callbacks run
-            return
-        self._wakeup.clear()
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(delay, self._wakeup.set)
-        try:
-            await self._wakeup.wait()
-        finally:
-            timer.cancel()
+        await self.inbox.wait(self._next_status if until is None else min(until, self._next_status))
 
     def _drain_inbox(self) -> None:
         proto = self.protocol
         inbox = self.inbox
         while inbox:
-            item = inbox.popleft()
+            item = inbox.take()
             if item.__class__ is bytes or item.__class__ is str:
                 if self.ws is not None:
                     self._execute(proto.receive(item, self.clock()))
@@ -257,7 +243,6 @@ class ShardRunner:
                 self._execute(proto.on_permit(self.clock()))
             elif isinstance(item, _Stop):
                 self._begin_stop()
-        self._wakeup.clear()
 
     def _begin_stop(self) -> None:
         if self._stopping:
@@ -308,7 +293,7 @@ class ShardRunner:
         self.errors.append(event)
         del self.errors[:-100]
         level = (
-            logging.ERROR if event.type_name == "shardline.error.fatal_close" else logging.WARNING
+            logging.ERROR if isinstance(event, FatalClose) else logging.WARNING
         )
         log.log(level, event.message, extra={"fields": {"event": event.type_name}})
         self.publisher.event(event)

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from conn.backoff import backoff_delay
+from conn.pacemaker import Beat, Pacemaker
 from ipc.checkpoint import Checkpoint
 from ipc.codec import MAX_GATEWAY_PAYLOAD, encode_gateway_command
 from ipc.commands import Heartbeat, Identify, Resume
@@ -191,10 +193,7 @@ class GatewayProtocol:
         self.limiter = SendLimiter(
             settings.send_limit, settings.send_window, settings.heartbeat_reserve
         )
-        self.heartbeat_interval: float | None = None
-        self.next_heartbeat: float | None = None
-        self.awaiting_ack = False
-        self.heartbeat_sent_at: float | None = None
+        self.pacemaker = Pacemaker(lambda: self.rng())  # self.rng may be replaced (tests)
         self.identify_sent = False
         self.permit_requested = False
         self.reidentify_at: float | None = None
@@ -203,7 +202,6 @@ class GatewayProtocol:
         self._waiting_for = ""
         self._closing: tuple[int, CloseAction] | None = None  # we asked to close: why
         # across connections
-        self.latency: float | None = None
         self.reconnects = 0
         self.attempts = 0  # failures since the last connection that stayed healthy
         self.ready_since: float | None = None  # READY/RESUMED on the current connection
@@ -256,6 +254,11 @@ class GatewayProtocol:
         )
 
     @property
+    def latency(self) -> float | None:
+        """Seconds from the last heartbeat to its ACK."""
+        return self.pacemaker.latency
+
+    @property
     def guild_count(self) -> int:
         return len(self.guilds) or self.guild_hint
 
@@ -277,9 +280,7 @@ class GatewayProtocol:
         """A fresh websocket is open: reset everything that belongs to one connection."""
         self.inflator = make_inflator(self.settings.compression, self.settings.max_payload_bytes)
         self.limiter.reset()
-        self.heartbeat_interval = None
-        self.next_heartbeat = None
-        self.awaiting_ack = False
+        self.pacemaker.stop()
         self.identify_sent = False
         self.permit_requested = False
         self.reidentify_at = None
@@ -318,7 +319,7 @@ class GatewayProtocol:
                 )
             self.in_flight.clear()
         self._confirm_mark = None
-        self.heartbeat_interval = self.next_heartbeat = None
+        self.pacemaker.stop()
         if self.ready_since is not None and now - self.ready_since >= self.settings.stable_after:
             self.attempts = 0  # that connection was healthy: this failure starts afresh
         self.ready_since = None
@@ -369,9 +370,8 @@ class GatewayProtocol:
         if planned and self.attempts <= 1:
             delay = 0.0
         else:
-            exponent = min(max(0, self.attempts - 1), 32)
-            cap = min(self.settings.backoff_max, self.settings.backoff_base * 2**exponent)
-            delay = cap * (0.5 + self.rng() / 2)
+            s = self.settings
+            delay = backoff_delay(max(1, self.attempts), s.backoff_base, s.backoff_max, self.rng)
         self.reconnect_at = now + delay
         if self.identify_hold_until is not None and not self.resumable:
             self.reconnect_at = max(self.reconnect_at, self.identify_hold_until)
@@ -492,11 +492,9 @@ class GatewayProtocol:
                 ),
                 "bad HELLO",
             )
-        self.heartbeat_interval = interval
         self.silence_deadline = None
         self.limiter.reserve_for_heartbeats(interval)
-        self.next_heartbeat = now + interval * self.rng()
-        self.awaiting_ack = False
+        self.pacemaker.start(interval, now)
         if self.resumable:
             self._set_state(ShardState.RESUMING)
             assert self.session_id is not None and self.seq is not None
@@ -537,7 +535,7 @@ class GatewayProtocol:
         if (
             self.state is not ShardState.IDENTIFYING
             or self.identify_sent
-            or self.heartbeat_interval is None
+            or self.pacemaker.interval is None
         ):
             return []
         s = self.settings
@@ -561,16 +559,14 @@ class GatewayProtocol:
         return self._heartbeat(now)
 
     def _on_heartbeat_ack(self, d: Any, now: float) -> list[Action]:
-        self.awaiting_ack = False
-        if self.heartbeat_sent_at is not None:
-            self.latency = now - self.heartbeat_sent_at
+        self.pacemaker.acked(now)
         if self._confirm_mark is not None:
             del self.in_flight[: self._confirm_mark]
             self._confirm_mark = None
         return []
 
     def _on_reconnect(self, d: Any, now: float) -> list[Action]:
-        if self.heartbeat_interval is None:
+        if self.pacemaker.interval is None:
             self.attempts += 1  # RECONNECT before HELLO: the node is going away, back off
         return [self._close(RESUMABLE_CLOSE, "gateway asked to reconnect", CloseAction.RESUME)]
 
@@ -724,8 +720,9 @@ class GatewayProtocol:
         actions: list[Action] = []
         if self.silence_deadline is not None and now >= self.silence_deadline:
             return self._gave_up_waiting()
-        if self.next_heartbeat is not None and now >= self.next_heartbeat and self._closing is None:
-            if self.awaiting_ack:
+        beat = self.pacemaker.due(now) if self._closing is None else None
+        if beat is not None:
+            if beat is Beat.ZOMBIE:
                 actions.append(
                     Emit(
                         ConnectionLost(
@@ -764,12 +761,10 @@ class GatewayProtocol:
         )
 
     def _heartbeat(self, now: float) -> list[Action]:
-        if self.heartbeat_interval is None:
+        if self.pacemaker.interval is None:
             return []
         self.limiter.try_acquire(now, heartbeat=True)
-        self.awaiting_ack = True
-        self.heartbeat_sent_at = now
-        self.next_heartbeat = now + self.heartbeat_interval
+        self.pacemaker.sent(now)
         self._confirm_mark = len(self.in_flight)
         return [Send(encode_gateway_command(Heartbeat(self.seq)), "heartbeat")]
 
@@ -779,7 +774,7 @@ class GatewayProtocol:
             return None  # waiting for the close to complete; nothing else is due
         times = [
             t
-            for t in (self.next_heartbeat, self.reidentify_at, self.silence_deadline)
+            for t in (self.pacemaker.deadline, self.reidentify_at, self.silence_deadline)
             if t is not None
         ]
         if self.queue and self.state is ShardState.READY and self._closing is None:

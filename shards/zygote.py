@@ -39,16 +39,12 @@ import orjson
 import zmq
 import zmq.asyncio
 
-import ipc.control
-import ipc.errors  # noqa: F401
-
 # What every shard imports: loaded here once, shared by every fork.
 import shards.__main__ as shard_main
 import shards.inflate
-import shards.links
 import shards.loop  # noqa: F401
+from conn import tls
 from ipc.workerargs import ShardArgs
-from shards import tls
 
 try:
     import uvloop  # noqa: F401

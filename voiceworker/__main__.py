@@ -13,6 +13,7 @@ import signal
 import ssl
 import sys
 
+from conn import tls
 from ipc import eventloop
 from ipc.codec import CodecError
 from ipc.control import (
@@ -28,12 +29,11 @@ from ipc.control import (
     VoiceVolume,
 )
 from ipc.exits import ExitStatus
+from ipc.links import ControlLink, EventPublisher, NullPublisher
 from ipc.logfmt import setup_logging
 from ipc.states import VoiceOutcome, VoiceState
 from ipc.voice import TrackEnd, TrackStart, VoiceAudio, VoiceFailure, VoiceStats
 from ipc.workerargs import VoiceArgs
-from shards import tls
-from shards.links import ControlLink, EventPublisher, NullPublisher
 from voiceworker.audio import open_source
 from voiceworker.gateway import VoiceCredentials
 from voiceworker.recorder import Recorder

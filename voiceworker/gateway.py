@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from conn.pacemaker import Beat, Pacemaker
 from ipc.states import VoiceOutcome, VoiceState
 from voiceworker.crypto import choose_mode
 
@@ -215,11 +216,7 @@ class VoiceGateway:
         self.state = VoiceState.DISCONNECTED
         self.session = _Session()
         self.seq_ack = -1  # last seq seen from the server
-        self.heartbeat_interval: float | None = None
-        self.next_heartbeat: float | None = None
-        self.awaiting_ack = False
-        self.heartbeat_sent_at = 0.0
-        self.latency: float | None = None
+        self.pacemaker = Pacemaker(lambda: self.rng())
         self.resumable = False  # True once connected: a drop resumes
         self._closing: VoiceOutcome | None = None
 
@@ -227,8 +224,7 @@ class VoiceGateway:
 
     def on_connected(self, now: float) -> list[VoiceAction]:
         """The websocket is open: RESUME a live session, else IDENTIFY."""
-        self.heartbeat_interval = self.next_heartbeat = None
-        self.awaiting_ack = False
+        self.pacemaker.stop()
         self._closing = None
         c = self.credentials
         if self.resumable:
@@ -260,7 +256,7 @@ class VoiceGateway:
 
     def on_closed(self, code: int | None, now: float) -> list[VoiceAction]:
         """The websocket closed. Decide: resume, rejoin, wait for a new server, or stop."""
-        self.heartbeat_interval = self.next_heartbeat = None
+        self.pacemaker.stop()
         if self._closing is VoiceOutcome.REIDENTIFY:  # UDP went silent: start afresh
             self._closing = None
             self.resumable = False
@@ -354,8 +350,7 @@ class VoiceGateway:
                 ),
                 Close(RESUMABLE_CLOSE, "bad HELLO"),
             ]
-        self.heartbeat_interval = interval
-        self.next_heartbeat = now + interval * self.rng()
+        self.pacemaker.start(interval, now)
         return []
 
     def _on_ready(self, d: Any, now: float) -> list[VoiceAction]:
@@ -414,8 +409,7 @@ class VoiceGateway:
             return [Warn(f"unusable SPEAKING: {_cut(d)}")]
 
     def _on_heartbeat_ack(self, d: Any, now: float) -> list[VoiceAction]:
-        self.awaiting_ack = False
-        self.latency = now - self.heartbeat_sent_at
+        self.pacemaker.acked(now)
         return []
 
     def speaking(self, flags: int = 1) -> VoiceAction:
@@ -425,19 +419,22 @@ class VoiceGateway:
     # -- time -----------------------------------------------------------------------------
 
     def poll(self, now: float) -> list[VoiceAction]:
-        if self.next_heartbeat is None or now < self.next_heartbeat or self._closing is not None:
+        beat = self.pacemaker.due(now) if self._closing is None else None
+        if beat is None:
             return []
-        if self.awaiting_ack:
+        if beat is Beat.ZOMBIE:
             self._closing = VoiceOutcome.RESUME
             return [Close(RESUMABLE_CLOSE, "no heartbeat ACK: reconnecting to resume")]
-        assert self.heartbeat_interval is not None
-        self.awaiting_ack = True
-        self.heartbeat_sent_at = now
-        self.next_heartbeat = now + self.heartbeat_interval
+        self.pacemaker.sent(now)
         return [self._json(3, {"t": int(now * 1000), "seq_ack": self.seq_ack})]
 
+    @property
+    def latency(self) -> float | None:
+        """Seconds from the last heartbeat to its ACK."""
+        return self.pacemaker.latency
+
     def next_deadline(self) -> float | None:
-        return None if self._closing is not None else self.next_heartbeat
+        return None if self._closing is not None else self.pacemaker.deadline
 
     # -- helpers --------------------------------------------------------------------------
 

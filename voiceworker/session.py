@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from conn.backoff import backoff_delay
+from conn.inbox import Inbox
+from conn.websocket import ClosedInfo, WebSocketTransport
 from ipc.states import VoiceOutcome
-from shards.transport import ClosedInfo, WebSocketTransport
 from voiceworker.audio import SILENCE, AudioSource
 from voiceworker.clock import SendClock
 from voiceworker.crypto import MODES, DecryptError, TransportCipher
@@ -45,6 +48,14 @@ from voiceworker.gateway import (
     Warn,
 )
 from voiceworker.rtp import RtpPacketizer
+from voiceworker.transmitter import (
+    SendFrame,
+    SetSpeaking,
+    SkipFrames,
+    TrackDone,
+    Transmitter,
+    TxAction,
+)
 
 __all__ = ["VoiceError", "VoiceSession"]
 
@@ -53,32 +64,112 @@ log = logging.getLogger("shardline.voice")
 PRECISE_STRETCH = 0.002  # with ``precise``: the last 2 ms before a frame are slept exactly
 MAX_RECONNECTS = 5  # reconnects in a row without a stable connection, then the session ends
 STABLE_AFTER = 60.0  # seconds connected after which the reconnect count starts again
+DISCOVERY_ATTEMPTS = 5  # IP discovery requests before giving up
+DISCOVERY_RETRY = 1.0  # seconds between them
 
 
 class VoiceError(RuntimeError):
     """The voice connection failed; the message says why."""
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, inbox: asyncio.Queue[Any]) -> None:
+# -- what arrives in the loop's inbox (besides websocket messages, which are bytes or str) ---
+
+
+@dataclass(slots=True)
+class _Datagram:
+    data: bytes
+
+
+@dataclass(slots=True)
+class _Opened:
+    transport: WebSocketTransport
+    early: list[bytes | str]  # what arrived before the handshake's await returned
+
+
+@dataclass(slots=True)
+class _OpenFailed:
+    error: str
+
+
+@dataclass(slots=True)
+class _Closed:
+    transport: WebSocketTransport
+    info: ClosedInfo
+
+
+@dataclass(slots=True)
+class _Play:
+    source: AudioSource
+    done: asyncio.Future[int]
+
+
+@dataclass(slots=True)
+class _StopPlaying:
+    source: AudioSource | None  # None: whatever plays
+
+
+@dataclass(slots=True)
+class _Pause:
+    pass
+
+
+@dataclass(slots=True)
+class _Resume:
+    pass
+
+
+@dataclass(slots=True)
+class _Volume:
+    volume: float
+
+
+@dataclass(slots=True)
+class _Discovery:
+    """UDP IP discovery under way: a request every second, five at most."""
+
+    action: Discover
+    sent: int = 0
+    retry_at: float = 0.0
+
+
+class _UdpSocket:
+    """A connected, non-blocking UDP socket read by the loop's reader callback: every
+    datagram goes to the inbox, and sends never wait (a full buffer drops the packet)."""
+
+    def __init__(self, address: tuple[str, int], inbox: Inbox[Any]) -> None:
+        self._loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
         self.inbox = inbox
+        self.dropped = 0
+        self._loop.add_reader(sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.inbox.put_nowait(("udp", data))
+    def _readable(self) -> None:
+        # One datagram per wakeup, as asyncio's own datagram transport reads: the websocket
+        # gets its turn in between, so a SPEAKING sent before a member's audio is read first.
+        try:
+            data = self.sock.recv(65536)
+        except OSError:
+            return  # nothing after all, or ICMP unreachable: the keepalive check notices
+        self.inbox.put(_Datagram(data))
 
+    def sendto(self, data: bytes) -> None:
+        try:
+            self.sock.send(data)
+        except OSError:  # a full buffer (EAGAIN) or a refused port: this packet is lost
+            self.dropped += 1
 
-def _feeders(
-    inbox: asyncio.Queue[Any],
-) -> tuple[Callable[[bytes | str], None], Callable[[WebSocketTransport, ClosedInfo], None]]:
-    """The transport's callbacks, bound to one connection's inbox."""
-
-    def on_message(message: bytes | str) -> None:
-        inbox.put_nowait(("ws", message))
-
-    def on_closed(transport: WebSocketTransport, info: ClosedInfo) -> None:
-        inbox.put_nowait(("closed", info))
-
-    return on_message, on_closed
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 class VoiceSession:
@@ -96,21 +187,23 @@ class VoiceSession:
         self.dave = DaveDriver(credentials.user_id, credentials.channel_id)
         self.ssl_context = ssl_context
         self.modes = modes
-        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.inbox: Inbox[Any] = Inbox()
         self.ws: WebSocketTransport | None = None
-        self.udp: asyncio.DatagramTransport | None = None
+        self.udp: _UdpSocket | None = None
         self.cipher: TransportCipher | None = None
         self.rtp: RtpPacketizer | None = None
+        self.tx = Transmitter()
         self.connected = asyncio.Event()
         self.failure: Failed | None = None
         self.packets_sent = 0
-        self.clock: SendClock | None = None
         self._loop_task: asyncio.Task[None] | None = None
-        self._discovery: asyncio.Future[tuple[str, int]] | None = None
-        self._discovery_task: asyncio.Task[None] | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._reconnect_at: float | None = None
+        self._attempt = 0
+        self._discovery: _Discovery | None = None
         self._connected_at: float | None = None
+        self._plays: dict[int, asyncio.Future[int]] = {}  # id(source) -> play()'s result
         self.warnings = 0
-        self._frames: deque[bytes] = deque()
         self.keepalive_interval = keepalive_interval
         # The voice process owns its loop: it may sleep the last stretch before each frame
         # exactly (blocking), which a library user sharing a loop may not want.
@@ -123,16 +216,13 @@ class VoiceSession:
         self._keepalive_echoed = 0  # the last keepalive counter the server echoed
         self.udp_reconnects = 0
         self.ended = asyncio.Event()
-        self._unpaused = asyncio.Event()
-        self._unpaused.set()
-        self.current: AudioSource | None = None
         self.volume = 1.0
         # Receiving: set on_audio(user_id, opus_frame) to hear the other members.
         self.on_audio: Callable[[int, bytes], None] | None = None
         self.ssrc_users: dict[int, int] = {}
         self.undecryptable = 0
 
-    # -- the library face -----------------------------------------------------------------
+    # -- the library face: each call is an inbox item for the loop ------------------------
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Open the voice connection and wait until audio may flow."""
@@ -147,95 +237,77 @@ class VoiceSession:
             await self.leave()
             raise VoiceError(f"voice connection failed: {why}")
 
+    @property
+    def clock(self) -> SendClock | None:
+        """The send clock of the current (or last) track: its lateness is the jitter."""
+        return self.tx.clock
+
+    @property
+    def current(self) -> AudioSource | None:
+        return self.tx.source
+
     async def play(self, source: AudioSource) -> int:
-        """Send the source's frames on the 20 ms clock (read one at a time, so a long file
-        starts at once), pausing when asked, then five silence frames. SPEAKING goes out
-        first. Returns the audio frames sent, silence included."""
+        """Play ``source`` on the loop's 20 ms clock (replacing what plays), and return the
+        frames sent, silence included, when it ends. Cancelling stops it. Raises
+        :class:`VoiceError` when the session is not connected, or is left meanwhile, and
+        ValueError when the source cannot be read (ffmpeg failed)."""
         if not self.connected.is_set() or self.ws is None:
             raise VoiceError("not connected")
-        self.current = source
-        self._act([self.gateway.speaking(1)])
-        clock = self.clock = SendClock(time.monotonic())
-        sent = 0
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.inbox.put(_Play(source, done))
         try:
-            while (frame := source.read()) is not None:
-                if not self._unpaused.is_set():
-                    sent += await self._silence(clock)
-                    self._act([self.gateway.speaking(0)])
-                    paused_at = time.monotonic()
-                    await self._unpaused.wait()
-                    if self.rtp is not None:  # the timestamp keeps counting real time
-                        self.rtp.skip(int((time.monotonic() - paused_at) / 0.020))
-                    self._act([self.gateway.speaking(1)])
-                    clock.restart(time.monotonic())
-                await self._send_on_time(clock, frame)
-                sent += 1
-            sent += await self._silence(clock)
-        finally:
-            self._act([self.gateway.speaking(0)])
-            source.close()
-            self.current = None
-        return sent
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if not done.cancelled():  # we were cancelled, not the track
+                self.inbox.put(_StopPlaying(source))
+            raise
 
-    async def _send_on_time(self, clock: SendClock, frame: bytes) -> None:
-        delay = clock.deadline() - time.monotonic()
-        if self.precise and delay > PRECISE_STRETCH:
-            await asyncio.sleep(delay - PRECISE_STRETCH)
-            delay = clock.deadline() - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # to the microsecond: loop timers wake up to 1 ms late
-        elif delay > 0:
-            await asyncio.sleep(delay)
-        now = time.monotonic()  # the frame leaves now: the syscall's own time is the kernel's
-        self._send_audio(frame)
-        clock.sent_at(now)
-
-    async def _silence(self, clock: SendClock) -> int:
-        """Five silence frames: how a transmission ends, so that decoders do not glitch."""
-        for _ in range(5):
-            await self._send_on_time(clock, SILENCE)
-        return 5
+    def stop_playing(self) -> None:
+        self.inbox.put(_StopPlaying(None))
 
     def pause(self) -> None:
         """Stop sending after the current frame (with five silence frames)."""
-        self._unpaused.clear()
+        self.inbox.put(_Pause())
 
     def resume(self) -> None:
-        self._unpaused.set()
+        self.inbox.put(_Resume())
 
     @property
     def paused(self) -> bool:
-        return not self._unpaused.is_set()
+        return self.tx.paused
 
     def set_volume(self, volume: float) -> None:
         """Scale what is playing (and what plays next) by ``volume`` (1.0 = as is)."""
-        self.volume = max(0.0, volume)
-        if self.current is not None and hasattr(self.current, "volume"):
-            self.current.volume = self.volume
+        self.inbox.put(_Volume(max(0.0, volume)))
 
     async def move(self, token: str, endpoint: str) -> None:
         """A new VOICE_SERVER_UPDATE (a region move): connect to the new server afresh."""
         await self.leave()
         self.gateway.new_server(token, endpoint)
         self.dave.forget_call()
-        self.inbox = asyncio.Queue()
+        self.inbox = Inbox()
         self.connected.clear()
         self.cipher = self.rtp = self.udp = self.ws = None
         self.failure = None
+        self._attempt = 0
+        self._reconnect_at = None
         await self.connect()
 
     async def leave(self) -> None:
         """Close the connection. The loop is stopped first, so that it does not read its own
         close as the connection ending by itself."""
-        for task in (self._discovery_task, self._loop_task):
+        for task in (self._opening, self._loop_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        self._opening = None
+        self._finish_tracks(VoiceError("the voice session was left"))
         if self.ws is not None:
             self.ws.close(1000, "leaving")
         if self.udp is not None:
             self.udp.close()
+        self._discovery = None
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -250,6 +322,7 @@ class VoiceSession:
             log.exception("voice session loop crashed")
             self._fail(Failed(None, VoiceOutcome.STOP, f"voice session crashed: {exc!r}"))
         self.connected.clear()
+        self._finish_tracks(VoiceError(self.failure.message if self.failure else "ended"))
         self.ended.set()  # ended by itself (not cancelled by leave or move): failure says why
 
     def _fail(self, failure: Failed) -> None:
@@ -259,82 +332,180 @@ class VoiceSession:
             self.failure = failure
 
     async def _run(self) -> None:
-        """The one loop. A close the gateway says to resume after (a dropped socket, 4015,
-        our own zombie close) reconnects and RESUMEs here, keeping UDP and keys; anything
-        else ends the loop with ``failure`` saying why."""
-        gw = self.gateway
-        attempt = 0
+        """The one loop: websocket messages and closes, UDP datagrams, the library's calls,
+        and the deadlines (heartbeat, UDP keepalive, reconnect, discovery retry, the next
+        frame) all pass through here; nothing else writes to the sockets. A close the
+        gateway says to resume after reconnects (with backoff) and RESUMEs, keeping UDP and
+        keys while frames keep going out; anything else ends the loop with ``failure``
+        saying why."""
+        self._open()
+        inbox = self.inbox
         while True:
-            on_message, on_closed = _feeders(self.inbox)  # a move gives the next a new inbox
+            await self._wait(self._next_deadline())
+            while inbox:
+                if self._handle(inbox.take()):
+                    return
+            self._tick(time.monotonic())
+
+    def _next_deadline(self) -> float | None:
+        times = [
+            t
+            for t in (
+                self.gateway.next_deadline(),
+                self._next_keepalive,
+                self._reconnect_at,
+                None if self._discovery is None else self._discovery.retry_at,
+                self.tx.next_at,
+            )
+            if t is not None
+        ]
+        return min(times) if times else None
+
+    async def _wait(self, until: float | None) -> None:
+        """Sleep on the inbox until ``until``. In ``precise`` mode the last 2 ms before a
+        frame are slept exactly (loop timers wake up to 1 ms late)."""
+        frame_at = self.tx.next_at
+        if not self.precise or frame_at is None or until is None or frame_at > until:
+            await self.inbox.wait(until)
+            return
+        await self.inbox.wait(frame_at - PRECISE_STRETCH)
+        if not self.inbox:
+            delay = frame_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # to the microsecond, for the frame that is due
+
+    def _handle(self, item: Any) -> bool:
+        """One inbox item; True when the session has ended."""
+        gw = self.gateway
+        now = time.monotonic()
+        cls = item.__class__
+        if cls is _Datagram:
+            self._on_udp(item.data)
+        elif cls is bytes or cls is str:
+            if self.ws is not None:
+                self._act(gw.receive(item, now))
+        elif cls is _Play:
+            self._plays[id(item.source)] = item.done
+            self._act_tx(self.tx.play(item.source, now))
+        elif cls is _StopPlaying:
+            if item.source is None or item.source is self.tx.source:
+                self._act_tx(self.tx.stop())
+        elif cls is _Pause:
+            self.tx.pause()
+        elif cls is _Resume:
+            self._act_tx(self.tx.resume(now))
+        elif cls is _Volume:
+            self.volume = item.volume
+            current = self.tx.source
+            if current is not None and hasattr(current, "volume"):
+                current.volume = self.volume
+        elif cls is _Opened:
+            self._opening = None
+            self.ws = item.transport
+            self._act(gw.on_connected(now))
+            for message in item.early:
+                if self.ws is not None:
+                    self._act(gw.receive(message, now))
+        elif cls is _OpenFailed:
+            self._opening = None
+            return self._open_failed(item.error, now)
+        elif cls is _Closed:
+            if item.transport is not self.ws:
+                return False
+            self.ws = None
+            self._act(gw.on_closed(item.info.code, now))
+            return self._after_close(now)
+        return False
+
+    def _tick(self, now: float) -> None:
+        """The deadlines that have come."""
+        tx = self.tx
+        frame_at = tx.next_at
+        if frame_at is not None and now >= frame_at:
+            self._act_tx(tx.due(now))
+        if self._reconnect_at is not None and now >= self._reconnect_at:
+            self._reconnect_at = None
+            self._open()
+        discovery = self._discovery
+        if discovery is not None and now >= discovery.retry_at:
+            self._discover_again(discovery, now)
+        self._act(self.gateway.poll(now))
+        self._keepalive(now)
+
+    # -- the websocket's life -------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Connect the websocket in a task this session owns; the outcome comes back to the
+        inbox (the loop keeps sending frames meanwhile)."""
+        inbox = self.inbox
+        url = self.gateway.credentials.url()
+        early: list[bytes | str] | None = []  # until _Opened is in the inbox
+
+        def on_message(message: bytes | str) -> None:
+            if early is not None:
+                early.append(message)
+            else:
+                inbox.put(message)
+
+        closed_early: list[_Closed] = []
+
+        def on_closed(transport: WebSocketTransport, info: ClosedInfo) -> None:
+            if early is not None:  # before _Opened: it must follow it, not precede it
+                closed_early.append(_Closed(transport, info))
+            else:
+                inbox.put(_Closed(transport, info))
+
+        async def opening() -> None:
             try:
-                self.ws = await WebSocketTransport.connect(
-                    gw.credentials.url(), on_message, on_closed, ssl_context=self.ssl_context
+                transport = await WebSocketTransport.connect(
+                    url, on_message, on_closed, ssl_context=self.ssl_context
                 )
             except OSError as exc:
-                if not gw.resumable or attempt >= MAX_RECONNECTS:
-                    self._fail(
-                        Failed(None, VoiceOutcome.REJOIN, f"cannot reach the voice server: {exc}")
-                    )
-                    return
-                attempt += 1
-                await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
-                continue
-            self._act(gw.on_connected(time.monotonic()))
-            await self._serve()
-            if gw.state is not VoiceState.BACKING_OFF:
+                inbox.put(_OpenFailed(str(exc)))
                 return
-            stable = self._connected_at is not None and (
-                time.monotonic() - self._connected_at >= STABLE_AFTER
-            )
-            self._connected_at = None
-            attempt = 1 if stable else attempt + 1
-            if attempt > MAX_RECONNECTS:
-                cause = self.failure.message if self.failure else "connection lost"
-                self.failure = None
-                self._fail(
-                    Failed(
-                        None,
-                        VoiceOutcome.REJOIN,
-                        f"the voice connection dropped {attempt - 1} times in a row without "
-                        f"staying up {STABLE_AFTER:.0f}s (first: {cause}); giving it up",
-                    )
-                )
-                return
-            await asyncio.sleep(min(5.0, 0.05 * 2**attempt) if attempt > 1 else 0)
+            nonlocal early
+            inbox.put(_Opened(transport, early or []))
+            early = None
+            for closed in closed_early:
+                inbox.put(closed)
 
-    async def _serve(self) -> None:
-        """Serve one websocket connection until it closes."""
-        gw = self.gateway
-        while True:
-            deadlines = [d for d in (gw.next_deadline(), self._next_keepalive) if d is not None]
-            deadline = min(deadlines) if deadlines else None
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                kind, item = await asyncio.wait_for(self.inbox.get(), timeout)
-            except TimeoutError:
-                now = time.monotonic()
-                self._act(gw.poll(now))
-                self._keepalive(now)
-                continue
-            now = time.monotonic()
-            if kind == "ws":
-                self._act(gw.receive(item, now))
-            elif kind == "udp":
-                self._on_udp(item)
-            elif kind == "discovery":
-                address, port = item
-                self._act(gw.on_discovered(address, port))
-            elif kind == "discovery failed":
-                message, retry = item
-                self._act(gw.discovery_failed(message, retry=retry))
-            elif kind == "closed":
-                assert isinstance(item, ClosedInfo)
-                self._act(gw.on_closed(item.code, now))
-                if gw.state is not VoiceState.BACKING_OFF:
-                    self.connected.clear()
-                return
-            self._act(gw.poll(now))
-            self._keepalive(now)
+        self._opening = asyncio.get_running_loop().create_task(opening())
+
+    def _open_failed(self, error: str, now: float) -> bool:
+        if not self.gateway.resumable or self._attempt >= MAX_RECONNECTS:
+            self._fail(Failed(None, VoiceOutcome.REJOIN, f"cannot reach the voice server: {error}"))
+            return True
+        self._attempt += 1
+        self._reconnect_at = now + backoff_delay(self._attempt, 0.25, 5.0)
+        return False
+
+    def _after_close(self, now: float) -> bool:
+        """The websocket closed and the gateway decided: reconnect (resume) after a
+        backoff, or end the session."""
+        if self.gateway.state is not VoiceState.BACKING_OFF:
+            self.connected.clear()
+            return True
+        stable = self._connected_at is not None and (now - self._connected_at >= STABLE_AFTER)
+        self._connected_at = None
+        self._attempt = 1 if stable else self._attempt + 1
+        if self._attempt > MAX_RECONNECTS:
+            cause = self.failure.message if self.failure else "connection lost"
+            self.failure = None
+            self._fail(
+                Failed(
+                    None,
+                    VoiceOutcome.REJOIN,
+                    f"the voice connection dropped {self._attempt - 1} times in a row without "
+                    f"staying up {STABLE_AFTER:.0f}s (first: {cause}); giving it up",
+                )
+            )
+            self.connected.clear()
+            return True
+        # The first drop after a healthy stretch reconnects at once; then growing waits.
+        self._reconnect_at = now + backoff_delay(self._attempt - 1, 0.1, 5.0)
+        return False
+
+    # -- what the gateway and the transmitter ask for -------------------------------------
 
     def _act(self, actions: list[VoiceAction]) -> None:
         for action in actions:
@@ -345,11 +516,7 @@ class VoiceSession:
                 if self.ws is not None:
                     self.ws.close(action.code, action.reason)
             elif isinstance(action, Discover):
-                if self._discovery_task is not None:
-                    self._discovery_task.cancel()
-                self._discovery_task = asyncio.get_running_loop().create_task(
-                    self._discover(action, self.inbox)
-                )
+                self._discover(action)
             elif isinstance(action, Connected):
                 self.cipher = TransportCipher(action.mode, action.secret_key)
                 self.rtp = RtpPacketizer(action.ssrc)
@@ -372,6 +539,41 @@ class VoiceSession:
                     self._forget_member(action.payload)
                 self._act(self.dave.receive(action.op, action.payload))
 
+    def _act_tx(self, actions: list[TxAction]) -> None:
+        for action in actions:
+            if isinstance(action, SendFrame):
+                now = time.monotonic()  # the frame leaves now: its lateness is measured
+                self._send_audio(action.opus)
+                self.tx.sent_at(now)
+            elif isinstance(action, SetSpeaking):
+                self._act([self.gateway.speaking(1 if action.on else 0)])
+            elif isinstance(action, SkipFrames):
+                if self.rtp is not None:  # the timestamp keeps counting real time
+                    self.rtp.skip(action.frames)
+            elif isinstance(action, TrackDone):
+                action.source.close()
+                done = self._plays.pop(id(action.source), None)
+                if done is None or done.done():
+                    continue
+                if action.error is not None:
+                    done.set_exception(ValueError(action.error))
+                elif action.stopped:
+                    done.cancel()
+                else:
+                    done.set_result(action.frames)
+
+    def _finish_tracks(self, error: Exception) -> None:
+        """The session is over: what plays is closed, and whoever awaits it hears why."""
+        source = self.tx.source
+        self.tx.stop()
+        if source is not None:
+            source.close()
+        for done in self._plays.values():
+            if not done.done():
+                done.set_exception(error)
+                done.exception()  # retrieved here: nobody may be left to await it
+        self._plays.clear()
+
     def _warn(self, message: str) -> None:
         """Log what the server sent that was ignored: every time at first, then on the
         2nd, 4th, 8th... so that a flood cannot fill the log."""
@@ -379,10 +581,9 @@ class VoiceSession:
         if self.warnings <= 10 or not self.warnings & (self.warnings - 1):
             log.warning(f"{message} (ignored; {self.warnings} so far)")
 
-    async def _discover(self, action: Discover, inbox: asyncio.Queue[Any]) -> None:
-        """UDP IP discovery, owned by the session (``leave`` cancels it); its outcome goes
-        to the loop's inbox, as everything else does."""
-        loop = asyncio.get_running_loop()
+    def _discover(self, action: Discover) -> None:
+        """Start UDP IP discovery: a fresh socket (arikawa #358), then a request a second,
+        five at most; the reply arrives as any datagram does, in the inbox."""
         gw = self.gateway
         mode = gw.session.mode
         if mode not in self.modes:
@@ -392,33 +593,33 @@ class VoiceSession:
                     f"no common encryption mode: the server offers {gw.session.modes}, "
                     f"this session allows {list(self.modes)}"
                 )
-                inbox.put_nowait(("discovery failed", (message, False)))
+                self._act(gw.discovery_failed(message, retry=False))
                 return
             gw.session.mode = offered[0]
         if self.udp is not None:
-            self.udp.close()  # a reconnect gets a fresh socket (arikawa #358)
+            self.udp.close()
             self.udp = None
+        self._discovery = None
         try:
-            self.udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(inbox), remote_addr=(action.ip, action.port)
-            )
-            self._discovery = loop.create_future()
-            for _ in range(5):
-                self.udp.sendto(build_request(action.ssrc))
-                try:
-                    found = await asyncio.wait_for(asyncio.shield(self._discovery), 1.0)
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                message = f"UDP IP discovery with {action.ip}:{action.port} got no answer"
-                inbox.put_nowait(("discovery failed", (message, True)))
-                return
+            self.udp = _UdpSocket((action.ip, action.port), self.inbox)
         except OSError as exc:
             message = f"UDP IP discovery with {action.ip}:{action.port} failed: {exc}"
-            inbox.put_nowait(("discovery failed", (message, True)))
+            self._act(gw.discovery_failed(message, retry=True))
             return
-        inbox.put_nowait(("discovery", found))
+        self._discovery = _Discovery(action)
+        self._discover_again(self._discovery, time.monotonic())
+
+    def _discover_again(self, discovery: _Discovery, now: float) -> None:
+        action = discovery.action
+        if discovery.sent >= DISCOVERY_ATTEMPTS:
+            self._discovery = None
+            message = f"UDP IP discovery with {action.ip}:{action.port} got no answer"
+            self._act(self.gateway.discovery_failed(message, retry=True))
+            return
+        assert self.udp is not None
+        self.udp.sendto(build_request(action.ssrc))
+        discovery.sent += 1
+        discovery.retry_at = now + DISCOVERY_RETRY
 
     def _keepalive(self, now: float) -> None:
         """8 bytes on UDP every few seconds keep NAT mappings open while nothing plays."""
@@ -443,15 +644,17 @@ class VoiceSession:
             if self._keepalive_echoed < echoed <= self._keepalives:  # only what we sent
                 self._keepalive_echoed = echoed
             return
-        discovering = self._discovery is not None and not self._discovery.done()
-        if discovering and self._discovery is not None:
+        if self._discovery is not None:
             if len(data) != DISCOVERY_SIZE:
                 self._warn(f"a {len(data)}-byte UDP datagram during IP discovery (want 74)")
                 return
             try:
-                self._discovery.set_result(parse_response(data, self.gateway.session.ssrc))
+                address, port = parse_response(data, self.gateway.session.ssrc)
             except DiscoveryError as exc:
                 self._warn(f"unusable IP discovery reply: {exc}")
+                return
+            self._discovery = None
+            self._act(self.gateway.on_discovered(address, port))
             return
         if len(data) == DISCOVERY_SIZE:
             return  # a late duplicate of the discovery reply

@@ -9,8 +9,8 @@ from typing import Any
 
 from emulator import DEFAULT_TOKEN, Emulator, EmulatorConfig, GatewayRules, WorldConfig
 from ipc.errors import ErrorEvent
+from ipc.links import NullPublisher
 from ipc.messages import Event
-from shards.links import NullPublisher
 from shards.loop import LocalIdentifyBucket, ShardRunner
 from shards.protocol import ShardSettings
 

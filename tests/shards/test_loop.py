@@ -70,7 +70,7 @@ async def test_first_heartbeat_is_jittered() -> None:
     ):
         await until_ready(bus)
         assert opcodes(emu) == [2]
-        assert runner.protocol.next_heartbeat is not None
+        assert runner.protocol.pacemaker.next_beat is not None
 
 
 async def test_server_heartbeat_request_is_answered() -> None:

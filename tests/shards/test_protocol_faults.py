@@ -100,7 +100,7 @@ def test_hello_with_an_insane_heartbeat_interval_is_a_protocol_error(interval: A
     said = emitted(actions, ProtocolError)
     assert said and "heartbeat_interval" in said[0].message
     assert any(isinstance(a, Close) for a in actions)
-    assert proto.heartbeat_interval is None and proto.next_deadline() is None
+    assert proto.pacemaker.interval is None and proto.next_deadline() is None
     proto.on_closed(3000, "", 1.0, handshake=True)
     assert proto.reconnect_at is not None and proto.reconnect_at > 1.0  # backs off
 

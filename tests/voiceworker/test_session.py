@@ -162,8 +162,8 @@ async def test_pause_sends_silence_then_resume_continues_with_the_clock() -> Non
                 lambda: any(len(r.packets) >= 10 for r in emu.voice.sessions.values())  # type: ignore[union-attr]
             )
             record = next(iter(emu.voice.sessions.values()))
-            session.set_volume(0.5)
-            assert source.volume == 0.5
+            session.set_volume(0.5)  # an inbox item: the loop applies it between frames
+            await eventually(lambda: source.volume == 0.5)
             session.pause()
             await emu.voice.wait_until(
                 lambda: [p.opus for p in record.packets[-5:]] == [SILENCE] * 5  # type: ignore[union-attr]

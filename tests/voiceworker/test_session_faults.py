@@ -11,7 +11,7 @@ import pytest
 
 from tests.shards.helpers import eventually
 from tests.voiceworker.test_session import new_session, voice_emulator
-from voiceworker.session import VoiceError
+from voiceworker.session import VoiceError, _Datagram
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ async def test_a_crash_inside_the_loop_ends_the_session_and_says_why() -> None:
 
             session._on_udp = explode  # type: ignore[method-assign]
             assert session.udp is not None
-            session.inbox.put_nowait(("udp", b"x" * 20))
+            session.inbox.put(_Datagram(b"x" * 20))
             await eventually(lambda: session.ended.is_set())
             assert not session.connected.is_set()
             assert session.failure is not None and "boom" in session.failure.message

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conn import tls
 from emulator.voice import make_certificate
-from shards import tls
 
 EMULATOR_CN = "shardline emulator voice"
 

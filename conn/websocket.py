@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
-from shards import tls
+from conn import tls
 
 __all__ = ["ClosedInfo", "TransportError", "WebSocketTransport", "mask_payload"]
 

@@ -1,4 +1,7 @@
-"""The shard's two ZeroMQ links: the event bus (publish, never block) and the control socket.
+"""A worker's two ZeroMQ links, the worker side of the wire whose other side is the
+supervisor's: the event bus (publish, never block) and the control socket. Both the shard and
+the voice process use them; they live in ``ipc/`` with the rest of the wire (the connection
+skeleton in ``conn/`` knows nothing of ZeroMQ).
 
 The publisher is an XPUB that connects to the bus; it waits for the bus to subscribe before
 the shard connects to Discord, so nothing is published into the void at start-up. Sends are
@@ -16,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from ipc.codec import Envelope, decode_command, encode_bus_event, encode_command, topic_for
+from ipc.codec import Envelope, decode_command, encode_bus_event, encode_control, topic_for
 from ipc.control import WorkerHello
 from ipc.messages import Command, Event
 
@@ -160,16 +163,8 @@ class ControlLink:
 
     def send(self, message: Event | Command) -> bool:
         """Non-blocking; False when the supervisor is not keeping up (message dropped)."""
-        frames = (
-            encode_command(message)
-            if isinstance(message, Command)
-            else [
-                message.type_name.encode(),
-                _event_body(message),
-            ]
-        )
         try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            self.sock.send_multipart(encode_control(message), flags=zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -186,8 +181,3 @@ class ControlLink:
         with contextlib.suppress(zmq.ZMQError):
             self.sock.close(linger=1000)
 
-
-def _event_body(event: Event) -> bytes:
-    import orjson
-
-    return orjson.dumps(event.raw)
