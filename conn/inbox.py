@@ -19,12 +19,20 @@ class Inbox(Generic[T]):
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._items: deque[T] = deque()
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the loop, while it sleeps
+
+    @staticmethod
+    def _wake(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
 
     def put(self, item: T) -> None:
         """From anywhere on the loop's thread (a transport callback, a command reader)."""
         self._items.append(item)
-        self._wakeup.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            self._wake(waiter)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -49,12 +57,17 @@ class Inbox(Generic[T]):
         if delay is not None and delay <= 0:
             await asyncio.sleep(0)
             return
-        self._wakeup.clear()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
         if delay is None:
-            await self._wakeup.wait()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
             return
-        timer = asyncio.get_running_loop().call_later(delay, self._wakeup.set)
+        timer = loop.call_later(delay, self._wake, waiter)
         try:
-            await self._wakeup.wait()
+            await waiter
         finally:
+            self._waiter = None
             timer.cancel()

@@ -180,4 +180,3 @@ class ControlLink:
     def close(self) -> None:
         with contextlib.suppress(zmq.ZMQError):
             self.sock.close(linger=1000)
-

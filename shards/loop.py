@@ -292,9 +292,7 @@ class ShardRunner:
     def _emit(self, event: ErrorEvent) -> None:
         self.errors.append(event)
         del self.errors[:-100]
-        level = (
-            logging.ERROR if isinstance(event, FatalClose) else logging.WARNING
-        )
+        level = logging.ERROR if isinstance(event, FatalClose) else logging.WARNING
         log.log(level, event.message, extra={"fields": {"event": event.type_name}})
         self.publisher.event(event)
         if level == logging.ERROR and self.control is not None:

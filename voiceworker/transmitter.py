@@ -5,7 +5,8 @@ A track starts with SPEAKING 1 and its first frame at once; frames follow on abs
 deadlines (:class:`~voiceworker.clock.SendClock`). A track that ends, or a pause, sends five
 silence frames (so decoders do not glitch) and then SPEAKING 0. A resume restarts the clock
 and tells RTP how many frame times passed. Sans-I/O: no sleeping, no sockets; the source is
-read one frame at a time (a long file starts at once).
+read one frame ahead (a long file starts at once, and the next frame is encoded right after
+a send, not in the moment its deadline comes).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class Transmitter:
         self._paused_at: float | None = None
         self._wants_pause = False
         self._error: str | None = None
+        self._next: bytes | None = None  # read ahead: what goes out at the next deadline
+        self._exhausted = False  # the source has ended (or failed)
 
     @property
     def next_at(self) -> float | None:
@@ -100,12 +103,15 @@ class Transmitter:
         self.source = source
         self._frames = 0
         self._error = None
+        self._next = None
+        self._exhausted = False
         self.clock = SendClock(now)
         if self._wants_pause:
             self._phase = _Phase.PAUSED
             self._paused_at = now
             return actions
         self._phase = _Phase.PLAYING
+        self._read_ahead()
         return [*actions, SetSpeaking(True)]
 
     def stop(self) -> list[TxAction]:
@@ -139,6 +145,7 @@ class Transmitter:
             actions.append(SkipFrames(int((now - self._paused_at) / FRAME)))
         self._paused_at = None
         self.clock.restart(now)
+        self._read_ahead()
         actions.append(SetSpeaking(True))
         return actions
 
@@ -146,12 +153,8 @@ class Transmitter:
         """The frame whose deadline has come (call at or after :attr:`next_at`)."""
         phase = self._phase
         if phase is _Phase.PLAYING:
-            assert self.source is not None
-            try:
-                frame = self.source.read()
-            except (OSError, ValueError) as exc:
-                self._error = str(exc)
-                frame = None
+            self._read_ahead()  # normally done already, after the last send
+            frame, self._next = self._next, None
             if frame is not None:
                 return [self._send(frame)]
             self._phase = _Phase.ENDING
@@ -175,9 +178,23 @@ class Transmitter:
         return []
 
     def sent_at(self, now: float) -> None:
-        """The frame :meth:`due` gave went out at ``now`` (its lateness is measured)."""
+        """The frame :meth:`due` gave went out at ``now`` (its lateness is measured); the
+        next one is read now, while there is time before its deadline."""
         if self.clock is not None:
             self.clock.sent_at(now)
+        if self._phase is _Phase.PLAYING:
+            self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        if self._next is not None or self._exhausted or self.source is None:
+            return
+        try:
+            self._next = self.source.read()
+        except (OSError, ValueError) as exc:
+            self._error = str(exc)
+            self._next = None
+        if self._next is None:
+            self._exhausted = True
 
     def _send(self, frame: bytes) -> SendFrame:
         self._frames += 1
