@@ -17,7 +17,7 @@ __all__ = [
     "FleetStatus",
     "ShardRecord",
     "SubscriberRecord",
-    "VoiceRecord",
+    "VoiceSessionRecord",
 ]
 
 
@@ -104,7 +104,7 @@ class AppRecord(_Record):
 
 
 @dataclass(frozen=True, slots=True)
-class VoiceRecord(_Record):
+class VoiceSessionRecord(_Record):
     guild: str
     channel: str
     state: VoiceState
@@ -143,8 +143,8 @@ class FleetStatus(_Record):
     uptime: float
     shards: list[ShardRecord]
     apps: list[AppRecord]
-    voice: list[VoiceRecord]
+    voice: list[VoiceSessionRecord]
 
 
-for _cls in (ShardRecord, AppRecord, VoiceRecord, SubscriberRecord, BusRecord, FleetStatus):
+for _cls in (ShardRecord, AppRecord, VoiceSessionRecord, SubscriberRecord, BusRecord, FleetStatus):
     _RECORDS[_cls.__name__] = _cls

@@ -14,11 +14,25 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["UnsafeRuntimeDirError", "check_owned_file", "prepare_runtime_dir", "remove_sockets"]
+__all__ = [
+    "AlreadyRunningError",
+    "UnsafeRuntimeDirError",
+    "check_owned_file",
+    "lock_runtime_dir",
+    "prepare_runtime_dir",
+    "remove_sockets",
+    "unlock_runtime_dir",
+]
+
+PID_FILE = "supervisor.pid"
 
 
 class UnsafeRuntimeDirError(RuntimeError):
     """The runtime directory, or a file in it, cannot be trusted; the message says what to do."""
+
+
+class AlreadyRunningError(RuntimeError):
+    """Another live supervisor uses this runtime directory."""
 
 
 def prepare_runtime_dir(path: Path) -> None:
@@ -82,3 +96,44 @@ def remove_sockets(*endpoints: str) -> None:
         if endpoint.startswith("ipc://"):
             with contextlib.suppress(OSError):
                 os.unlink(endpoint.removeprefix("ipc://"))
+
+
+def lock_runtime_dir(path: Path) -> None:
+    """Make ``path`` ours (:func:`prepare_runtime_dir`) and write the pid file that says a
+    supervisor runs there. Raises AlreadyRunningError when a live process holds it."""
+    lock = path / PID_FILE
+    prepare_runtime_dir(path)
+    if check_owned_file(lock):
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(lock.read_text()[:32])
+            if pid != os.getpid() and _alive(pid):
+                raise AlreadyRunningError(
+                    f"a supervisor (pid {pid}) already runs with runtime dir {path}; stop it "
+                    "(`shardline stop`) or set ipc.runtime_dir"
+                )
+    tmp = lock.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, lock)
+
+
+def unlock_runtime_dir(path: Path, *sockets: str) -> None:
+    """Remove our sockets and the pid file: nothing runs here any more."""
+    remove_sockets(*sockets)
+    with contextlib.suppress(OSError):
+        (path / PID_FILE).unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -19,7 +19,7 @@ from typing import Any
 
 from ipc.control import VoiceStatus
 from ipc.states import VoiceOutcome, VoiceState
-from ipc.status import VoiceRecord
+from ipc.status import VoiceSessionRecord
 from ipc.workerargs import VoiceArgs
 from runtime.config import VoiceConfig
 from runtime.procs import end_process
@@ -84,9 +84,9 @@ class VoiceWorker:
         self.join_deadline = self.rejoin_at = self.server_deadline = None
         self.session_id = self.token = self.endpoint = ""
 
-    def record(self) -> VoiceRecord:
+    def record(self) -> VoiceSessionRecord:
         r = self.report.raw if self.report is not None else {}
-        return VoiceRecord(
+        return VoiceSessionRecord(
             guild=str(self.guild),
             channel=str(self.channel),
             state=self.state,

@@ -11,7 +11,7 @@ import pytest
 from ipc.checkpoint import Checkpoint, CheckpointError
 from ipc.control import SessionCheckpoint
 from ipc.states import ShardState, VoiceState
-from ipc.status import BusRecord, FleetStatus, ShardRecord, SubscriberRecord, VoiceRecord
+from ipc.status import BusRecord, FleetStatus, ShardRecord, SubscriberRecord, VoiceSessionRecord
 from ipc.workerargs import DEFAULT_MAX_PAYLOAD, ShardArgs, VoiceArgs
 from shards.inflate import DEFAULT_MAX_PAYLOAD as INFLATE_DEFAULT
 
@@ -93,7 +93,7 @@ def test_the_fleet_status_reads_back_what_it_wrote_and_refuses_what_it_did_not()
         uptime=12.5,
         shards=[ShardRecord(0, ShardState.READY, 41.5, 9, "s", 3, 2.0, 0, "", 12.0, 7, 0)],
         apps=[],
-        voice=[VoiceRecord("1", "2", VoiceState.CONNECTED, None, 5, 0, 0.4, 0, 8, None)],
+        voice=[VoiceSessionRecord("1", "2", VoiceState.CONNECTED, None, 5, 0, 0.4, 0, 8, None)],
     )
     raw = status.to_json()
     assert raw["shards"][0]["state"] == "ready"  # the wire keeps the documented strings

@@ -1,0 +1,145 @@
+"""The bot's application processes (``[[apps]]``): each runs ``python -m ipc.app`` with the
+supervisor's endpoints and never the token, and is restarted by the one restart policy when
+it exits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ipc.status import AppRecord
+from runtime.config import Config
+from runtime.procs import end_process
+from runtime.restartpolicy import Exit, after_exit, describe
+
+__all__ = ["AppFleet", "AppWorker"]
+
+log = logging.getLogger("shardline.supervisor")
+
+
+@dataclass
+class AppWorker:
+    """One process of an ``[[apps]]`` entry."""
+
+    module: str
+    index: int
+    count: int
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    crashes_in_a_row: int = 0
+    crash_times: deque[float] = field(default_factory=deque)
+    last_exit: str = ""
+    started_at: float = 0.0
+    given_up: str = ""
+
+    @property
+    def state(self) -> str:
+        if self.given_up:
+            return "failed"
+        return "running" if self.proc is not None else "restarting"
+
+    def record(self) -> AppRecord:
+        return AppRecord(
+            module=self.module,
+            index=self.index,
+            state=self.state,
+            restarts=self.restarts,
+            pid=self.proc.pid if self.proc else None,
+        )
+
+
+class AppFleet:
+    def __init__(
+        self,
+        config: Config,
+        env: dict[str, str],
+        *,
+        python: str = sys.executable,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.python = python
+        self.preexec = preexec
+        # Applications get the endpoints, never the bot's token.
+        self.env = {k: v for k, v in {**os.environ, **env}.items()}
+        self.env.pop(config.discord.token_env, None)
+        self.apps = [
+            AppWorker(app.module, index, app.processes)
+            for app in config.apps
+            for index in range(app.processes)
+        ]
+        self.stopping = asyncio.Event()
+
+    async def keep_alive(self, app: AppWorker) -> None:
+        """Run one app process; restart it as the restart policy says when it exits."""
+        restart = self.config.restart
+        while not self.stopping.is_set():
+            app.proc = await asyncio.create_subprocess_exec(
+                self.python,
+                "-m",
+                "ipc.app",
+                "--module",
+                app.module,
+                "--index",
+                str(app.index),
+                "--count",
+                str(app.count),
+                env=self.env,
+                preexec_fn=self.preexec,
+                start_new_session=True,
+            )
+            app.started_at = time.monotonic()
+            try:
+                code = await app.proc.wait()
+            except asyncio.CancelledError:
+                await end_process(app.proc)
+                raise
+            app.proc = None
+            now = time.monotonic()
+            if not self.stopping.is_set():
+                app.crash_times.append(now)
+            while app.crash_times and now - app.crash_times[0] > restart.restart_window:
+                app.crash_times.popleft()
+            decision = after_exit(
+                # An app's exit statuses are its own: none means "never respawn" here.
+                code if code in (0, 1) or code < 0 else 1,
+                asked_to_stop=self.stopping.is_set(),
+                crashes_in_a_row=app.crashes_in_a_row,
+                ran_for=now - app.started_at,
+                restart=restart,
+                recent_crashes=len(app.crash_times),
+            )
+            if decision.next is Exit.STOPPED:
+                return
+            app.last_exit = describe(code)
+            if decision.next is Exit.GIVE_UP:
+                app.given_up = decision.reason
+                log.error(f"app {app.module}[{app.index}] {decision.reason}")
+                return
+            app.restarts += 1
+            app.crashes_in_a_row = decision.crashes_in_a_row
+            log.warning(
+                f"app {app.module}[{app.index}] {app.last_exit}; "
+                f"restarting in {decision.delay:.1f}s"
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), decision.delay)
+
+    async def shutdown(self) -> None:
+        self.stopping.set()
+        for app in self.apps:
+            if app.proc is not None and app.proc.returncode is None:
+                app.proc.terminate()
+        for app in self.apps:
+            if app.proc is not None:
+                await end_process(app.proc)
+
+    def records(self) -> list[AppRecord]:
+        return [app.record() for app in self.apps]
