@@ -49,6 +49,24 @@ MAX_HEARTBEAT_INTERVAL = 600.0
 SECRET_KEY_SIZE = 32
 
 
+_V = VoiceState
+# What a close can lead to, from any state: resume after a backoff, rejoin, wait for a new
+# server, or the end.
+_CLOSES = {_V.BACKING_OFF, _V.REJOIN, _V.WAITING_SERVER, _V.DISCONNECTED}
+# Legal transitions (like the shard's): anything else is a bug in this module, not the peer.
+TRANSITIONS: dict[VoiceState, set[VoiceState]] = {
+    _V.DISCONNECTED: {_V.IDENTIFYING, _V.RESUMING, *_CLOSES},
+    _V.IDENTIFYING: {_V.DISCOVERING, *_CLOSES},
+    _V.DISCOVERING: {_V.SELECTING, *_CLOSES},
+    _V.SELECTING: {_V.CONNECTED, *_CLOSES},
+    _V.RESUMING: {_V.CONNECTED, *_CLOSES},
+    _V.CONNECTED: set(_CLOSES),
+    _V.BACKING_OFF: {_V.IDENTIFYING, _V.RESUMING, *_CLOSES},
+    _V.REJOIN: {_V.IDENTIFYING, *_CLOSES},  # a new server (a move) starts afresh
+    _V.WAITING_SERVER: {_V.IDENTIFYING, *_CLOSES},
+}
+
+
 # Close codes (topics/opcodes-and-status-codes#voice) and what they call for.
 VOICE_CLOSE_CODES: dict[int, tuple[VoiceOutcome, str]] = {
     4001: (VoiceOutcome.STOP, "unknown opcode sent (a bug in this client)"),
@@ -213,7 +231,7 @@ class VoiceGateway:
         self.credentials = credentials
         self.max_dave = max_dave_protocol_version
         self.rng = rng
-        self.state = VoiceState.DISCONNECTED
+        self._state = VoiceState.DISCONNECTED
         self.session = _Session()
         self.seq_ack = -1  # last seq seen from the server
         self.pacemaker = Pacemaker(lambda: self.rng())
@@ -221,6 +239,16 @@ class VoiceGateway:
         self._closing: VoiceOutcome | None = None
 
     # -- connection lifecycle -------------------------------------------------------------
+
+    @property
+    def state(self) -> VoiceState:
+        return self._state
+
+    @state.setter
+    def state(self, new: VoiceState) -> None:
+        if new is not self._state and new not in TRANSITIONS[self._state]:
+            raise AssertionError(f"illegal voice transition {self._state} -> {new}")
+        self._state = new
 
     def on_connected(self, now: float) -> list[VoiceAction]:
         """The websocket is open: RESUME a live session, else IDENTIFY."""

@@ -178,3 +178,19 @@ def test_udp_loss_identifies_again_instead_of_resuming() -> None:
     assert gw.state is VoiceState.BACKING_OFF  # the session loop reconnects in place
     again = sent(gw.on_connected(6.0))[0]
     assert again["op"] == 0  # IDENTIFY, not RESUME: new UDP socket, discovery and key
+
+
+def test_the_voice_state_table_covers_every_state_the_gateway_takes() -> None:
+    from voiceworker.gateway import TRANSITIONS
+
+    process_states = {s for s in VoiceState} - {
+        VoiceState.CONNECTING,  # the supervisor's and the status's words, not the gateway's
+        VoiceState.JOINING,
+        VoiceState.REJOINING,
+        VoiceState.LEAVING,
+        VoiceState.FAILED,
+    }
+    assert set(TRANSITIONS) == process_states
+    gw = VoiceGateway(CREDS)
+    with pytest.raises(AssertionError, match="illegal voice transition disconnected -> connected"):
+        gw.state = VoiceState.CONNECTED  # only a session description or RESUMED leads there
