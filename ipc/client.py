@@ -29,6 +29,7 @@ import zmq
 import zmq.asyncio
 
 from ipc.codec import SUBSCRIBE, CodecError, decode_bus
+from ipc.errors import EventsDropped
 from ipc.fields import InvalidFieldError
 from ipc.handlers import HandlerTable
 from ipc.messages import Command, ErrorCode, ErrorReply, Event, Reply
@@ -86,6 +87,7 @@ class Client:
         self.dedupe = dedupe
         self._seen: dict[tuple[str, str | None], int] = {}
         self.gaps = 0  # dispatches missing in a session's seq (lost at a high-water mark)
+        self.bus_dropped = 0  # what the bus said it dropped for us (EventsDropped)
         self.received = 0
         self._sub: zmq.asyncio.Socket | None = None
         self._subscription: list[bytes] = []
@@ -197,6 +199,10 @@ class Client:
                     self.gaps += envelope.seq - last - 1
             if last is None or envelope.seq > last:
                 self._seen[key] = envelope.seq
+        elif envelope.kind == "event" and isinstance(event, EventsDropped):
+            self.bus_dropped += event.dropped
+            if not self._count_gaps:  # filtered: seq cannot show it, so this is the count
+                self.gaps += event.dropped
         index, count = self.partition
         if count > 1 and envelope.kind == "dispatch":
             raw = event.raw

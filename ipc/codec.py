@@ -134,8 +134,10 @@ def encode_gateway_command(command: GatewayCommand) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """Where a bus message came from. ``(source, session, seq)`` identifies a dispatch, so a
-    consumer can drop duplicates and see gaps. ``received_ns`` is ``time.time_ns()`` at receipt.
-    ``kind`` is ``"dispatch"`` (body = the gateway payload) or ``"event"`` (body = event JSON)."""
+    consumer can drop duplicates and see gaps. ``received_ns`` is ``time.time_ns()`` at receipt,
+    a decimal string on the wire (it is above 2**53, which JSON numbers in JavaScript and jq
+    cannot hold). ``kind`` is ``"dispatch"`` (body = the gateway payload) or ``"event"``
+    (body = event JSON)."""
 
     source: str
     kind: str = "event"
@@ -150,7 +152,7 @@ class Envelope:
                 "kind": self.kind,
                 "session": self.session,
                 "seq": self.seq,
-                "received_ns": self.received_ns,
+                "received_ns": str(self.received_ns),
             }
         )
 

@@ -67,6 +67,8 @@ def gateway_url_problem(url: object) -> str | None:
 
 
 class WorkerHello(Event):
+    """A worker's first words: ``kind`` (shard or voice), its id and its pid."""
+
     __slots__ = ()
     type_name = "control.hello"
     kind = string()  # "shard" or "voice"
@@ -106,6 +108,8 @@ class SessionCheckpoint(Event):
 
 
 class IdentifyRequest(Event):
+    """The shard needs an identify permit (the schedule grants one per bucket per 5 s)."""
+
     __slots__ = ()
     type_name = "control.identify_request"
     shard = integer()
@@ -132,6 +136,8 @@ class GatewayForward(Event):
 
 
 class IdentifyPermit(Command):
+    """Identify now."""
+
     __slots__ = ()
     type_name = "control.identify_permit"
 
@@ -159,8 +165,9 @@ class VoiceStatus(Event):
 
 class VoiceEnded(Event):
     """A voice process's session ended by itself, just before the process exits: what the
-    close-code table says comes next (``outcome``: stop, rejoin, resume, reidentify, wait for
-    a new server) and the first cause (``message``)."""
+    close-code table says comes next (``outcome``, an :class:`ipc.states.VoiceOutcome` value:
+    stop, rejoin, resume, identify again, wait for a new server) and the first cause
+    (``message``)."""
 
     __slots__ = ()
     type_name = "control.voice_ended"
@@ -180,22 +187,30 @@ class VoicePlay(Command):
 
 
 class VoicePause(Command):
+    """Pause playback (five silence frames, then SPEAKING off)."""
+
     __slots__ = ()
     type_name = "control.voice_pause"
 
 
 class VoiceResume(Command):
+    """Carry on after a pause."""
+
     __slots__ = ()
     type_name = "control.voice_resume"
 
 
 class VoiceVolume(Command):
+    """Scale playback: 1.0 plays as is."""
+
     __slots__ = ()
     type_name = "control.voice_volume"
     volume = number()
 
 
 class VoiceStop(Command):
+    """Stop what plays and empty the queue."""
+
     __slots__ = ()
     type_name = "control.voice_stop"
 

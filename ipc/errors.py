@@ -11,6 +11,7 @@ __all__ = [
     "ConnectionLost",
     "DecodeError",
     "ErrorEvent",
+    "EventsDropped",
     "FatalClose",
     "InvalidSession",
     "PayloadTooLarge",
@@ -86,3 +87,14 @@ class CommandFailed(ErrorEvent):
     type_name = "shardline.error.command_failed"
     command = string()
     detail = raw()
+
+
+class EventsDropped(ErrorEvent):
+    """Sent by the bus to one subscriber, whatever its subscription, just before the first
+    event it gets after a loss: ``dropped`` events for it were dropped because its buffer
+    (``bus.subscriber_buffer_bytes``) was full. A subscriber that filters topics cannot see
+    loss in ``seq``; this tells it exactly."""
+
+    __slots__ = ()
+    type_name = "shardline.error.events_dropped"
+    dropped = integer()

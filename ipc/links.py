@@ -115,7 +115,7 @@ class EventPublisher(NullPublisher):
         if prefix is None:
             template = Envelope(self.source, "dispatch", session, 0, 0).encode()
             prefix = self._envelopes[session] = template[: template.index(b'"seq":') + 6]
-        envelope = b'%s%s,"received_ns":%d}' % (
+        envelope = b'%s%s,"received_ns":"%d"}' % (
             prefix,
             b"null" if seq is None else b"%d" % seq,
             time.time_ns(),

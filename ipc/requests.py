@@ -88,6 +88,8 @@ class StatusReply(Reply):
 
 
 class Stopping(Reply):
+    """The fleet is stopping: shards close resumably, sessions are saved."""
+
     __slots__ = ()
     type_name = "shardline.reply.stopping"
     stopping = boolean(default=True)
@@ -121,6 +123,8 @@ class Request(Command):
 
 
 class GetStatus(Request):
+    """The fleet's status: what ``shardline status --json`` prints."""
+
     __slots__ = ()
     type_name = "shardline.status"
     reply_class = StatusReply
@@ -217,6 +221,8 @@ class JoinVoice(VoiceRequest):
 
 
 class LeaveVoice(VoiceRequest):
+    """Leave the guild's voice channel: the voice process ends, the shard sends op 4."""
+
     __slots__ = ()
     type_name = "shardline.voice.leave"
 
@@ -237,16 +243,22 @@ class PlayAudio(VoiceRequest):
 
 
 class StopAudio(VoiceRequest):
+    """Stop what plays and empty the queue."""
+
     __slots__ = ()
     type_name = "shardline.voice.stop"
 
 
 class PauseAudio(VoiceRequest):
+    """Pause after the current frame (five silence frames, then SPEAKING off)."""
+
     __slots__ = ()
     type_name = "shardline.voice.pause"
 
 
 class ResumeAudio(VoiceRequest):
+    """Carry on after a pause."""
+
     __slots__ = ()
     type_name = "shardline.voice.resume"
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import zmq
 
-from ipc.codec import SUBSCRIBE
+from ipc.codec import SUBSCRIBE, encode_bus_event
+from ipc.errors import EventsDropped
 from ipc.eventloop import trim_memory
 from ipc.status import SubscriberRecord
 
@@ -70,6 +71,7 @@ class Subscriber:
     dropped: int = 0
     dropped_bytes: int = 0
     losing: bool = False  # dropping now (said once per episode)
+    unreported: int = 0  # dropped since the subscriber was last told (EventsDropped)
     backlog_peak: int = 0  # the largest backlog (bytes) since it last drained
 
     def stats(self) -> SubscriberRecord:
@@ -201,7 +203,7 @@ class EventBus:
                     continue
                 if sub.queue:
                     self._flush(sub)  # what waits goes first: order is kept
-                if not sub.queue and self._send(sub, frames):
+                if not sub.queue and not sub.unreported and self._send(sub, frames):
                     continue  # the usual case: straight through
                 self._enqueue(sub, frames)
 
@@ -209,6 +211,7 @@ class EventBus:
         size = sum(len(f) for f in frames) + MESSAGE_OVERHEAD
         if sub.queued_bytes + size > self.buffer_bytes:
             sub.dropped += 1
+            sub.unreported += 1
             sub.dropped_bytes += size
             if not sub.losing:
                 sub.losing = True
@@ -218,6 +221,20 @@ class EventBus:
                     "catches up"
                 )
             return
+        if sub.unreported:  # the loss is over: say so first, whatever the subscription
+            notice = encode_bus_event(
+                EventsDropped(
+                    message=f"{sub.unreported} events were dropped for this subscriber: its "
+                    "buffer in the supervisor (bus.subscriber_buffer_bytes) was full",
+                    source="supervisor",
+                    dropped=sub.unreported,
+                ),
+                "supervisor",
+                time.time_ns(),
+            )
+            sub.unreported = 0
+            sub.queue.append(notice)
+            sub.queued_bytes += sum(len(f) for f in notice) + MESSAGE_OVERHEAD
         sub.queue.append(frames)
         sub.queued_bytes += size
         sub.backlog_peak = max(sub.backlog_peak, sub.queued_bytes)

@@ -54,3 +54,22 @@ async def test_processes_split_guilds() -> None:
             await client._dispatch(dispatch(seq, guild))
     assert got[0] == [g for g in guilds if (g >> 22) % 2 == 0]
     assert got[1] == [g for g in guilds if (g >> 22) % 2 == 1]
+
+
+async def test_a_filtered_client_counts_loss_from_the_bus_notice_not_from_seq() -> None:
+    from ipc.errors import EventsDropped
+
+    notice = encode_bus_event(
+        EventsDropped(message="lost", source="supervisor", dropped=7), "supervisor"
+    )
+    filtered = Client("ipc:///x", "ipc:///x")
+    filtered._count_gaps = False  # as connect([b"MESSAGE_CREATE "]) sets it
+    for seq in (1, 5):  # other types took 2-4: not loss
+        await filtered._dispatch(dispatch(seq))
+    await filtered._dispatch(notice)
+    assert (filtered.gaps, filtered.bus_dropped) == (7, 7)
+    everything = Client("ipc:///x", "ipc:///x")
+    for seq in (1, 9):  # the seven dropped show in seq already
+        await everything._dispatch(dispatch(seq))
+    await everything._dispatch(notice)
+    assert (everything.gaps, everything.bus_dropped) == (7, 7)

@@ -115,3 +115,32 @@ def test_a_message_that_is_not_a_subscription_is_refused_with_a_log(tmp_path: Pa
         good = subscriber(ctx, tmp_path, b"good")
         until(lambda: [s.name for s in bus.stats()] == ["good"])
         assert good is not None
+
+
+def test_a_filtered_subscriber_is_told_exactly_what_it_lost(tmp_path: Path) -> None:
+    from ipc.codec import decode_bus
+    from ipc.errors import EventsDropped
+
+    with running_bus(tmp_path, buffer_bytes=200_000) as (bus, ctx):
+        typing = subscriber(ctx, tmp_path, b"typing", b"TYPING_START ")  # stalls at first
+        until(lambda: len(bus.stats()) == 1)
+        pub = socket(ctx, zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, 0)
+        pub.connect(f"ipc://{tmp_path}/in.sock")
+        until(lambda: (pub.send_multipart(message(b"PROBE", 0)), bus.received > 0)[1])
+        for n in range(2000):  # other types between: its seq would show gaps that are not loss
+            pub.send_multipart(message(b"MESSAGE_CREATE x", n, 100))
+            pub.send_multipart(message(b"TYPING_START x", n, 1000))
+        until(lambda: bus.received >= 4001)
+        dropped = bus.stats()[0].dropped
+        assert dropped > 0
+        pub.send_multipart(message(b"TYPING_START x", 9999, 10))  # after the loss
+        got: list[list[bytes]] = []
+        while not got or got[-1][1] != b"envelope-9999":
+            got.append(receive(typing))
+        notices = [n for n, frames in enumerate(got) if frames[0].startswith(b"shardline.")]
+        assert len(notices) == 1 and notices[0] == len(got) - 2  # just before the next event
+        _, notice = decode_bus(got[notices[0]])
+        assert isinstance(notice, EventsDropped) and notice.dropped == dropped
+        typing_events = [f for f in got if f[0] == b"TYPING_START x"]
+        assert len(typing_events) - 1 + dropped == 2000  # nothing lost without a word
