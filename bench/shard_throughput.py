@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import ROOT, EmulatorProcess
 
+from ipc.workerargs import ShardArgs
+
 INTENTS = (1 << 0) | (1 << 8) | (1 << 9) | (1 << 15)  # guilds, presences, messages, content
 GUILDS = 20
 LARGE_MEMBERS = 1000
@@ -254,26 +256,17 @@ def run_shardline(emu: EmulatorProcess, messages: int, guilds: int) -> dict[str,
     bus = BusCounter(endpoint)
     bus.start()
     env = {**os.environ, "DISCORD_TOKEN": emu.token}
+    args = ShardArgs(
+        shard_id=0,
+        shard_count=1,
+        gateway=emu.gateway,
+        events=endpoint,
+        intents=str(INTENTS),
+        identify_interval=0.0,
+        log_level="warning",
+    )
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shards",
-            "--shard-id",
-            "0",
-            "--shard-count",
-            "1",
-            "--gateway",
-            emu.gateway,
-            "--events",
-            endpoint,
-            "--intents",
-            str(INTENTS),
-            "--identify-interval",
-            "0",
-            "--log-level",
-            "warning",
-        ],
+        [sys.executable, "-m", "shards", *args.to_argv()],
         env=env,
         cwd=ROOT,
     )

@@ -221,7 +221,7 @@ class Client:
         """Tell the supervisor what this subscriber received and missed, so that losses at a
         high-water mark show in ``shardline status``."""
         await self._renew_served(every)
-        while True:
+        while not self._closed.is_set():  # a closed client stops, even if a cancel was lost
             await asyncio.sleep(every)
             if self._sub is not None:  # renew: it also re-subscribes after a supervisor restart
                 with contextlib.suppress(zmq.ZMQError):
@@ -334,13 +334,14 @@ class Client:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         frames = [request_id, type_name.encode(), orjson.dumps(body), orjson.dumps(options)]
+        # One bound for the send (a DEALER with no supervisor behind it waits to send) and
+        # the reply; asyncio.timeout, unlike wait_for on 3.11, never swallows a cancel.
         try:
-            await self._dealer.send_multipart(frames)
+            async with asyncio.timeout(timeout):
+                await self._dealer.send_multipart(frames)
+                return await future
         except zmq.ZMQError as exc:
-            self._pending.pop(request_id, None)
             raise CommandError(f"cannot send to the supervisor: {exc}") from None
-        try:
-            return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise CommandError(
                 f"no reply from the supervisor at {self.commands_endpoint} within {timeout}s",

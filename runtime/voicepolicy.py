@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from conn.backoff import backoff_delay
 from ipc.states import VoiceOutcome
 
 __all__ = [
@@ -81,8 +82,7 @@ def after_exit(
         return Decision(
             Next.FAIL, 0.0, f"{message} ({rejoins} rejoins in a row did not hold; giving up)"
         )
-    cap = min(REJOIN_MAX, REJOIN_BASE * 2**rejoins)
-    return Decision(Next.REJOIN, cap * (0.5 + rng() / 2), message)
+    return Decision(Next.REJOIN, backoff_delay(rejoins + 1, REJOIN_BASE, REJOIN_MAX, rng), message)
 
 
 class Op4Budget:

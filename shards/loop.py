@@ -61,6 +61,10 @@ class _Stop:
     __slots__ = ()
 
 
+class _Wake:
+    __slots__ = ()
+
+
 class _Closed:
     __slots__ = ("info", "transport")
 
@@ -135,6 +139,11 @@ class ShardRunner:
     def stop(self) -> None:
         """Close resumably, checkpoint, and return from :meth:`run`."""
         self._put(_Stop())
+
+    def wake(self) -> None:
+        """Make the loop read its clock again now: a test that drives ``clock`` calls this
+        after moving it, instead of waiting for a real timer."""
+        self._put(_Wake())
 
     def _on_message(self, message: bytes | str) -> None:
         self.inbox.put(message)

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from conn.actions import Close
 from conn.backoff import backoff_delay
 from conn.pacemaker import Beat, Pacemaker
 from ipc.checkpoint import Checkpoint
@@ -98,14 +99,6 @@ class Send:
     data: bytes
     kind: str  # "heartbeat", "identify", "resume", "command"
     command: GatewayCommand | None = None
-
-
-@dataclass(slots=True)
-class Close:
-    """Close the websocket with ``code``; the loop then calls :meth:`on_closed`."""
-
-    code: int
-    reason: str
 
 
 @dataclass(slots=True)

@@ -135,12 +135,19 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
-        tasks = [asyncio.create_task(self.statuses()), asyncio.create_task(self.commands())]
+        stopped = asyncio.create_task(self.stop.wait())
         closed = asyncio.create_task(self.session.connected_lost())
-        await asyncio.wait(
-            [asyncio.create_task(self.stop.wait()), closed], return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in tasks:
+        tasks = [
+            asyncio.create_task(self.statuses()),
+            asyncio.create_task(self.commands()),
+            stopped,
+            closed,
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks[:2]:  # statuses and commands never end by themselves: a bug did
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("voice worker task failed", exc_info=task.exception())
+        for task in tasks:  # every task this worker started ends here
             task.cancel()
         if self.playing is not None:
             self.playing.cancel()

@@ -20,7 +20,7 @@ import davey
 import orjson
 
 from voiceworker.audio import SILENCE
-from voiceworker.gateway import Send, SendBinary, VoiceAction
+from voiceworker.gateway import SendBinary, SendText, VoiceAction
 
 __all__ = ["MAX_VERSION", "DaveDriver"]
 
@@ -234,8 +234,8 @@ def _cut(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _json(op: int, d: Any) -> Send:
-    return Send(orjson.dumps({"op": op, "d": d}))
+def _json(op: int, d: Any) -> SendText:
+    return SendText(orjson.dumps({"op": op, "d": d}))
 
 
 def _binary(op: int, payload: bytes) -> SendBinary:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from conn.actions import Close
 from conn.pacemaker import Beat, Pacemaker
 from ipc.states import VoiceOutcome, VoiceState
 from voiceworker.crypto import choose_mode
@@ -32,8 +33,8 @@ __all__ = [
     "Discover",
     "Failed",
     "Resumed",
-    "Send",
     "SendBinary",
+    "SendText",
     "Speaking",
     "VoiceAction",
     "VoiceCredentials",
@@ -122,19 +123,15 @@ class VoiceCredentials:
 
 
 @dataclass(slots=True)
-class Send:
+class SendText:
+    """A JSON message on the voice websocket."""
+
     data: bytes
 
 
 @dataclass(slots=True)
 class SendBinary:
     data: bytes  # [opcode u8][payload]
-
-
-@dataclass(slots=True)
-class Close:
-    code: int
-    reason: str
 
 
 @dataclass(slots=True)
@@ -195,7 +192,7 @@ class Warn:
 
 
 VoiceAction = (
-    Send
+    SendText
     | SendBinary
     | Close
     | Discover
@@ -467,8 +464,8 @@ class VoiceGateway:
     # -- helpers --------------------------------------------------------------------------
 
     @staticmethod
-    def _json(op: int, d: Any) -> Send:
-        return Send(orjson.dumps({"op": op, "d": d}))
+    def _json(op: int, d: Any) -> SendText:
+        return SendText(orjson.dumps({"op": op, "d": d}))
 
     @staticmethod
     def binary(op: int, payload: bytes) -> SendBinary:

@@ -38,8 +38,8 @@ from voiceworker.gateway import (
     Discover,
     Failed,
     Resumed,
-    Send,
     SendBinary,
+    SendText,
     Speaking,
     VoiceAction,
     VoiceCredentials,
@@ -509,7 +509,7 @@ class VoiceSession:
 
     def _act(self, actions: list[VoiceAction]) -> None:
         for action in actions:
-            if isinstance(action, Send | SendBinary):
+            if isinstance(action, SendText | SendBinary):
                 if self.ws is not None and self.ws.open:
                     self.ws.send(action.data, binary=isinstance(action, SendBinary))
             elif isinstance(action, Close):

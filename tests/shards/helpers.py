@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -58,9 +59,27 @@ def emulator(guilds: int = 4, **rules: Any) -> Emulator:
     )
 
 
+class DrivenClock:
+    """A loop clock the test moves: deadlines come when the test says, not after real
+    seconds (call ``runner.wake()`` after moving it)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @asynccontextmanager
 async def running_shard(
-    emu: Emulator, *, jitter: float | None = None, **settings: Any
+    emu: Emulator,
+    *,
+    jitter: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    **settings: Any,
 ) -> AsyncIterator[tuple[ShardRunner, RecordingPublisher]]:
     """Start a ShardRunner for shard 0/1 against ``emu``; stop it on exit."""
     values: dict[str, Any] = dict(
@@ -78,6 +97,7 @@ async def running_shard(
         emu.gateway_url,
         publisher=publisher,
         identify_bucket=LocalIdentifyBucket(0.0),
+        clock=clock,
     )
     if jitter is not None:
         runner.protocol.rng = lambda: jitter

@@ -19,7 +19,7 @@ from ipc.errors import (
 )
 from shards.closecodes import CLOSE_CODES, CloseAction
 from shards.protocol import ShardState
-from tests.shards.helpers import emulator, eventually, running_shard, until_ready
+from tests.shards.helpers import DrivenClock, emulator, eventually, running_shard, until_ready
 
 LONG_INTERVAL = 60_000
 
@@ -85,17 +85,29 @@ async def test_server_heartbeat_request_is_answered() -> None:
 
 
 async def test_zombie_detected_within_one_interval_then_resumed() -> None:
-    async with emulator(heartbeat_interval_ms=300) as emu, running_shard(emu) as (_, bus):
+    # The loop's clock is the test's: a minute-long heartbeat interval passes at once.
+    clock = DrivenClock()
+    async with (
+        emulator(heartbeat_interval_ms=LONG_INTERVAL) as emu,
+        running_shard(emu, jitter=0.0, clock=clock) as (runner, bus),
+    ):
         await until_ready(bus)
         first = connections(emu)[0]
+        await eventually(lambda: runner.protocol.latency is not None)  # the first beat's ACK
         before = len([r for r in emu.received(op=1) if r.connection == first])
         emu.zombie(0)
+        clock.advance(LONG_INTERVAL / 1000)  # the next beat is due; it goes unanswered
+        runner.wake()
+        await emu.wait_until(
+            lambda: len([r for r in emu.received(op=1) if r.connection == first]) == before + 1
+        )
+        assert not bus.errors(ConnectionLost)  # one missed ACK is not yet a zombie
+        clock.advance(LONG_INTERVAL / 1000)  # a whole interval without an ACK: zombie
+        runner.wake()
         await until_ready(bus, 2)  # RESUMED on a new connection
         assert [e for e in bus.errors(ConnectionLost) if "zombied" in e.message]
-        # After zombie mode began, one heartbeat went unanswered and the next tick closed,
-        # one interval later (a heartbeat already in flight when it began may add one).
         after = len([r for r in emu.received(op=1) if r.connection == first]) - before
-        assert after in (1, 2), after
+        assert after == 1, after
         second = connections(emu)[-1]
         assert opcodes(emu, second)[0] == 6  # RESUME, not IDENTIFY
         assert bus.dispatches[-1][0] == "RESUMED"

@@ -7,18 +7,20 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import orjson
 import pytest
 import zmq
 import zmq.asyncio
 
 from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig
+from ipc.checkpoint import Checkpoint
 from ipc.codec import decode_bus
 from ipc.control import SessionCheckpoint
+from ipc.workerargs import ShardArgs
 
 pytestmark = pytest.mark.slow
 
@@ -67,34 +69,22 @@ async def start_shard(
     resume: SessionCheckpoint | None = None,
     token: str | None = None,
 ) -> asyncio.subprocess.Process:
-    args = [
-        sys.executable,
-        "-m",
-        "shards",
-        "--shard-id",
-        "0",
-        "--shard-count",
-        "1",
-        "--gateway",
-        emu.gateway_url,
-        "--events",
-        endpoint,
-        "--identify-interval",
-        "0",
-        "--backoff-base",
-        "0.05",
-        "--log-level",
-        "warning",
-    ]
-    if resume is not None:
-        checkpoint = {
-            "session_id": resume.session_id,
-            "seq": resume.seq,
-            "resume_url": resume.resume_url,
-        }
-        args += ["--resume", orjson.dumps(checkpoint).decode()]
+    args = ShardArgs(
+        shard_id=0,
+        shard_count=1,
+        gateway=emu.gateway_url,
+        events=endpoint,
+        identify_interval=0.0,
+        backoff_base=0.05,
+        log_level="warning",
+        resume=None
+        if resume is None
+        else Checkpoint.from_event(resume, 1, time.time()).resume_arg(),
+    )
     env = {**os.environ, "DISCORD_TOKEN": token or emu.rules.token}
-    return await asyncio.create_subprocess_exec(*args, env=env)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shards", *args.to_argv(), env=env
+    )
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ import orjson
 from emulator.dave import DaveCall, EmulatedMember, Outbound
 from emulator.mls import ExternalSender
 from voiceworker.dave import DaveDriver
-from voiceworker.gateway import Send, SendBinary, VoiceAction
+from voiceworker.gateway import SendBinary, SendText, VoiceAction
 
 BOT, MEMBER, CHANNEL = 20, 4242, 1_180_000_000_000_000_777
 OPUS = b"\xfc" + bytes(range(40))
@@ -32,7 +32,7 @@ class Call:
                 op, payload = action.data[0], action.data[1:]
                 self.sent.append(op)
                 out += self._in(BOT, op, payload)
-            elif isinstance(action, Send):
+            elif isinstance(action, SendText):
                 message = orjson.loads(action.data)
                 self.sent.append(message["op"])
                 out += self._in(BOT, message["op"], message["d"])
@@ -88,7 +88,7 @@ def test_a_downgrade_executes_on_op_22_and_transition_0_at_once() -> None:
     c.run(c.from_driver(c.driver.start(1)))
     assert c.driver.active
     ready = c.driver.receive(21, {"transition_id": 7, "protocol_version": 0})
-    assert [orjson.loads(a.data) for a in ready if isinstance(a, Send)] == [
+    assert [orjson.loads(a.data) for a in ready if isinstance(a, SendText)] == [
         {"op": 23, "d": {"transition_id": 7}}
     ]
     assert c.driver.active  # prepared, not executed
@@ -103,7 +103,7 @@ def test_an_unusable_commit_is_reported_with_a_fresh_key_package() -> None:
     driver = DaveDriver(BOT, CHANNEL)
     driver.start(1)
     actions = driver.receive(29, b"\x00\x05" + b"not a commit")
-    assert isinstance(actions[0], Send) and orjson.loads(actions[0].data) == {
+    assert isinstance(actions[0], SendText) and orjson.loads(actions[0].data) == {
         "op": 31,
         "d": {"transition_id": 5},
     }

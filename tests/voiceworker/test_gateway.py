@@ -14,7 +14,7 @@ from voiceworker.gateway import (
     DaveMessage,
     Discover,
     Failed,
-    Send,
+    SendText,
     VoiceCredentials,
     VoiceGateway,
     VoiceState,
@@ -27,7 +27,7 @@ CREDS = VoiceCredentials(
 
 
 def sent(actions: list[object]) -> list[dict[str, object]]:
-    return [orjson.loads(a.data) for a in actions if isinstance(a, Send)]
+    return [orjson.loads(a.data) for a in actions if isinstance(a, SendText)]
 
 
 def frame(op: int, d: object, seq: int | None = None) -> bytes:
