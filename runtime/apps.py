@@ -5,19 +5,17 @@ it exits."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ipc.status import AppRecord
 from runtime.config import Config
 from runtime.procs import end_process
-from runtime.restartpolicy import Exit, after_exit, describe
+from runtime.restartpolicy import CrashHistory, Exit, describe, sleep_unless
 
 __all__ = ["AppFleet", "AppWorker"]
 
@@ -33,8 +31,7 @@ class AppWorker:
     count: int
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
-    crashes_in_a_row: int = 0
-    crash_times: deque[float] = field(default_factory=deque)
+    history: CrashHistory = field(default_factory=CrashHistory)
     last_exit: str = ""
     started_at: float = 0.0
     given_up: str = ""
@@ -103,18 +100,13 @@ class AppFleet:
                 raise
             app.proc = None
             now = time.monotonic()
-            if not self.stopping.is_set():
-                app.crash_times.append(now)
-            while app.crash_times and now - app.crash_times[0] > restart.restart_window:
-                app.crash_times.popleft()
-            decision = after_exit(
+            decision = app.history.after_exit(
                 # An app's exit statuses are its own: none means "never respawn" here.
                 code if code in (0, 1) or code < 0 else 1,
                 asked_to_stop=self.stopping.is_set(),
-                crashes_in_a_row=app.crashes_in_a_row,
                 ran_for=now - app.started_at,
+                now=now,
                 restart=restart,
-                recent_crashes=len(app.crash_times),
             )
             if decision.next is Exit.STOPPED:
                 return
@@ -124,13 +116,11 @@ class AppFleet:
                 log.error(f"app {app.module}[{app.index}] {decision.reason}")
                 return
             app.restarts += 1
-            app.crashes_in_a_row = decision.crashes_in_a_row
             log.warning(
                 f"app {app.module}[{app.index}] {app.last_exit}; "
                 f"restarting in {decision.delay:.1f}s"
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), decision.delay)
+            await sleep_unless(self.stopping, decision.delay)
 
     async def shutdown(self) -> None:
         self.stopping.set()

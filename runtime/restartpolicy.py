@@ -4,16 +4,28 @@ shard and application processes (voice sessions have theirs in ``runtime.voicepo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from conn.backoff import backoff_delay
 from ipc.exits import ExitStatus
 from runtime.config import RestartConfig
 
-__all__ = ["CRASH_FORGIVEN_AFTER", "Exit", "ExitDecision", "after_exit", "describe", "is_hung"]
+__all__ = [
+    "CRASH_FORGIVEN_AFTER",
+    "CrashHistory",
+    "Exit",
+    "ExitDecision",
+    "after_exit",
+    "describe",
+    "is_hung",
+    "sleep_unless",
+]
 
 # A process that ran this long before it crashed starts the crash count afresh.
 CRASH_FORGIVEN_AFTER = 30.0
@@ -86,3 +98,45 @@ def after_exit(
 def is_hung(last_heard: float, now: float, hang_timeout: float) -> bool:
     """A worker that has said nothing (no status) for ``hang_timeout`` seconds is hung."""
     return now - last_heard > hang_timeout
+
+
+@dataclass
+class CrashHistory:
+    """One worker's crashes: how many in a row, and when (within ``restart_window``)."""
+
+    crashes_in_a_row: int = 0
+    times: deque[float] = field(default_factory=deque)
+
+    def after_exit(
+        self,
+        code: int,
+        *,
+        asked_to_stop: bool,
+        ran_for: float,
+        now: float,
+        restart: RestartConfig,
+        advice: str = "",
+    ) -> ExitDecision:
+        """Note this exit and decide (:func:`after_exit`) what comes next."""
+        if not asked_to_stop and code not in (ExitStatus.USAGE, ExitStatus.FATAL):
+            self.times.append(now)
+        while self.times and now - self.times[0] > restart.restart_window:
+            self.times.popleft()
+        decision = after_exit(
+            code,
+            asked_to_stop=asked_to_stop,
+            crashes_in_a_row=self.crashes_in_a_row,
+            ran_for=ran_for,
+            restart=restart,
+            recent_crashes=len(self.times),
+            advice=advice,
+        )
+        if decision.next is Exit.RESPAWN:
+            self.crashes_in_a_row = decision.crashes_in_a_row
+        return decision
+
+
+async def sleep_unless(stopping: asyncio.Event, delay: float) -> None:
+    """Wait ``delay`` seconds, or less if ``stopping`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), delay)

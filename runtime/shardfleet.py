@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,7 @@ from ipc.status import ShardRecord
 from ipc.workerargs import ShardArgs
 from runtime.config import Config
 from runtime.procs import end_process
-from runtime.restartpolicy import Exit, after_exit, is_hung
+from runtime.restartpolicy import CrashHistory, Exit, is_hung, sleep_unless
 from runtime.scheduler import IdentifyScheduler
 from runtime.sessions import SessionStore
 from runtime.spawner import ExecSpawner, Process, ZygoteSpawner
@@ -52,8 +51,7 @@ class ShardWorker:
     shard: int
     proc: Process | None = None
     restarts: int = 0
-    crashes_in_a_row: int = 0
-    crash_times: deque[float] = field(default_factory=deque)  # within restart_window
+    history: CrashHistory = field(default_factory=CrashHistory)
     last_exit: str = ""
     started_at: float = 0.0
     last_status_at: float = 0.0
@@ -173,19 +171,14 @@ class ShardFleet:
             self.scheduler.cancel(worker.shard)
             now = time.monotonic()
             asked = worker.stopping or self.stopping.is_set()
-            if not asked and code not in (ExitStatus.USAGE, ExitStatus.FATAL):
-                worker.crash_times.append(now)
-            while worker.crash_times and now - worker.crash_times[0] > restart.restart_window:
-                worker.crash_times.popleft()
             if code == ExitStatus.FATAL and not asked:
                 await self._wait_for_advice(worker)
-            decision = after_exit(
+            decision = worker.history.after_exit(
                 code,
                 asked_to_stop=asked,
-                crashes_in_a_row=worker.crashes_in_a_row,
                 ran_for=now - worker.started_at,
+                now=now,
                 restart=restart,
-                recent_crashes=len(worker.crash_times),
                 advice=worker.fatal_advice,
             )
             worker.last_exit = decision.last_exit
@@ -205,14 +198,12 @@ class ShardFleet:
                 log.error(f"shard {worker.shard} {decision.reason}")
                 return
             worker.restarts += 1
-            worker.crashes_in_a_row = decision.crashes_in_a_row
             worker.respawn_at = now + decision.delay
             log.warning(
                 f"shard {worker.shard} {worker.last_exit}; respawning in {decision.delay:.1f}s",
                 extra={"fields": {"shard": worker.shard, "restarts": worker.restarts}},
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), decision.delay)
+            await sleep_unless(self.stopping, decision.delay)
 
     async def _wait_for_advice(self, worker: ShardWorker) -> None:
         """A shard that exits fatal sends its FatalClose just before: it may still be on
