@@ -340,31 +340,33 @@ class VoiceSession:
         saying why."""
         self._open()
         inbox = self.inbox
+        tx = self.tx
         while True:
-            await self._wait(self._next_deadline())
+            frame_at = tx.next_at
+            await self._wait(self._next_deadline(frame_at), frame_at)
             while inbox:
                 if self._handle(inbox.take()):
                     return
             self._tick(time.monotonic())
 
-    def _next_deadline(self) -> float | None:
-        times = [
-            t
-            for t in (
-                self.gateway.next_deadline(),
-                self._next_keepalive,
-                self._reconnect_at,
-                None if self._discovery is None else self._discovery.retry_at,
-                self.tx.next_at,
-            )
-            if t is not None
-        ]
-        return min(times) if times else None
+    def _next_deadline(self, frame_at: float | None) -> float | None:
+        """The earliest deadline: the next frame's (``frame_at``), or another's. This runs
+        for every frame, so it compares instead of building a list."""
+        soonest = frame_at
+        discovery = self._discovery
+        for at in (
+            self.gateway.next_deadline(),
+            self._next_keepalive,
+            self._reconnect_at,
+            None if discovery is None else discovery.retry_at,
+        ):
+            if at is not None and (soonest is None or at < soonest):
+                soonest = at
+        return soonest
 
-    async def _wait(self, until: float | None) -> None:
+    async def _wait(self, until: float | None, frame_at: float | None) -> None:
         """Sleep on the inbox until ``until``. In ``precise`` mode the last 2 ms before a
         frame are slept exactly (loop timers wake up to 1 ms late)."""
-        frame_at = self.tx.next_at
         if not self.precise or frame_at is None or until is None or frame_at > until:
             await self.inbox.wait(until)
             return

@@ -69,6 +69,9 @@ class _Phase(Enum):
     ENDING = "ending"  # the source ended: silence frames, then the track is done
 
 
+_QUIET = frozenset((_Phase.IDLE, _Phase.PAUSED))
+
+
 class Transmitter:
     def __init__(self) -> None:
         self.source: AudioSource | None = None
@@ -85,9 +88,10 @@ class Transmitter:
     @property
     def next_at(self) -> float | None:
         """When :meth:`due` has the next frame (None: nothing to send)."""
-        if self._phase in (_Phase.IDLE, _Phase.PAUSED) or self.clock is None:
+        clock = self.clock
+        if clock is None or self._phase in _QUIET:
             return None
-        return self.clock.deadline()
+        return clock.start + clock.sent * FRAME  # clock.deadline(), inlined: every frame
 
     @property
     def playing(self) -> bool:
