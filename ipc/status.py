@@ -6,6 +6,7 @@ spelled."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -18,7 +19,33 @@ __all__ = [
     "ShardRecord",
     "SubscriberRecord",
     "VoiceSessionRecord",
+    "reported_count",
+    "reported_int",
+    "reported_number",
+    "reported_text",
 ]
+
+
+# Reading a worker's status report (``control.shard_status``, ``control.voice_status``):
+# its own process, but checked, so that one bad field cannot break ``shardline status``.
+
+
+def reported_number(value: Any) -> float | None:
+    if type(value) in (int, float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def reported_int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def reported_count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
+def reported_text(value: Any, limit: int = 256) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
 
 
 class _Record:

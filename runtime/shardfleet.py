@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ipc.checkpoint import Checkpoint, CheckpointError
 from ipc.control import (
@@ -29,7 +28,13 @@ from ipc.exits import ExitStatus
 from ipc.intents import names_from_bits
 from ipc.messages import Message
 from ipc.states import ShardState
-from ipc.status import ShardRecord
+from ipc.status import (
+    ShardRecord,
+    reported_count,
+    reported_int,
+    reported_number,
+    reported_text,
+)
 from ipc.workerargs import ShardArgs
 from runtime.config import Config
 from runtime.procs import end_process
@@ -81,16 +86,16 @@ class ShardWorker:
         return ShardRecord(
             id=self.shard,
             state=self.state,
-            latency=_number_or_none(raw.get("latency_ms")),
-            seq=_int_or_none(raw.get("seq")),
-            session=_text_or_none(raw.get("session")),
-            guilds=_count(raw.get("guilds")),
-            events_per_second=_number_or_none(raw.get("dispatch_rate")) or 0.0,
+            latency=reported_number(raw.get("latency_ms")),
+            seq=reported_int(raw.get("seq")),
+            session=reported_text(raw.get("session")),
+            guilds=reported_count(raw.get("guilds")),
+            events_per_second=reported_number(raw.get("dispatch_rate")) or 0.0,
             restarts=self.restarts,
             last_exit=self.last_exit,
             uptime=round(now - self.started_at, 1) if self.proc else 0.0,
             pid=self.proc.pid if self.proc else None,
-            dropped=_count(raw.get("dropped")),
+            dropped=reported_count(raw.get("dropped")),
         )
 
 
@@ -312,23 +317,3 @@ class ShardFleet:
 
     def records(self, now: float) -> list[ShardRecord]:
         return [worker.record(now) for worker in self.workers.values()]
-
-
-def _number_or_none(value: Any) -> float | None:
-    """A number a worker reported (its own process, but checked: one bad field must not
-    break ``shardline status``)."""
-    if type(value) in (int, float) and value == value and abs(value) != float("inf"):
-        return float(value)
-    return None
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if type(value) is int else None
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0
-
-
-def _text_or_none(value: Any) -> str | None:
-    return value[:256] if isinstance(value, str) else None

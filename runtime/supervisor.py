@@ -43,6 +43,7 @@ from ipc.status import BusRecord, FleetStatus
 from runtime.apps import AppFleet, AppWorker
 from runtime.commands import CommandDesk, Options
 from runtime.config import Config
+from runtime.curveauth import ClientAllowList
 from runtime.discord_rest import RestError, fetch_gateway_bot
 from runtime.routing import route_command
 from runtime.rundir import (
@@ -125,7 +126,7 @@ class Supervisor:
             config,
             runtime_dir,
             plan.shard_count,
-            shard_ready=self._shard_down,
+            shard_state=self.shards.state_of,
             send=self.wiring.send,
             publish=self.wiring.publish,
             control=self.endpoints.control,
@@ -168,7 +169,7 @@ class Supervisor:
         return self.voices.sessions
 
     @property
-    def allow_list(self) -> Any:
+    def allow_list(self) -> ClientAllowList | None:
         return self.wiring.allow_list
 
     async def restart_shard(self, shard: int) -> None:
@@ -298,13 +299,6 @@ class Supervisor:
                     await self.voices.on_forward(message)
                 else:
                     self.shards.on_control(int(ident), message)
-
-    def _shard_down(self, shard: int) -> str | None:
-        """None when ``shard`` is ready for a command, else why not."""
-        state = self.shards.state_of(shard)
-        if state is None:
-            return "not run here"
-        return None if state is ShardState.READY else f"which is down ({state})"
 
     # -- periodic work --------------------------------------------------------------------
 

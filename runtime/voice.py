@@ -9,17 +9,15 @@ death reap it (a death rejoins, a bounded number of times).
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ipc.control import VoiceStatus
 from ipc.states import VoiceOutcome, VoiceState
-from ipc.status import VoiceSessionRecord
+from ipc.status import VoiceSessionRecord, reported_count, reported_number
 from ipc.workerargs import VoiceArgs
 from runtime.config import VoiceConfig
 from runtime.procs import end_process
@@ -90,10 +88,10 @@ class VoiceWorker:
             guild=str(self.guild),
             channel=str(self.channel),
             state=self.state,
-            ping=_number(r.get("ping_ms")),
-            packets=_count(r.get("packets")),
-            late=_count(r.get("late")),
-            jitter=_number(r.get("jitter_p99_ms")),
+            ping=reported_number(r.get("ping_ms")),
+            packets=reported_count(r.get("packets")),
+            late=reported_count(r.get("late")),
+            jitter=reported_number(r.get("jitter_p99_ms")),
             rejoins=self.rejoins,
             pid=None if self.proc is None else self.proc.pid,
             error=self.error or None,
@@ -157,11 +155,3 @@ class VoiceWorker:
         if self.watcher is not None and self.watcher is not asyncio.current_task():
             self.watcher.cancel()
             self.watcher = None
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if type(value) in (int, float) and math.isfinite(value) else None
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0

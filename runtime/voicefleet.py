@@ -42,7 +42,7 @@ from ipc.requests import (
     StopAudio,
     VoiceRequest,
 )
-from ipc.states import VoiceOutcome, VoiceState
+from ipc.states import ShardState, VoiceOutcome, VoiceState
 from ipc.status import VoiceSessionRecord
 from ipc.voice import VoiceFailure
 from runtime.commands import CommandDesk, Options
@@ -70,7 +70,7 @@ class VoiceFleet:
         runtime_dir: Path,
         shard_count: int,
         *,
-        shard_ready: Callable[[int], str | None],
+        shard_state: Callable[[int], ShardState | None],
         send: Callable[[str, Message], None],
         publish: Callable[[Event], None],
         control: str,
@@ -81,7 +81,7 @@ class VoiceFleet:
         self.config = config
         self.runtime_dir = runtime_dir
         self.shard_count = shard_count
-        self.shard_ready = shard_ready  # None when ready, else why not ("not run here"...)
+        self.shard_state = shard_state  # None: this host does not run that shard
         self.send = send
         self.publish = publish
         self.control = control
@@ -165,10 +165,15 @@ class VoiceFleet:
     def _voice_state(self, guild: int, channel: int | None) -> Reply:
         """Ask the shard that owns ``guild`` to send op 4 (counted in its op 4 budget)."""
         shard = shard_of_guild(guild, self.shard_count)
-        down = self.shard_ready(shard)
-        if down is not None:
-            code = ErrorCode.UNROUTABLE if "not run" in down else ErrorCode.UNAVAILABLE
-            return ErrorReply.of(code, f"guild {guild} is on shard {shard}, {down}")
+        state = self.shard_state(shard)
+        if state is None:
+            return ErrorReply.of(
+                ErrorCode.UNROUTABLE, f"guild {guild} is on shard {shard}, not run here"
+            )
+        if state is not ShardState.READY:
+            return ErrorReply.of(
+                ErrorCode.UNAVAILABLE, f"guild {guild} is on shard {shard}, which is down ({state})"
+            )
         now = self.clock()
         self.op4_budget.record(shard, now)  # the bot asked: it counts, and rejoins wait for it
         self.send(f"shard:{shard}", UpdateVoiceState(guild, channel))
@@ -287,7 +292,7 @@ class VoiceFleet:
         voice.fail(reason)
         self.publish(VoiceFailure(message=reason, source="supervisor", guild_id=voice.guild))
         shard = shard_of_guild(voice.guild, self.shard_count)
-        if self.shard_ready(shard) is None:
+        if self.shard_state(shard) is ShardState.READY:
             self.op4_budget.record(shard, self.clock())
             self.send(f"shard:{shard}", UpdateVoiceState(voice.guild, None))
 
@@ -300,7 +305,7 @@ class VoiceFleet:
             if voice.rejoin_at is not None and now >= voice.rejoin_at:
                 shard = shard_of_guild(voice.guild, self.shard_count)
                 wait = self.op4_budget.wait(shard, now)
-                if self.shard_ready(shard) is not None or wait > 0:
+                if self.shard_state(shard) is not ShardState.READY or wait > 0:
                     voice.rejoin_at = now + max(wait, 1.0)  # the shard is busy or down
                     continue
                 voice.rejoin_at = None

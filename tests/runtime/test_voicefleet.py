@@ -10,7 +10,7 @@ import pytest
 from ipc.commands import UpdateVoiceState
 from ipc.messages import ErrorCode, ErrorReply, Event, Message, Routed
 from ipc.requests import JoinVoice, PlayAudio
-from ipc.states import VoiceState
+from ipc.states import ShardState, VoiceState
 from ipc.voice import VoiceFailure
 from runtime.config import parse_config
 from runtime.routing import shard_of_guild
@@ -22,8 +22,11 @@ CHANNEL = 81384788765712999
 
 
 class Harness:
-    def __init__(self, tmp_path: Any, down: dict[int, str] | None = None) -> None:
-        self.down = down or {}
+    def __init__(self, tmp_path: Any, shards: dict[int, ShardState | None] | None = None) -> None:
+        self.shards: dict[int, ShardState | None] = shards or {
+            0: ShardState.READY,
+            1: ShardState.READY,
+        }
         self.sent: list[tuple[str, Message]] = []
         self.published: list[Event] = []
         self.now = 0.0
@@ -31,7 +34,7 @@ class Harness:
             parse_config({}),
             tmp_path,
             2,
-            shard_ready=self.down.get,
+            shard_state=lambda shard: self.shards.get(shard),
             send=lambda identity, message: self.sent.append((identity, message)),
             publish=self.published.append,
             control="ipc:///x",
@@ -53,13 +56,16 @@ async def test_a_join_asks_the_owning_shard_for_op_4(tmp_path: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("why", "code"),
-    [("not run here", ErrorCode.UNROUTABLE), ("which is down (connecting)", ErrorCode.UNAVAILABLE)],
+    ("state", "why", "code"),
+    [
+        (None, "not run here", ErrorCode.UNROUTABLE),
+        (ShardState.CONNECTING, "which is down (connecting)", ErrorCode.UNAVAILABLE),
+    ],
 )
 async def test_a_join_on_a_shard_that_cannot_send_is_refused(
-    tmp_path: Any, why: str, code: ErrorCode
+    tmp_path: Any, state: ShardState | None, why: str, code: ErrorCode
 ) -> None:
-    h = Harness(tmp_path, down={SHARD: why})
+    h = Harness(tmp_path, shards={SHARD: state})
     reply = await h.fleet.on_join(JoinVoice(guild_id=GUILD, channel_id=CHANNEL), {})
     assert isinstance(reply, ErrorReply) and reply.error_code is code and why in reply.error
     assert h.sent == [] and h.fleet.sessions == {}  # nothing was asked of Discord
