@@ -49,6 +49,7 @@ from ipc.requests import (
     StopAudio,
     decode_call,
     encode_request,
+    request_frames,
 )
 
 __all__ = ["Client", "CommandError", "request_sync", "secure"]
@@ -333,7 +334,7 @@ class Client:
         request_id = str(next(self._ids)).encode()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        frames = [request_id, type_name.encode(), orjson.dumps(body), orjson.dumps(options)]
+        frames = request_frames(request_id, type_name, body, options)
         # One bound for the send (a DEALER with no supervisor behind it waits to send) and
         # the reply; asyncio.timeout, unlike wait_for on 3.11, never swallows a cancel.
         try:

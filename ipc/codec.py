@@ -224,8 +224,8 @@ def decode_event(type_name: str, body: bytes) -> Event:
 
 
 def encode_command(command: Command) -> list[bytes]:
-    """``[type_name, body]`` for a command crossing a process boundary."""
-    return [command.type_name.encode(), orjson.dumps(command.raw)]
+    """``[type_name, body]`` for a command crossing a process boundary (control framing)."""
+    return encode_control(command)
 
 
 def decode_command(frames: list[bytes]) -> Command:

@@ -67,6 +67,7 @@ __all__ = [
     "encode_call",
     "encode_request",
     "reply_frames",
+    "request_frames",
 ]
 
 CALL = b"CALL"  # first frame of a command the supervisor hands to the application serving it
@@ -322,15 +323,18 @@ class RawRequest:
         return command
 
 
+def request_frames(
+    request_id: bytes, type_name: str, body: Any, options: dict[str, Any] | None = None
+) -> list[bytes]:
+    """``[id, type, body, options]``: a request by type name (a command this process may
+    have no class for)."""
+    return [request_id, type_name.encode(), orjson.dumps(body), orjson.dumps(options or {})]
+
+
 def encode_request(
     request_id: bytes, command: Command, options: dict[str, Any] | None = None
 ) -> list[bytes]:
-    return [
-        request_id,
-        command.type_name.encode(),
-        orjson.dumps(command.raw),
-        orjson.dumps(options or {}),
-    ]
+    return request_frames(request_id, command.type_name, command.raw, options)
 
 
 def decode_request(frames: list[bytes]) -> RawRequest | tuple[bytes, ErrorReply]:
