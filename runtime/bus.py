@@ -196,7 +196,6 @@ class EventBus:
                 frames = self.xsub.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.received += 1
             topic = frames[0]
             for sub in self._fanout:
                 if not topic.startswith(sub.prefixes):
@@ -206,6 +205,7 @@ class EventBus:
                 if not sub.queue and not sub.unreported and self._send(sub, frames):
                     continue  # the usual case: straight through
                 self._enqueue(sub, frames)
+            self.received += 1  # counted once handed out: a reader of it sees every drop made
 
     def _enqueue(self, sub: Subscriber, frames: list[Any]) -> None:
         size = sum(len(f) for f in frames) + MESSAGE_OVERHEAD
