@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from ipc.fields import boolean, integer, number, optional_string, raw, string
+from ipc.fields import boolean, counts, integer, number, optional_string, raw, string
 from ipc.messages import Command, Event
 
 __all__ = [
@@ -92,6 +92,13 @@ class ShardStatus(Event):
     reconnects = integer(default=0)
     dropped = integer(default=0)  # bus messages dropped at the high-water mark
     queued_commands = integer(default=0)
+    # Counted since the process started (the supervisor adds them up across restarts):
+    dispatch_types = counts()  # by event_type label (ipc.labels)
+    identifies = integer(default=0)
+    resumes = integer(default=0)
+    invalid_sessions = integer(default=0)
+    heartbeat_acks = integer(default=0)
+    closes = counts()  # by close code label (ipc.labels)
 
 
 class SessionCheckpoint(Event):
@@ -161,6 +168,12 @@ class VoiceStatus(Event):
     late = integer(default=0)
     jitter_p99_ms = raw()
     playing = raw()
+    # Since the process started: frames per send-lateness bucket (keys: the bucket's upper
+    # bound from ipc.labels.LATENESS_BUCKETS, or "+Inf") and their summed lateness (s).
+    lateness_buckets = counts()
+    lateness_sum = number(default=0.0)
+    dave_epoch = integer(default=0)  # the MLS group's epoch (0: no group)
+    dave_transitions = integer(default=0)  # DAVE protocol transitions executed
 
 
 class VoiceEnded(Event):

@@ -123,7 +123,7 @@ class Field(Generic[T]):
                 raise MissingFieldError(type(obj).__name__, self.key) from None
             default = self._default
             # A fresh list each time: a caller appending to it must not change the default.
-            fresh: T = [] if default == [] else default
+            fresh: T = [] if default == [] else {} if default == {} else default
             return fresh
         return self._decode(value)
 
@@ -329,6 +329,34 @@ def number(*, key: str | None = None, default: Any = MISSING) -> Field[float]:
 
 def boolean(*, key: str | None = None, default: Any = MISSING) -> Field[bool]:
     return Field(bool, bool, key=key, default=default, check=_check_boolean)
+
+
+MAX_COUNT_KEYS = 256
+
+
+def _counts_in(value: Any) -> dict[str, int]:
+    """Only string keys (up to 64 characters) with counts from 0 to 2**53, at most
+    MAX_COUNT_KEYS of them: anything else is left out, so a reader never sees it."""
+    if not isinstance(value, dict):
+        return {}
+    counts: dict[str, int] = {}
+    for key, count in value.items():
+        if len(counts) >= MAX_COUNT_KEYS:
+            break
+        if isinstance(key, str) and len(key) <= 64 and type(count) is int and 0 <= count <= 2**53:
+            counts[key] = count
+    return counts
+
+
+def _check_counts(value: Any) -> str | None:
+    if _counts_in(value) != value:
+        return f"must map up to {MAX_COUNT_KEYS} names to counts, not {_sample(value)}"
+    return None
+
+
+def counts(*, key: str | None = None) -> Field[dict[str, int]]:
+    """Counts by name (a label value); absent means none."""
+    return Field(_counts_in, dict, key=key, default={}, check=_check_counts)
 
 
 def raw(*, key: str | None = None, default: Any = None) -> Field[Any]:

@@ -28,6 +28,7 @@ _CHECKS = {
     "_check_boolean": "boolean",
     "_check_object": "object",
     "_check_snowflake_list": "list of snowflakes (strings)",
+    "_check_counts": "object of names to counts (at most 256)",
 }
 
 

@@ -368,6 +368,12 @@ class ShardRunner:
                     reconnects=status["reconnects"],
                     dropped=status["dropped"],
                     queued_commands=status["queued_commands"],
+                    dispatch_types=status["dispatch_types"],
+                    identifies=status["identifies"],
+                    resumes=status["resumes"],
+                    invalid_sessions=status["invalid_sessions"],
+                    heartbeat_acks=status["heartbeat_acks"],
+                    closes=status["closes"],
                 )
             )
 

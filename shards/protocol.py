@@ -39,6 +39,7 @@ from ipc.intents import PRIVILEGED, names_from_bits
 from ipc.messages import GatewayCommand
 from ipc.states import ShardState
 from shards.closecodes import CloseAction, policy_for
+from shards.counters import DispatchTypes, ShardCounters
 from shards.inflate import DEFAULT_MAX_PAYLOAD, InflateError, Inflator, make_inflator
 from shards.ratelimit import SendLimiter
 
@@ -208,7 +209,8 @@ class GatewayProtocol:
         self._confirm_mark: int | None = None
         self.dispatches = 0
         self.fatal: FatalClose | None = None
-        self._type_names: dict[bytes, str] = {}
+        self.types = DispatchTypes()  # per type name: decoded once, counted
+        self.counters = ShardCounters()
         self.guild_hint = 0
 
     # -- state ----------------------------------------------------------------------------
@@ -293,6 +295,8 @@ class GatewayProtocol:
         actions: list[Action] = []
         ours = self._closing
         self._closing = None
+        if ours is None:
+            self.counters.closed(code)
         if ours is not None and handshake:
             self.in_flight.clear()  # the peer read everything up to our close frame
         elif self.in_flight:
@@ -415,12 +419,12 @@ class GatewayProtocol:
         match = _DISPATCH_PREFIX.match(raw)
         if match is not None and raw.endswith(b"}"):
             t_bytes = match.group(1)
-            t = self._type_names.get(t_bytes)
-            if t is None:
-                t = self._type_names[t_bytes] = t_bytes.decode()
+            entry = self.types.get(t_bytes) or self.types.add(t_bytes)
+            t = entry.name
             if t not in READ_DISPATCHES or (t == "GUILD_CREATE" and self._known_guild(raw)):
                 seq = int(match.group(2))
                 self.dispatches += 1
+                entry.count += 1
                 if self.seq is not None and seq <= self.seq:
                     return [Publish(t, raw, seq), *self._seq_went_back(t, seq)]
                 self.seq = seq
@@ -493,6 +497,7 @@ class GatewayProtocol:
             assert self.session_id is not None and self.seq is not None
             resume = Resume(token=self.settings.token, session_id=self.session_id, seq=self.seq)
             self.limiter.try_acquire(now)
+            self.counters.resumes += 1
             return [Send(encode_gateway_command(resume), "resume")]
         self._set_state(ShardState.IDENTIFYING)
         return self._request_permit(now)
@@ -543,6 +548,7 @@ class GatewayProtocol:
             fields["presence"] = s.presence
         self.identify_sent = True
         self.identify_times.append(now)
+        self.counters.identifies += 1
         self.silence_deadline = now + s.ready_timeout
         self._waiting_for = "READY"
         self.limiter.try_acquire(now)
@@ -553,6 +559,7 @@ class GatewayProtocol:
 
     def _on_heartbeat_ack(self, d: Any, now: float) -> list[Action]:
         self.pacemaker.acked(now)
+        self.counters.heartbeat_acks += 1
         if self._confirm_mark is not None:
             del self.in_flight[: self._confirm_mark]
             self._confirm_mark = None
@@ -564,6 +571,7 @@ class GatewayProtocol:
         return [self._close(RESUMABLE_CLOSE, "gateway asked to reconnect", CloseAction.RESUME)]
 
     def _on_invalid_session(self, d: Any, now: float) -> list[Action]:
+        self.counters.invalid_sessions += 1
         if d is True and self.resumable:
             return self._close_after(
                 InvalidSession(
@@ -608,6 +616,7 @@ class GatewayProtocol:
                 )
             ]
         self.dispatches += 1
+        self.types.count_name(t)
         actions: list[Action] = [Publish(t, raw, s if type(s) is int else None)]
         if type(s) is int:
             if self.seq is not None and s <= self.seq and t != "READY":
@@ -827,6 +836,12 @@ class GatewayProtocol:
             "queued_commands": len(self.queue),
             "dispatches": self.dispatches,
             "identifies_last_hour": len(self.identify_times),
+            "identifies": self.counters.identifies,
+            "resumes": self.counters.resumes,
+            "invalid_sessions": self.counters.invalid_sessions,
+            "heartbeat_acks": self.counters.heartbeat_acks,
+            "closes": dict(self.counters.closes),
+            "dispatch_types": self.types.by_label(),
         }
 
 

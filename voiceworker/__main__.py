@@ -29,6 +29,7 @@ from ipc.control import (
     VoiceVolume,
 )
 from ipc.exits import ExitStatus
+from ipc.labels import lateness_bucket_labels
 from ipc.links import ControlLink, EventPublisher, NullPublisher
 from ipc.logfmt import setup_logging
 from ipc.states import VoiceOutcome, VoiceState
@@ -40,6 +41,7 @@ from voiceworker.recorder import Recorder
 from voiceworker.session import VoiceError, VoiceSession
 
 log = logging.getLogger("shardline.voice")
+BUCKET_LABELS = lateness_bucket_labels()  # the status report's keys for send lateness
 
 
 async def amain(args: VoiceArgs) -> int:
@@ -227,6 +229,7 @@ class Worker:
         tick = 0
         while True:
             session = self.session
+            lateness = session.tx.lateness
             stats = session.clock.stats() if session.clock else None
             ping = None if session.gateway.latency is None else session.gateway.latency * 1000
             jitter = round(stats.p99_ms, 3) if stats else None
@@ -240,6 +243,10 @@ class Worker:
                     late=late,
                     jitter_p99_ms=jitter,
                     playing=self.playing is not None and not self.playing.done(),
+                    lateness_buckets=dict(zip(BUCKET_LABELS, lateness.counts, strict=True)),
+                    lateness_sum=lateness.total,
+                    dave_epoch=session.dave.epoch,
+                    dave_transitions=session.dave.transitions,
                 )
             )
             if tick % 5 == 0:

@@ -8,9 +8,12 @@ reported. Sans-I/O: the caller passes the time.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 
-__all__ = ["FRAME", "ClockStats", "SendClock"]
+from ipc.labels import LATENESS_BUCKETS
+
+__all__ = ["FRAME", "ClockStats", "LatenessHistogram", "SendClock"]
 
 FRAME = 0.020  # seconds per Opus frame
 LATE = 0.005  # a frame sent more than this after its deadline counts as late
@@ -25,6 +28,21 @@ class ClockStats:
     max_ms: float
 
 
+class LatenessHistogram:
+    """Every frame's lateness since the process started, in the buckets of
+    ``ipc.labels.LATENESS_BUCKETS`` (one count per bucket, the last one +Inf), and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENESS_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, lateness: float) -> None:
+        self.counts[bisect_left(LATENESS_BUCKETS, lateness)] += 1
+        self.total += lateness
+
+
 class SendClock:
     def __init__(self, start: float, *, keep: int = 3000) -> None:
         self.start = start
@@ -37,8 +55,9 @@ class SendClock:
         """When the next frame is due."""
         return self.start + self.sent * FRAME
 
-    def sent_at(self, now: float) -> None:
-        """A frame went out at ``now``: note how late it was, move to the next deadline."""
+    def sent_at(self, now: float) -> float:
+        """A frame went out at ``now``: note how late it was (returned, in seconds), move to
+        the next deadline."""
         lateness = max(0.0, now - self.deadline())
         if lateness > LATE:
             self.late += 1
@@ -46,6 +65,7 @@ class SendClock:
         if len(self._lateness) > self._keep:
             del self._lateness[: len(self._lateness) - self._keep]
         self.sent += 1
+        return lateness
 
     def behind(self, now: float) -> int:
         """How many deadlines have already passed (frames owed if we fell behind)."""

@@ -51,6 +51,17 @@ class DaveDriver:
         self.invalid_commits = 0
         self.transitions = 0
 
+    @property
+    def epoch(self) -> int:
+        """The MLS group's epoch (0 before a group exists), for metrics."""
+        session = self.session
+        if session is None or not session.ready:
+            return 0
+        try:
+            return int(session.epoch or 0)
+        except Exception:  # davey raises when no group is established yet
+            return 0
+
     # -- the session description and membership -------------------------------------------
 
     def forget_call(self) -> None:

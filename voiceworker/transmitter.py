@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from voiceworker.audio import SILENCE, AudioSource
-from voiceworker.clock import FRAME, SendClock
+from voiceworker.clock import FRAME, LatenessHistogram, SendClock
 
 __all__ = [
     "SILENCE_FRAMES",
@@ -76,6 +76,7 @@ class Transmitter:
     def __init__(self) -> None:
         self.source: AudioSource | None = None
         self.clock: SendClock | None = None  # the current (or last) track's clock
+        self.lateness = LatenessHistogram()  # every frame's, across tracks
         self._phase = _Phase.IDLE
         self._frames = 0  # of the current track
         self._silence_left = 0
@@ -185,7 +186,7 @@ class Transmitter:
         """The frame :meth:`due` gave went out at ``now`` (its lateness is measured); the
         next one is read now, while there is time before its deadline."""
         if self.clock is not None:
-            self.clock.sent_at(now)
+            self.lateness.observe(self.clock.sent_at(now))
         if self._phase is _Phase.PLAYING:
             self._read_ahead()
 

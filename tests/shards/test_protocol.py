@@ -371,3 +371,27 @@ def test_guild_creates_of_listed_guilds_are_published_unparsed() -> None:
     joined = frame(0, {"id": "333", "name": "new", "roles": [{"id": "333"}]}, 3, "GUILD_CREATE")
     proto.receive(joined, 1.2)
     assert proto.status()["guilds"] == 3
+
+
+def test_the_status_counts_what_metrics_need() -> None:
+    """Identifies, resumes, invalid sessions, ACKs, closes by code and dispatches by type,
+    with names Discord does not document folded into "other" (docs/metrics.md)."""
+    proto = make(jitter=0.0)
+    ready(proto, now=0.0)
+    proto.receive(frame(0, {"content": "hi"}, 2, "MESSAGE_CREATE"), 0.1)  # the fast path
+    proto.receive(frame(0, {"content": "hi"}, 3, "MESSAGE_CREATE"), 0.2)
+    proto.receive(frame(0, {}, 4, "NOT_A_REAL_EVENT"), 0.3)
+    proto.poll(0.0)
+    proto.receive(frame(11), 0.4)  # HEARTBEAT_ACK
+    proto.receive(frame(9, True), 0.5)  # INVALID_SESSION, resumable: we close
+    proto.on_closed(4000, "", 0.6, handshake=True)  # ours: not counted as a close
+    proto.on_connecting(1.0)
+    proto.on_connected(1.0)
+    proto.receive(frame(10, {"heartbeat_interval": INTERVAL_MS}), 1.0)  # RESUME
+    proto.on_closed(4000, "", 2.0, handshake=False)  # the gateway's: counted
+    proto.on_closed(None, "", 3.0, handshake=False)
+    status = proto.status()
+    assert status["dispatch_types"] == {"READY": 1, "MESSAGE_CREATE": 2, "other": 1}
+    assert (status["identifies"], status["resumes"], status["invalid_sessions"]) == (1, 1, 1)
+    assert status["heartbeat_acks"] == 1
+    assert status["closes"] == {"4000": 1, "none": 1}
