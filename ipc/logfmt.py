@@ -1,6 +1,11 @@
 """One log line format for every shardline process: ``ts level kind=shard id=3 msg=... k=v``
 (``text``) or one JSON object per line (``json``). Set up once per process with
-:func:`setup_logging`; pass fields with ``log.info("msg", extra={"fields": {...}})``."""
+:func:`setup_logging`; pass fields with ``log.info("msg", extra={"fields": {...}})``, or
+``extra=about(shard=3)`` for the fields metrics are labelled with.
+
+Lines carry the metrics' label names (docs/metrics.md), so logs and metrics join: a shard
+process's lines ``shard``, a voice process's ``guild``, and the supervisor's lines about a
+shard or a guild the same field."""
 
 from __future__ import annotations
 
@@ -11,7 +16,20 @@ from typing import Any
 
 import orjson
 
-__all__ = ["KeyValueFormatter", "setup_logging"]
+__all__ = ["KeyValueFormatter", "about", "setup_logging"]
+
+# The metrics label a process kind's ident is: every line of that process carries it.
+LABEL_OF_KIND = {"shard": "shard", "voice": "guild"}
+
+
+def about(*, shard: int | None = None, guild: int | str | None = None) -> dict[str, Any]:
+    """``extra=`` for a log line about a shard or a guild (the metrics' label names)."""
+    fields: dict[str, Any] = {}
+    if shard is not None:
+        fields["shard"] = str(shard)
+    if guild is not None:
+        fields["guild"] = str(guild)
+    return {"fields": fields}
 
 
 def _quote(value: Any) -> str:
@@ -37,6 +55,9 @@ class KeyValueFormatter(logging.Formatter):
             "id": self.ident,
             "msg": record.getMessage(),
         }
+        label = LABEL_OF_KIND.get(self.kind)
+        if label is not None:
+            fields[label] = self.ident
         fields.update(getattr(record, "fields", {}) or {})
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)

@@ -132,6 +132,11 @@ class EventBus:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def serving(self) -> bool:
+        """The bus thread is running (it ends only with the supervisor or on a fault)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stats(self) -> list[SubscriberRecord]:
         with self._lock:
             return [s.stats() for s in self.subscribers.values()]

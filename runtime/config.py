@@ -25,10 +25,12 @@ __all__ = [
     "DiscordConfig",
     "IpcConfig",
     "LogConfig",
+    "MetricsConfig",
     "RestartConfig",
     "ShardsConfig",
     "load_config",
     "parse_config",
+    "parse_listen",
     "parse_shard_ids",
 ]
 
@@ -116,6 +118,12 @@ class BusConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # host:port of the HTTP listener for /metrics, /healthz and /readyz; empty: off.
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     format: str = "text"
@@ -140,6 +148,7 @@ class Config:
     apps: tuple[AppConfig, ...] = ()
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     bus: BusConfig = field(default_factory=BusConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -244,8 +253,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             _int_range(1 << 20, 1 << 40),
         )
     )
+    metrics = MetricsConfig(listen=reader.get("metrics.listen", "", _listen_address))
     reader.reject_unknown()
-    return Config(discord, shards, ipc, restart, log, source, apps, voice, bus)
+    return Config(discord, shards, ipc, restart, log, source, apps, voice, bus, metrics)
 
 
 def _apps(value: Any, source: str) -> tuple[AppConfig, ...]:
@@ -438,6 +448,31 @@ def _endpoint(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(("ipc://", "tcp://")):
         raise _Invalid("an endpoint like ipc:///path/to/socket or tcp://host:port")
     return value
+
+
+def _listen_address(value: Any) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str):
+        raise _Invalid('host:port, like "127.0.0.1:9464" (empty: off)')
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise _Invalid(f'host:port, like "127.0.0.1:9464" (empty: off): {exc}') from None
+    return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) into its parts; ValueError naming the fault."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"must be host:port (like 127.0.0.1:9464), not {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is not 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
 
 
 def _curve_key_list(value: Any) -> tuple[str, ...]:

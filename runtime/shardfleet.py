@@ -26,6 +26,7 @@ from ipc.control import (
 from ipc.errors import FatalClose
 from ipc.exits import ExitStatus
 from ipc.intents import names_from_bits
+from ipc.logfmt import about
 from ipc.messages import Message
 from ipc.states import ShardState
 from ipc.status import (
@@ -37,6 +38,7 @@ from ipc.status import (
 )
 from ipc.workerargs import ShardArgs
 from runtime.config import Config
+from runtime.metrics import ShardTotals
 from runtime.procs import end_process
 from runtime.restartpolicy import CrashHistory, Exit, is_hung, sleep_unless
 from runtime.scheduler import IdentifyScheduler
@@ -61,6 +63,7 @@ class ShardWorker:
     started_at: float = 0.0
     last_status_at: float = 0.0
     report: ShardStatus | None = None  # the process's last status report
+    totals: ShardTotals = field(default_factory=ShardTotals)  # counts across its processes
     stopping: bool = False
     fatal: str = ""
     fatal_advice: str = ""  # the shard's FatalClose message, when it sent one
@@ -200,13 +203,15 @@ class ShardFleet:
                 return
             if decision.next is Exit.GIVE_UP:
                 worker.fatal = decision.reason
-                log.error(f"shard {worker.shard} {decision.reason}")
+                log.error(
+                    f"shard {worker.shard} {decision.reason}", extra=about(shard=worker.shard)
+                )
                 return
             worker.restarts += 1
             worker.respawn_at = now + decision.delay
             log.warning(
                 f"shard {worker.shard} {worker.last_exit}; respawning in {decision.delay:.1f}s",
-                extra={"fields": {"shard": worker.shard, "restarts": worker.restarts}},
+                extra={"fields": {"shard": str(worker.shard), "restarts": worker.restarts}},
             )
             await sleep_unless(self.stopping, decision.delay)
 
@@ -272,6 +277,8 @@ class ShardFleet:
         if isinstance(message, ShardStatus):
             worker.report = message
             worker.last_status_at = now
+            if worker.proc is not None:
+                worker.totals.add(worker.proc.pid, message)
         elif isinstance(message, IdentifyRequest):
             self.scheduler.request(shard)
         elif isinstance(message, IdentifySent):
@@ -280,7 +287,10 @@ class ShardFleet:
             try:
                 checkpoint = Checkpoint.from_event(message, self.shard_count, time.time())
             except CheckpointError as exc:
-                log.warning(f"shard {shard} sent an unusable checkpoint ({exc}); not kept")
+                log.warning(
+                    f"shard {shard} sent an unusable checkpoint ({exc}); not kept",
+                    extra=about(shard=shard),
+                )
                 return
             if checkpoint.shard == shard:
                 self.sessions.put(checkpoint)
@@ -299,7 +309,10 @@ class ShardFleet:
             proc = worker.proc
             if proc is not None and proc.returncode is None:
                 if is_hung(worker.last_status_at, now, hang):
-                    log.warning(f"shard {worker.shard} sent no status for {hang:.0f}s: killing it")
+                    log.warning(
+                        f"shard {worker.shard} sent no status for {hang:.0f}s: killing it",
+                        extra=about(shard=worker.shard),
+                    )
                     worker.last_exit = "hung (no status)"
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()

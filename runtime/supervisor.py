@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq.asyncio
+from prometheus_client.registry import CollectorRegistry
 
 from ipc.codec import MAX_GATEWAY_PAYLOAD, CodecError, decode_control, encode_gateway_command
 from ipc.control import GatewayForward
@@ -42,9 +43,11 @@ from ipc.states import ShardState
 from ipc.status import BusRecord, FleetStatus
 from runtime.apps import AppFleet, AppWorker
 from runtime.commands import CommandDesk, Options
-from runtime.config import Config
+from runtime.config import Config, parse_listen
 from runtime.curveauth import ClientAllowList
 from runtime.discord_rest import RestError, fetch_gateway_bot
+from runtime.metrics import FleetCollector
+from runtime.metricsserver import MetricsServer
 from runtime.routing import route_command
 from runtime.rundir import (
     AlreadyRunningError,
@@ -148,6 +151,7 @@ class Supervisor:
         self.status_interval = status_interval
         self.progress = progress or (lambda line: log.info(line))
         self.started = time.monotonic()
+        self.metrics: MetricsServer | None = None  # the /metrics listener, when configured
         self.fatal_message = ""
         self.resumed_from_disk = 0
         self.subscribers: dict[str, dict[str, Any]] = {}  # what each application reported
@@ -192,6 +196,7 @@ class Supervisor:
             f"saved session, {len(fresh)} identify; identify bound {eta:.0f}s"
         )
         try:
+            await self._listen_for_metrics()
             async with asyncio.TaskGroup() as tasks:
                 readers = [
                     tasks.create_task(self._read_control(self.wiring.control)),
@@ -210,6 +215,8 @@ class Supervisor:
                 for task in [*readers, *self._tasks]:
                     task.cancel()
         finally:
+            if self.metrics is not None:
+                await self.metrics.close()
             self.sessions.save()
             self.wiring.close()
             unlock_runtime_dir(self.runtime_dir, *self.endpoints.all())
@@ -245,6 +252,43 @@ class Supervisor:
             self.app_fleet.env["SHARDLINE_CLIENT_KEY"] = self.wiring.allow_list.local_secret
         self.scheduler.expect(fresh, time.monotonic())
         return fresh
+
+    async def _listen_for_metrics(self) -> None:
+        """Serve /metrics, /healthz and /readyz on ``[metrics] listen``, when set."""
+        if not self.config.metrics.listen:
+            return
+        host, port = parse_listen(self.config.metrics.listen)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(
+            FleetCollector(
+                self.status,
+                lambda: {w.shard: w.totals for w in self.workers.values()},
+                lambda: {str(g): v.totals for g, v in self.voices.sessions.items()},
+            )
+        )
+        server = MetricsServer(registry, self.readiness)
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            raise StartupError(
+                f"metrics.listen = {self.config.metrics.listen!r}: cannot listen there ({exc})"
+            ) from None
+        self.metrics = server
+        assert server.address is not None
+        self.progress(f"metrics on http://{self.config.metrics.listen}/metrics (and /readyz)")
+
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz: every shard this supervisor owns is READY and the bus is serving."""
+        waiting = sorted(w.shard for w in self.workers.values() if w.state is not ShardState.READY)
+        if not self.wiring.bus_serving:
+            return False, "not ready: the event bus is not running"
+        if waiting:
+            listed = ", ".join(map(str, waiting[:20])) + (", ..." if len(waiting) > 20 else "")
+            return (
+                False,
+                f"not ready: {len(waiting)} of {len(self.workers)} shards not READY ({listed})",
+            )
+        return True, f"ready: {len(self.workers)} shards READY, bus serving"
 
     def request_stop(self, reason: str = "") -> None:
         if reason and not self.fatal_message:

@@ -13,13 +13,14 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ipc.control import VoiceStatus
 from ipc.states import VoiceOutcome, VoiceState
 from ipc.status import VoiceSessionRecord, reported_count, reported_number
 from ipc.workerargs import VoiceArgs
 from runtime.config import VoiceConfig
+from runtime.metrics import VoiceTotals
 from runtime.procs import end_process
 
 __all__ = ["VoiceWorker"]
@@ -35,6 +36,7 @@ class VoiceWorker:
     endpoint: str = ""
     proc: asyncio.subprocess.Process | None = None
     report: VoiceStatus | None = None  # the process's last status report
+    totals: VoiceTotals = field(default_factory=VoiceTotals)  # counts across its processes
     watcher: asyncio.Task[None] | None = None
     leaving: bool = False
     rejoins: int = 0

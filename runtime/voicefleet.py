@@ -29,6 +29,7 @@ from ipc.control import (
 )
 from ipc.events import VoiceServerUpdate, VoiceStateUpdate
 from ipc.fields import check_snowflake
+from ipc.logfmt import about
 from ipc.messages import Command, ErrorCode, ErrorReply, Event, Message, Reply, Routed
 from ipc.requests import (
     JoinVoice,
@@ -191,7 +192,10 @@ class VoiceFleet:
             d = orjson.loads(message.payload)["d"]
             guild = int(d["guild_id"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.warning(f"unusable {message.t[:40]} from shard {message.shard}; ignored")
+            log.warning(
+                f"unusable {message.t[:40]} from shard {message.shard}; ignored",
+                extra=about(shard=message.shard),
+            )
             return
         voice = self.sessions.get(guild)
         if voice is None or voice.error:
@@ -204,7 +208,10 @@ class VoiceFleet:
                 return
             session_id, user_id = d.get("session_id"), d.get("user_id")
             if not _short_text(session_id) or check_snowflake(user_id) is not None:
-                log.warning(f"unusable VOICE_STATE_UPDATE for guild {guild}; ignored")
+                log.warning(
+                    f"unusable VOICE_STATE_UPDATE for guild {guild}; ignored",
+                    extra=about(guild=guild),
+                )
                 return
             voice.session_id, voice.user_id = session_id, int(user_id)
         elif message.t == VoiceServerUpdate.type_name:
@@ -212,7 +219,10 @@ class VoiceFleet:
             if not endpoint:
                 return  # the server is gone; the next update names a new one
             if not (_short_text(token) and _short_text(endpoint)):
-                log.warning(f"unusable VOICE_SERVER_UPDATE for guild {guild}; ignored")
+                log.warning(
+                    f"unusable VOICE_SERVER_UPDATE for guild {guild}; ignored",
+                    extra=about(guild=guild),
+                )
                 return
             # A new server or a new token (a move to another channel): identify afresh there.
             moved = voice.proc is not None and (voice.endpoint != endpoint or voice.token != token)
@@ -242,6 +252,8 @@ class VoiceFleet:
             return
         if isinstance(message, VoiceStatus):
             voice.report = message
+            if voice.proc is not None:
+                voice.totals.add(voice.proc.pid, message)
             if voice.state is VoiceState.CONNECTED:
                 voice.join_deadline = None
                 if voice.connected_since is None:
@@ -274,7 +286,8 @@ class VoiceFleet:
         elif decision.next is Next.WAIT_SERVER:
             log.warning(
                 f"voice in guild {voice.guild}: {message}; waiting {decision.delay:.0f}s for a "
-                "new voice server"
+                "new voice server",
+                extra=about(guild=voice.guild),
             )
             voice.server_deadline = now + decision.delay
         else:
@@ -282,13 +295,14 @@ class VoiceFleet:
             voice.rejoin_at = now + decision.delay
             log.warning(
                 f"voice in guild {voice.guild}: {message}; rejoining in {decision.delay:.1f}s "
-                f"(rejoin {voice.rejoins})"
+                f"(rejoin {voice.rejoins})",
+                extra=about(guild=voice.guild),
             )
 
     def _failed(self, voice: VoiceWorker, reason: str) -> None:
         """End a guild's voice session for good: say why in the log, in status and on the
         bus, and leave the channel (the bot would sit in it deaf and mute)."""
-        log.error(f"voice in guild {voice.guild} failed: {reason}")
+        log.error(f"voice in guild {voice.guild} failed: {reason}", extra=about(guild=voice.guild))
         voice.fail(reason)
         self.publish(VoiceFailure(message=reason, source="supervisor", guild_id=voice.guild))
         shard = shard_of_guild(voice.guild, self.shard_count)

@@ -137,6 +137,10 @@ class Wiring:
                     encode_bus_event(event, "supervisor", time.time_ns()), flags=zmq.NOBLOCK
                 )
 
+    @property
+    def bus_serving(self) -> bool:
+        return self.bus is not None and self.bus.serving
+
     def subscribers(self) -> list[SubscriberRecord]:
         return self.bus.stats() if self.bus is not None else []
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from ipc.logfmt import KeyValueFormatter, setup_logging
+from ipc.logfmt import KeyValueFormatter, about, setup_logging
 
 
 @pytest.fixture
@@ -29,7 +29,21 @@ def test_a_text_line_carries_kind_id_message_and_fields(
     setup_logging("shard", "3")
     logging.getLogger("shardline.test").info("hello there", extra={"fields": {"seq": 7}})
     line = capsys.readouterr().err.strip()
-    assert line.split(" ", 1)[1] == 'level=info kind=shard id=3 msg="hello there" seq=7'
+    assert line.split(" ", 1)[1] == 'level=info kind=shard id=3 msg="hello there" shard=3 seq=7'
+
+
+def test_json_lines_carry_the_metrics_labels(
+    root: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A voice process's lines say ``guild``, the supervisor's lines about a shard ``shard``:
+    the label names of docs/metrics.md, so logs and metrics join."""
+    setup_logging("voice", "81384788765712384", "info", "json")
+    logging.getLogger("shardline.test").warning("late frames")
+    assert orjson.loads(capsys.readouterr().err)["guild"] == "81384788765712384"
+    setup_logging("supervisor", "-", "info", "json")
+    logging.getLogger("shardline.test").warning("respawning", extra=about(shard=5))
+    record = orjson.loads(capsys.readouterr().err)
+    assert record["shard"] == "5" and "guild" not in record
 
 
 def test_setting_up_again_retags_the_same_handler(
