@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
 from ipc.messages import Command, ErrorReply, Reply
 
@@ -108,11 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between identifies per bucket (Discord: 5; lower only for emulators)",
     )
+    run.add_argument(
+        "--shard-ids",
+        metavar="IDS",
+        help='run these shards, like "0-15" or "0-3,8" (overrides shards.ids in the config)',
+    )
+    run.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz, /readyz here (overrides metrics.listen; '' turns off)",
+    )
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", help="show the running fleet")
     status.add_argument("--config", default="config/shardline.toml", help="TOML config file")
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw the table in place every second (per-shard events/s and latency) until Ctrl-C",
+    )
+    status.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between redraws (default 1)"
+    )
     status.set_defaults(func=_cmd_status)
 
     stop = sub.add_parser("stop", help="stop the running fleet (sessions are saved)")
@@ -259,6 +279,32 @@ def _commands_endpoint(config: object) -> str:
     return Endpoints.in_dir(runtime_dir, config.ipc.events, config.ipc.commands).commands
 
 
+def _with_overrides(config: Any, args: argparse.Namespace) -> Any:
+    """The config with ``--shard-ids`` and ``--metrics-listen`` applied, checked as the keys
+    they replace are (ConfigError names the flag)."""
+    from runtime.config import ConfigError, parse_listen, parse_shard_ids
+
+    if args.shard_ids is not None:
+        try:
+            ids = parse_shard_ids(args.shard_ids)
+        except ValueError as exc:
+            raise ConfigError("--shard-ids", args.shard_ids, f"shard ids ({exc})") from None
+        count = config.shards.count
+        if count is not None and max(ids) >= count:
+            raise ConfigError(
+                "--shard-ids", args.shard_ids, f"shard ids below shards.count ({count})"
+            )
+        config = replace(config, shards=replace(config.shards, ids=ids))
+    if args.metrics_listen is not None:
+        if args.metrics_listen:
+            try:
+                parse_listen(args.metrics_listen)
+            except ValueError as exc:
+                raise ConfigError("--metrics-listen", args.metrics_listen, str(exc)) from None
+        config = replace(config, metrics=replace(config.metrics, listen=args.metrics_listen))
+    return config
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from ipc.logfmt import setup_logging
     from runtime.config import Config, ConfigError
@@ -268,6 +314,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     assert isinstance(config, Config)
+    try:
+        config = _with_overrides(config, args)
+    except ConfigError as exc:
+        print(f"shardline: {exc}", file=sys.stderr)
+        return 2
     setup_logging("supervisor", "-", config.log.level, config.log.format)
     token = config.discord.token()
     if token is None:
@@ -333,21 +384,63 @@ def _request(config_path: str, command: Command) -> Reply:
     return reply
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    import json
-
+def _fetch_status(config_path: str) -> object:
+    """The fleet status from the supervisor of this config (StatusUnavailable: why not)."""
+    from ipc.client import CommandError, request_sync
     from ipc.requests import GetStatus, StatusReply
     from ipc.status import FleetStatus
-    from runtime.statusview import format_status
+    from runtime.config import Config
+    from runtime.curveauth import read_local_key
+    from runtime.statuswatch import StatusUnavailable
 
-    reply = _request(args.config, GetStatus())
+    config = _load(config_path)
+    assert isinstance(config, Config)
+    try:
+        reply = request_sync(
+            _commands_endpoint(config),
+            GetStatus(),
+            server_key=config.ipc.curve_public_key or None,
+            client_key=read_local_key(config.ipc.resolved_runtime_dir()),
+        )
+    except CommandError as exc:
+        raise StatusUnavailable(str(exc)) from None
+    if isinstance(reply, ErrorReply):
+        raise StatusUnavailable(reply.error)
     try:
         if not isinstance(reply, StatusReply):
             raise ValueError(f"not a status reply: {reply!r}")
-        status = FleetStatus.from_json(reply.status)
+        return FleetStatus.from_json(reply.status)
     except ValueError as exc:
-        print(f"shardline: unexpected reply from the supervisor ({exc})", file=sys.stderr)
+        raise StatusUnavailable(f"unexpected reply from the supervisor ({exc})") from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from ipc.status import FleetStatus
+    from runtime.statusview import format_status
+    from runtime.statuswatch import StatusUnavailable, watch
+
+    if args.watch:
+        if args.json:
+            print("shardline: --watch draws the table; use --json without it", file=sys.stderr)
+            return 2
+        if not args.interval > 0:
+            print("shardline: --interval must be more than 0 seconds", file=sys.stderr)
+            return 2
+
+        def fetch() -> FleetStatus:
+            status = _fetch_status(args.config)
+            assert isinstance(status, FleetStatus)
+            return status
+
+        return watch(fetch, sys.stdout, interval=args.interval, tty=sys.stdout.isatty())
+    try:
+        status = _fetch_status(args.config)
+    except StatusUnavailable as exc:
+        print(f"shardline: {exc}", file=sys.stderr)
         return 1
+    assert isinstance(status, FleetStatus)
     if args.json:
         print(json.dumps(status.to_json()))
         return 0
