@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -434,7 +435,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
             assert isinstance(status, FleetStatus)
             return status
 
-        return watch(fetch, sys.stdout, interval=args.interval, tty=sys.stdout.isatty())
+        code = watch(fetch, sys.stdout, interval=args.interval, tty=sys.stdout.isatty())
+        with contextlib.suppress(OSError):  # stdout may be a closed pipe by now
+            sys.stdout.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return code
     try:
         status = _fetch_status(args.config)
     except StatusUnavailable as exc:

@@ -4,6 +4,7 @@ the header (the last table stays, marked) and asked again with growing pauses.""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -70,9 +71,9 @@ def watch(
     last: FleetStatus | None = None
     pause = interval
     drawn = 0
-    if tty:
-        out.write(HIDE_CURSOR + HOME_AND_CLEAR)
     try:
+        if tty:
+            out.write(HIDE_CURSOR + HOME_AND_CLEAR)
         while frames is None or drawn < frames:
             problem = ""
             try:
@@ -93,8 +94,11 @@ def watch(
                 sleep(pause)
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # the reader went away (`| head`): done, quietly
+        return 0
     finally:
         if tty:
-            out.write(SHOW_CURSOR)
-            out.flush()
+            with contextlib.suppress(OSError):
+                out.write(SHOW_CURSOR)
+                out.flush()
     return 0

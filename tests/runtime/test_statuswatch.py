@@ -79,3 +79,11 @@ def test_without_a_terminal_frames_follow_each_other() -> None:
     out = io.StringIO()
     watch(lambda: fleet([1.0]), out, tty=False, frames=2, sleep=lambda _: None)
     assert "\x1b" not in out.getvalue() and out.getvalue().count("shardline status") == 2
+
+
+def test_a_reader_that_goes_away_ends_the_watch_quietly() -> None:
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    assert watch(lambda: fleet([1.0]), ClosedPipe(), tty=True, sleep=lambda _: None) == 0
