@@ -17,6 +17,7 @@ import asyncio
 import statistics
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -24,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bus_latency import Recorder, measure_latency, measure_rate, wait_ready  # noqa: E402
-from harness import SupervisorProcess, cpu_seconds  # noqa: E402
+from bus_latency import Recorder, measure_latency, wait_ready  # noqa: E402
+from harness import EmulatorProcess, SupervisorProcess, cpu_seconds  # noqa: E402
 from shard_throughput import feed_emulator  # noqa: E402
 from zmq_floor import summary  # noqa: E402
 
@@ -55,6 +56,19 @@ class Scraper(threading.Thread):
                 self.failures += 1
 
 
+async def measure_rate(emu: EmulatorProcess, rec: Recorder, count: int) -> float:
+    """The typed handler's rate over a blast of ``count``: until all arrived, or nothing
+    more for 3 s (what the shard dropped at its high-water mark never comes)."""
+    rec.reset(timing=False)
+    await asyncio.to_thread(emu.post, "blast", {"shard": 0, "count": count, "kind": "message"})
+    seen, quiet_since = -1, time.monotonic()
+    while rec.count < count and time.monotonic() - quiet_since < 3.0:
+        if rec.count != seen:
+            seen, quiet_since = rec.count, time.monotonic()
+        await asyncio.sleep(0.05)
+    return rec.count / (rec.last - rec.first) if rec.last > rec.first else 0.0
+
+
 async def one_fleet(metrics: bool, args: argparse.Namespace) -> dict[str, float]:
     emu = feed_emulator()
     extra = f'[metrics]\nlisten = "127.0.0.1:{PORT}"\n' if metrics else ""
@@ -79,6 +93,8 @@ async def one_fleet(metrics: bool, args: argparse.Namespace) -> dict[str, float]
         rate = await measure_rate(emu, rec, args.blast)
         delivered = rec.count
         used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        after = supervisor.status(timeout=5) or {"bus": {}}
+        drops = after["bus"].get("shard_drops", 0) + after["bus"].get("subscriber_drops", 0)
     finally:
         if scraper is not None:
             scraper.stopped.set()
@@ -93,6 +109,8 @@ async def one_fleet(metrics: bool, args: argparse.Namespace) -> dict[str, float]
         "rate": rate,
         "supervisor_cpu": used["supervisor"] / delivered * 1000,
         "shard_cpu": used["shard"] / delivered * 1000,
+        "lost": args.blast - delivered,
+        "bus_drops": drops,
     }
     if scraper is not None:
         result["scrapes"] = scraper.scrapes
@@ -129,6 +147,10 @@ async def run(args: argparse.Namespace) -> None:
         f"{on['supervisor_cpu'] / off['supervisor_cpu']:.2f}x, shard CPU per event "
         f"{on['shard_cpu'] / off['shard_cpu']:.2f}x"
     )
+    for metrics, rows in results.items():
+        lost = [int(r["lost"]) for r in rows]
+        drops = [int(r["bus_drops"]) for r in rows]
+        print(f"metrics {'on' if metrics else 'off'}: blast events lost {lost}, bus drops {drops}")
     sizes = [r["scrape_bytes"] for r in results[True]]
     print(f"a scrape of this one-shard fleet: {statistics.median(sizes):,.0f} bytes")
 
