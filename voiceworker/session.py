@@ -201,6 +201,8 @@ class VoiceSession:
         self._reconnect_at: float | None = None
         self._attempt = 0
         self._discovery: _Discovery | None = None
+        self._other_at: float | None = None  # the earliest deadline besides the frame's
+        self._changed = True  # _other_at must be computed again
         self._connected_at: float | None = None
         self._plays: dict[int, asyncio.Future[int]] = {}  # id(source) -> play()'s result
         self.warnings = 0
@@ -341,18 +343,31 @@ class VoiceSession:
         self._open()
         inbox = self.inbox
         tx = self.tx
+        self._changed = True
         while True:
+            if self._changed:  # something may have moved a deadline other than the frame's
+                self._changed = False
+                self._other_at = self._other_deadline()
             frame_at = tx.next_at
-            await self._wait(self._next_deadline(frame_at), frame_at)
-            while inbox:
-                if self._handle(inbox.take()):
-                    return
+            other_at = self._other_at
+            until = frame_at
+            if other_at is not None and (frame_at is None or other_at < frame_at):
+                until = other_at
+            await self._wait(until, frame_at)
+            if inbox:
+                self._changed = True
+                while inbox:
+                    if self._handle(inbox.take()):
+                        return
             self._tick(time.monotonic())
 
-    def _next_deadline(self, frame_at: float | None) -> float | None:
-        """The earliest deadline: the next frame's (``frame_at``), or another's. This runs
-        for every frame, so it compares instead of building a list."""
-        soonest = frame_at
+    def _other_deadline(self) -> float | None:
+        """The earliest deadline besides the next frame's: heartbeat, UDP keepalive,
+        reconnect, discovery retry. Kept between frames (recomputed only when something
+        that moves one happened), so a frame's turn of the loop only compares two times:
+        with fifty sessions sharing two cores, every call on the per-frame path is paid
+        cold, fifty times a frame period."""
+        soonest: float | None = None
         discovery = self._discovery
         for at in (
             self.gateway.next_deadline(),
@@ -420,11 +435,16 @@ class VoiceSession:
         return False
 
     def _tick(self, now: float) -> None:
-        """The deadlines that have come."""
+        """The deadlines that have come: the frame's, then (only when the earliest of them
+        has come) the others."""
         tx = self.tx
         frame_at = tx.next_at
         if frame_at is not None and now >= frame_at:
             self._act_tx(tx.due(now))
+        other_at = self._other_at
+        if other_at is None or now < other_at:
+            return
+        self._changed = True
         if self._reconnect_at is not None and now >= self._reconnect_at:
             self._reconnect_at = None
             self._open()
@@ -510,6 +530,7 @@ class VoiceSession:
     # -- what the gateway and the transmitter ask for -------------------------------------
 
     def _act(self, actions: list[VoiceAction]) -> None:
+        self._changed = True  # the gateway's actions may move its deadlines or ours
         for action in actions:
             if isinstance(action, SendText | SendBinary):
                 if self.ws is not None and self.ws.open:
