@@ -8,6 +8,8 @@ never read from a file: only from the environment variable the config names
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ __all__ = [
     "COMPRESSIONS",
     "AppConfig",
     "BusConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "DiscordConfig",
@@ -32,6 +35,7 @@ __all__ = [
     "parse_config",
     "parse_listen",
     "parse_shard_ids",
+    "redact_url",
 ]
 
 COMPRESSIONS = ("zlib-stream", "zstd-stream", "none")
@@ -118,6 +122,41 @@ class BusConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: this host is one of a fleet coordinated through Redis. Absent (the
+    default): a single host, no Redis."""
+
+    redis_url: str = ""  # redis://, rediss:// (TLS) or unix://; may carry a password
+    fleet: str = ""  # the fleet's name: the key prefix in Redis (several bots may share one)
+    host: str = ""  # this host's name in the fleet; empty: the machine's hostname
+    shards: tuple[int, ...] | None = None  # None: "auto", take a share; else fixed ids
+    lease_ttl: float = 10.0  # seconds a shard's lease lasts unless its host renews it
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+    def host_name(self) -> str:
+        return self.host or socket.gethostname()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs, errors and status): in the
+    authority (``:password@``) and in a ``password=`` query parameter."""
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    hidden = f"{user}:***" if colon else "***"
+    return f"{scheme}://{hidden}@{hostport}{slash}{path}"
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # host:port of the HTTP listener for /metrics, /healthz and /readyz; empty: off.
     listen: str = ""
@@ -149,6 +188,7 @@ class Config:
     voice: VoiceConfig = field(default_factory=VoiceConfig)
     bus: BusConfig = field(default_factory=BusConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -254,8 +294,30 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         )
     )
     metrics = MetricsConfig(listen=reader.get("metrics.listen", "", _listen_address))
+    cluster = _cluster(reader, data, source)
     reader.reject_unknown()
-    return Config(discord, shards, ipc, restart, log, source, apps, voice, bus, metrics)
+    return Config(discord, shards, ipc, restart, log, source, apps, voice, bus, metrics, cluster)
+
+
+def _cluster(reader: _Reader, data: dict[str, Any], source: str) -> ClusterConfig:
+    cluster = ClusterConfig(
+        redis_url=reader.get("cluster.redis_url", "", _redis_url),
+        fleet=reader.get("cluster.fleet", "", _name),
+        host=reader.get("cluster.host", "", _name),
+        shards=reader.get("cluster.shards", None, _cluster_shards),
+        lease_ttl=reader.get("cluster.lease_ttl", 10.0, _float_range(2.0, 300.0)),
+    )
+    if "cluster" not in data:
+        return cluster
+    for key in ("redis_url", "fleet"):
+        if not getattr(cluster, key):
+            raise ConfigError(
+                f"cluster.{key}",
+                "(missing)",
+                "a value: [cluster] needs redis_url and fleet (see docs/cluster.md)",
+                source,
+            )
+    return cluster
 
 
 def _apps(value: Any, source: str) -> tuple[AppConfig, ...]:
@@ -333,7 +395,11 @@ class _Reader:
         try:
             return validate(table[key])
         except _Invalid as exc:
-            shown = "<hidden>" if "secret" in key else table[key]  # never print a secret
+            shown = table[key]
+            if "secret" in key:  # never print a secret
+                shown = "<hidden>"
+            elif key.endswith("_url") and isinstance(shown, str):
+                shown = redact_url(shown)
             raise ConfigError(dotted, shown, exc.expected, self.source) from None
 
     def reject_unknown(self) -> None:
@@ -448,6 +514,44 @@ def _endpoint(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(("ipc://", "tcp://")):
         raise _Invalid("an endpoint like ipc:///path/to/socket or tcp://host:port")
     return value
+
+
+def _redis_url(value: Any) -> str:
+    expected = "a Redis URL: redis://[:password@]host[:port][/db], rediss:// (TLS) or unix://path"
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        raise _Invalid(expected)
+    scheme, rest = value.split("://", 1)
+    if scheme == "unix" and not rest.startswith("/"):
+        raise _Invalid(expected + " (unix:// takes an absolute path)")
+    if scheme != "unix" and not rest.rpartition("@")[2].split("/")[0]:
+        raise _Invalid(expected + " (no host)")
+    return value
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
+        raise _Invalid("a name of letters, digits, '-', '_' and '.' (up to 63 characters)")
+    return value
+
+
+def _cluster_shards(value: Any) -> tuple[int, ...] | None:
+    if value == "auto":
+        return None
+    if isinstance(value, str):
+        try:
+            return parse_shard_ids(value)
+        except ValueError as exc:
+            raise _Invalid(f'"auto" or shard ids like "0-15" ({exc})') from None
+    raise _Invalid('"auto" or shard ids like "0-15"')
+
+
+def _float_range(low: float, high: float) -> Validator:
+    def check(value: Any) -> float:
+        if type(value) not in (int, float) or not low <= value <= high:
+            raise _Invalid(f"a number of seconds from {low:g} to {high:g}")
+        return float(value)
+
+    return check
 
 
 def _listen_address(value: Any) -> str:

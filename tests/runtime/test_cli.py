@@ -120,3 +120,35 @@ def test_keygen_prints_a_usable_keypair() -> None:
     out = run_cli("keygen").stdout.split()
     public, secret = out[out.index("public") + 1], out[out.index("secret") + 1]
     assert zmq.curve_public(secret.encode()).decode() == public
+
+
+def test_run_flags_override_config_keys_and_are_checked_like_them(tmp_path: Any) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[shards]\ncount = 8\n[ipc]\nruntime_dir = "{tmp_path / "run"}"\n')
+    for flags, key in (
+        (["--shard-ids", "6-9"], "--shard-ids"),  # past shards.count
+        (["--shard-ids", "x"], "--shard-ids"),
+        (["--metrics-listen", "9464"], "--metrics-listen"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "runtime.cli", "run", "--config", str(config), *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"DISCORD_TOKEN": "x", "PATH": "/usr/bin:/bin"},
+        )
+        assert done.returncode == 2 and key in done.stderr, done.stderr
+
+
+def test_a_cluster_section_is_refused_until_the_supervisor_runs_fleets(tmp_path: Any) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[cluster]\nredis_url = "redis://:pw@127.0.0.1:9"\nfleet = "bot"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"DISCORD_TOKEN": "x", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2 and "[cluster] is not supported" in done.stderr
+    assert ":pw@" not in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,18 @@ def test_the_production_example_sets_every_key_the_loader_reads(
 
     monkeypatch.setattr(config_module._Reader, "get", spy)
     parse_config({})
-    example = tomllib.loads((ROOT / "config/production.example.toml").read_text())
+    text = (ROOT / "config/production.example.toml").read_text()
+    example = tomllib.loads(text)
     documented = {f"{s}.{k}" for s, table in example.items() for k in table}
+    # A section a single host leaves out ([cluster]) is shown commented out, key by key.
+    section = ""
+    for line in text.splitlines():
+        if m := re.fullmatch(r"# \[(\w+)\]", line):
+            section = m.group(1)
+        elif section and (m := re.match(r"# (\w+) = ", line)):
+            documented.add(f"{section}.{m.group(1)}")
+        elif not line.startswith("#"):
+            section = ""
     assert read and set(read) - documented == set()
 
 
@@ -127,3 +138,40 @@ def test_a_malformed_secret_key_is_not_printed_back() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"ipc": {"curve_secret_key": secret}})
     assert secret not in str(caught.value) and "ipc.curve_secret_key" in str(caught.value)
+
+
+def test_the_cluster_section_is_checked_and_never_prints_a_password() -> None:
+    assert not parse_config({}).cluster.enabled  # a single host: no Redis
+    config = parse_config(
+        {
+            "cluster": {
+                "redis_url": "rediss://:hunter2@redis.internal:6380/0",
+                "fleet": "my-bot",
+                "shards": "0-15",
+                "lease_ttl": 15,
+            }
+        }
+    )
+    cluster = config.cluster
+    assert cluster.enabled and cluster.fleet == "my-bot" and cluster.shards == tuple(range(16))
+    assert cluster.host_name() and cluster.lease_ttl == 15.0
+    with pytest.raises(ConfigError, match=r"cluster\.fleet"):
+        parse_config({"cluster": {"redis_url": "redis://localhost"}})
+    with pytest.raises(ConfigError, match=r"cluster\.redis_url") as caught:
+        parse_config({"cluster": {"redis_url": "http://:hunter2@x", "fleet": "f"}})
+    assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+    for key, value in (("fleet", "a b"), ("host", "../x"), ("shards", "5-1"), ("lease_ttl", 0.5)):
+        with pytest.raises(ConfigError, match=rf"cluster\.{key}"):
+            parse_config({"cluster": {"redis_url": "redis://r", "fleet": "f", key: value}})
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    from runtime.config import redact_url
+
+    assert redact_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_url("rediss://user:pw@h") == "rediss://user:***@h"
+    assert redact_url("redis://h:6379") == "redis://h:6379"
+    assert redact_url("unix://:pw@/run/redis.sock") == "unix://:***@/run/redis.sock"
+    assert (
+        redact_url("unix:///run/r.sock?password=pw&db=1") == "unix:///run/r.sock?password=***&db=1"
+    )

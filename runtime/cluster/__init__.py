@@ -1,0 +1,1 @@
+"""The multi-host fleet: what hosts of one bot share through Redis (docs/cluster.md)."""

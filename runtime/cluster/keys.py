@@ -1,0 +1,45 @@
+"""Where a fleet keeps its state in Redis: every key under ``shardline:{fleet}:`` (the braces
+make one Redis Cluster hash slot, so the fleet's scripts may touch several keys at once).
+docs/cluster.md lists them for operators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FleetKeys"]
+
+
+@dataclass(frozen=True)
+class FleetKeys:
+    fleet: str
+
+    @property
+    def prefix(self) -> str:
+        return f"shardline:{{{self.fleet}}}:"
+
+    def identify_queue(self, bucket: int) -> str:
+        """Sorted set: shards of this bucket waiting to identify, scored by shard id."""
+        return f"{self.prefix}identify:{bucket}:queue"
+
+    def identify_alive(self, bucket: int) -> str:
+        """Hash: shard id -> when its wait expires (ms), renewed while its host polls."""
+        return f"{self.prefix}identify:{bucket}:alive"
+
+    def identify_next(self, bucket: int) -> str:
+        """String: the earliest time (ms, Redis's clock) the bucket's next identify may go."""
+        return f"{self.prefix}identify:{bucket}:next"
+
+    @property
+    def budget(self) -> str:
+        """String: identifies left in the day's session_start_limit, for the whole fleet."""
+        return f"{self.prefix}budget:remaining"
+
+    @property
+    def budget_resets_at(self) -> str:
+        """String: when Discord resets the budget (ms since the epoch)."""
+        return f"{self.prefix}budget:resets_at"
+
+    @property
+    def owner_token(self) -> str:
+        """String: a digest of the bot token that owns this fleet name (never the token)."""
+        return f"{self.prefix}token"
