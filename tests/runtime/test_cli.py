@@ -98,19 +98,24 @@ def test_emulator_program_serves_rest_and_control_until_sigterm() -> None:
         assert proc.wait(timeout=10) == 0
 
 
+def run_command(config: Any, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``shardline run --config CONFIG FLAGS`` with a token and nothing else inherited."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "run", "--config", str(config), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"DISCORD_TOKEN": "x", "PATH": "/usr/bin:/bin"},
+    )
+
+
 def test_a_missing_ca_file_is_a_config_error_with_exit_status_2(tmp_path: Any) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
         '[discord]\nrest_url = "http://127.0.0.1:9/api/v10"\n'
         f'ca_file = "{tmp_path / "missing.pem"}"\n[ipc]\nruntime_dir = "{tmp_path / "run"}"\n'
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"DISCORD_TOKEN": "x", "PATH": "/usr/bin:/bin"},
-    )
+    done = run_command(config)
     assert done.returncode == 2 and "discord.ca_file" in done.stderr
 
 
@@ -130,25 +135,13 @@ def test_run_flags_override_config_keys_and_are_checked_like_them(tmp_path: Any)
         (["--shard-ids", "x"], "--shard-ids"),
         (["--metrics-listen", "9464"], "--metrics-listen"),
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "runtime.cli", "run", "--config", str(config), *flags],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"DISCORD_TOKEN": "x", "PATH": "/usr/bin:/bin"},
-        )
+        done = run_command(config, *flags)
         assert done.returncode == 2 and key in done.stderr, done.stderr
 
 
 def test_a_cluster_section_is_refused_until_the_supervisor_runs_fleets(tmp_path: Any) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[cluster]\nredis_url = "redis://:pw@127.0.0.1:9"\nfleet = "bot"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"DISCORD_TOKEN": "x", "PATH": "/usr/bin:/bin"},
-    )
+    done = run_command(config)
     assert done.returncode == 2 and "[cluster] is not supported" in done.stderr
     assert ":pw@" not in done.stderr
