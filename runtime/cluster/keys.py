@@ -39,6 +39,20 @@ class FleetKeys:
         """String: when Discord resets the budget (ms since the epoch)."""
         return f"{self.prefix}budget:resets_at"
 
+    def lease(self, shard: int) -> str:
+        """String ``host|fence`` with a TTL: the host that owns the shard, and the fencing
+        token of its hold (expires unless renewed)."""
+        return f"{self.prefix}shard:{shard}:lease"
+
+    def session(self, shard: int) -> str:
+        """String: the shard's checkpoint (JSON, ipc.checkpoint), written only by its owner."""
+        return f"{self.prefix}shard:{shard}:session"
+
+    @property
+    def fence(self) -> str:
+        """String: the fleet's fencing counter; every new hold on a shard takes the next."""
+        return f"{self.prefix}fence"
+
     @property
     def owner_token(self) -> str:
         """String: a digest of the bot token that owns this fleet name (never the token)."""
