@@ -49,6 +49,11 @@ class FleetKeys:
         return f"{self.prefix}shard:{shard}:session"
 
     @property
+    def hosts(self) -> str:
+        """Hash: host name -> JSON {expires_ms, ...}: the fleet's live hosts (renewed)."""
+        return f"{self.prefix}hosts"
+
+    @property
     def fence(self) -> str:
         """String: the fleet's fencing counter; every new hold on a shard takes the next."""
         return f"{self.prefix}fence"

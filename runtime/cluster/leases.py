@@ -178,6 +178,17 @@ class LeaseTable:
         )
         return int(result) == 1
 
+    async def owners(self, shard_count: int) -> dict[int, str]:
+        """Who holds which shard now (free shards are absent): the view shares are planned
+        on. One MGET for the whole fleet."""
+        keys = [self.keys.lease(s) for s in range(shard_count)]
+        values = await self._call(self.redis.mget(keys)) if keys else []
+        owners: dict[int, str] = {}
+        for shard, value in enumerate(values):
+            if isinstance(value, bytes) and b"|" in value:
+                owners[shard] = value.rsplit(b"|", 1)[0].decode("utf-8", "replace")
+        return owners
+
     async def save_session(self, hold: Hold, checkpoint: Checkpoint) -> bool:
         """Write the shard's checkpoint under ``hold``; False (nothing written) when the hold
         is no longer current."""
