@@ -44,15 +44,17 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence, 'PX', tonumber(ARGV[2]))
 return {1, fence}
 """
 
-# KEYS: leases... ARGV: ttl_ms, then one "host|fence" per key. -> the indexes (1-based) of
-# the holds that are gone (expired, or another host's now).
+# KEYS: leases... ARGV: ttl_ms, then one "host|fence" per key. -> for each hold that is
+# gone, its index (1-based) and what the lease says now ("" when it lapsed and nobody took it).
 RENEW = """
 local lost = {}
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+  local current = redis.call('GET', KEYS[i])
+  if current == ARGV[i + 1] then
     redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1]))
   else
     table.insert(lost, i)
+    table.insert(lost, current or '')
   end
 end
 return lost
@@ -151,18 +153,23 @@ class LeaseTable:
         owner = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         return Taken(shard, owner, max(0, int(reply[2])) / 1000)
 
-    async def renew(self, holds: list[Hold]) -> list[Hold]:
-        """Extend every hold; returns the ones that are gone (stop those shards, sending
-        nothing more for them)."""
+    async def renew(self, holds: list[Hold]) -> list[tuple[Hold, str]]:
+        """Extend every hold; returns the ones that are gone, each with the host that holds
+        the shard now ("" when the lease lapsed and nobody took it: Redis was away, or this
+        host was, but no other host runs the shard)."""
         if not holds:
             return []
-        lost = await self._call(
+        flat = await self._call(
             self._renew(
                 keys=[self.keys.lease(h.shard) for h in holds],
                 args=[self.ttl_ms, *(h.value for h in holds)],
             )
         )
-        return [holds[int(i) - 1] for i in lost]
+        lost = []
+        for index, current in zip(flat[::2], flat[1::2], strict=True):
+            text = current.decode("utf-8", "replace") if isinstance(current, bytes) else ""
+            lost.append((holds[int(index) - 1], text.rsplit("|", 1)[0] if text else ""))
+        return lost
 
     async def still_holds(self, hold: Hold) -> bool:
         """The fencing check before an IDENTIFY or RESUME: is this hold still current?"""

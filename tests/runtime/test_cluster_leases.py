@@ -62,7 +62,7 @@ async def test_an_expired_hold_is_taken_over_with_a_new_fence(server: RedisServe
         assert new.fence > old.fence
         # the paused host comes back: every check says no, and it learns it lost the shard
         assert not await paused.still_holds(old)
-        assert await paused.renew([old]) == [old]
+        assert await paused.renew([old]) == [(old, "live")]
         assert not await paused.release(old)  # and cannot take it from the new owner
         assert await live.still_holds(new)
 

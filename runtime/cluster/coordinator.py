@@ -1,0 +1,235 @@
+"""One host's part in a fleet: the decisions, with the shard processes behind an interface.
+
+Every ``ttl / 3`` seconds (:meth:`Coordinator.keep`) the host renews its entry among the
+live hosts and its leases, stops at once and without a word the shards whose lease is gone
+(another host may be resuming them), hands over the shards its share no longer includes
+(resumably: their checkpoint is written under the lease, then the lease released), and
+takes free shards its share includes, starting each from the checkpoint kept in Redis.
+Identify permits go through the fleet's schedule after a fencing check of the shard's hold.
+When Redis does not answer, nothing identifies and nothing is taken or handed over; running
+shards keep running, and :attr:`Coordinator.problem` says why for status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ipc.checkpoint import Checkpoint
+from runtime.cluster.hosts import HostRegistry
+from runtime.cluster.identify import ClusterUnavailable, FleetIdentifySchedule, GrantOutcome
+from runtime.cluster.keys import FleetKeys
+from runtime.cluster.leases import Hold, LeaseTable
+from runtime.cluster.share import plan_share
+
+__all__ = ["Coordinator", "ShardHost"]
+
+log = logging.getLogger("shardline.supervisor")
+
+
+class ShardHost(Protocol):
+    """What the coordinator asks of this host's shard processes (the supervisor's fleet)."""
+
+    def start_shard(self, shard: int, checkpoint: Checkpoint | None) -> None:
+        """Start the shard's process: RESUME ``checkpoint`` if given, else IDENTIFY."""
+
+    def kill_shard(self, shard: int) -> None:
+        """The lease is gone: end the process at once, sending nothing more (SIGKILL)."""
+
+    async def hand_over(self, shard: int) -> Checkpoint | None:
+        """Close the shard resumably and return its final checkpoint (None if it had no
+        session)."""
+
+    def permit(self, shard: int) -> None:
+        """The shard may IDENTIFY now."""
+
+
+@dataclass
+class _Owned:
+    hold: Hold
+    leaving: bool = False
+
+
+class Coordinator:
+    def __init__(
+        self,
+        redis: Any,
+        fleet: str,
+        host: str,
+        shard_count: int,
+        max_concurrency: int,
+        shards: ShardHost,
+        *,
+        fixed: tuple[int, ...] | None = None,
+        lease_ttl: float = 10.0,
+        identify_interval: float = 5.0,
+        info: Callable[[], dict[str, Any]] = dict,
+        where: str = "Redis",
+    ) -> None:
+        keys = FleetKeys(fleet)
+        self.host = host
+        self.shard_count = shard_count
+        self.shards = shards
+        self.fixed = fixed
+        self.lease_ttl = lease_ttl
+        self.info = info
+        self.leases = LeaseTable(redis, keys, host, lease_ttl, where=where)
+        self.hosts = HostRegistry(redis, keys, host, lease_ttl, where=where)
+        self.schedule = FleetIdentifySchedule(
+            redis, keys, max_concurrency, interval=identify_interval, where=where
+        )
+        self.owned: dict[int, _Owned] = {}
+        self.live_hosts: dict[str, dict[str, Any]] = {}
+        self.problem = ""  # why the fleet cannot be coordinated now ("" when it can)
+        self._identifying: dict[int, asyncio.Task[None]] = {}
+
+    # -- the periodic turn --------------------------------------------------------------
+
+    async def keep(self) -> None:
+        """One turn: renew, drop what was lost, hand over and take toward the share."""
+        try:
+            self.live_hosts = await self.hosts.beat(self.info())
+            holds = [o.hold for o in self.owned.values()]
+            for lost, owner in await self.leases.renew(holds):
+                await self._lost(lost, owner)
+            await self._move_toward_share()
+            if self.problem:
+                log.info(f"cluster: Redis answers again; coordinating ({self.problem})")
+            self.problem = ""
+        except ClusterUnavailable as exc:
+            if not self.problem:
+                log.warning(f"cluster: {exc}")
+            self.problem = str(exc)
+
+    async def _lost(self, lost: Hold, owner: str) -> None:
+        """A hold that renewing found gone. Lapsed with nobody else on it (Redis, or this
+        host, was away longer than the TTL): take it again and keep the shard running.
+        Another host's now: stop the shard at once, sending nothing more."""
+        shard = lost.shard
+        if not owner:
+            again = await self.leases.acquire(shard)
+            if isinstance(again, Hold):
+                log.warning(
+                    f"cluster: the lease on shard {shard} had lapsed with nobody else on it; "
+                    "taken again, the shard keeps running",
+                    extra={"fields": {"shard": str(shard)}},
+                )
+                self.owned[shard] = _Owned(again)
+                return
+            owner = again.owner
+        log.warning(
+            f"cluster: host {owner} holds shard {shard} now (this host's lease ran out): "
+            "stopping it without a word",
+            extra={"fields": {"shard": str(shard)}},
+        )
+        self._forget(shard)
+        self.shards.kill_shard(shard)
+
+    async def _move_toward_share(self) -> None:
+        owners = await self.leases.owners(self.shard_count)
+        if self.fixed is not None:
+            wanted = [s for s in self.fixed if owners.get(s) != self.host]
+            release: tuple[int, ...] = ()
+        else:
+            step = plan_share(
+                self.host, self.shard_count, list(self.live_hosts), owners, max_step=8
+            )
+            wanted, release = list(step.take), step.release
+        for shard in release:
+            await self._hand_over(shard)
+        for shard in wanted:
+            if shard in self.owned:
+                continue
+            result = await self.leases.acquire(shard)
+            if not isinstance(result, Hold):
+                continue  # another host has it (for now): asked again next turn
+            self.owned[shard] = _Owned(result)
+            checkpoint = await self.leases.load_session(shard, self.shard_count)
+            self.shards.start_shard(shard, checkpoint)
+
+    async def _hand_over(self, shard: int) -> None:
+        owned = self.owned.get(shard)
+        if owned is None or owned.leaving:
+            return
+        owned.leaving = True
+        checkpoint = await self.shards.hand_over(shard)
+        if checkpoint is not None:
+            await self.leases.save_session(owned.hold, checkpoint)
+        await self.leases.release(owned.hold)
+        self._forget(shard)
+
+    def _forget(self, shard: int) -> None:
+        self.owned.pop(shard, None)
+        task = self._identifying.pop(shard, None)
+        if task is not None:
+            task.cancel()
+
+    # -- what the shards report ---------------------------------------------------------
+
+    def identify_requested(self, shard: int) -> None:
+        """The shard asks to IDENTIFY: its hold is checked, then its slot awaited."""
+        if shard not in self.owned or shard in self._identifying:
+            return
+        task = asyncio.get_running_loop().create_task(self._identify(shard))
+        self._identifying[shard] = task
+        task.add_done_callback(lambda _: self._identifying.pop(shard, None))
+
+    async def _identify(self, shard: int) -> None:
+        while True:
+            owned = self.owned.get(shard)
+            if owned is None:
+                return
+            try:
+                if not await self.leases.still_holds(owned.hold):
+                    self._forget(shard)
+                    self.shards.kill_shard(shard)
+                    return
+                grant = await self.schedule.try_grant(shard)
+            except ClusterUnavailable as exc:
+                self.problem = str(exc)
+                await asyncio.sleep(1.0)  # nothing identifies until Redis answers
+                continue
+            if grant.outcome is GrantOutcome.GRANTED:
+                self.shards.permit(shard)
+                return
+            if grant.outcome is GrantOutcome.BUDGET_SPENT:
+                self.problem = (
+                    "the fleet's daily identify budget is spent: no shard identifies until "
+                    "GET /gateway/bot says it reset"
+                )
+                await asyncio.sleep(5.0)
+                continue
+            await asyncio.sleep(grant.wait)
+
+    async def identify_sent(self, shard: int) -> None:
+        """The shard's IDENTIFY went out: its bucket's next waits a full interval from now."""
+        try:
+            await self.schedule.sent(shard)
+        except ClusterUnavailable as exc:
+            self.problem = str(exc)
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """A shard's checkpoint: kept in Redis under its hold (refused if the hold is gone)."""
+        owned = self.owned.get(checkpoint.shard)
+        if owned is None:
+            return
+        try:
+            if not await self.leases.save_session(owned.hold, checkpoint):
+                log.warning(f"cluster: shard {checkpoint.shard}'s checkpoint refused: lease gone")
+        except ClusterUnavailable as exc:
+            self.problem = str(exc)
+
+    async def leave(self) -> None:
+        """A clean stop (after the shards closed and checkpointed): let everything go."""
+        for task in list(self._identifying.values()):
+            task.cancel()
+        try:
+            for owned in list(self.owned.values()):
+                await self.leases.release(owned.hold)
+            await self.hosts.leave()
+        except ClusterUnavailable as exc:
+            log.warning(f"cluster: leaving without Redis ({exc}); the leases will expire")
+        self.owned.clear()
