@@ -275,7 +275,8 @@ class Supervisor:
             ) from None
         self.metrics = server
         assert server.address is not None
-        self.progress(f"metrics on http://{self.config.metrics.listen}/metrics (and /readyz)")
+        shown = f"[{host}]" if ":" in host else host
+        self.progress(f"metrics on http://{shown}:{server.address[1]}/metrics (and /readyz)")
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: every shard this supervisor owns is READY and the bus is serving."""
