@@ -320,14 +320,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"shardline: {exc}", file=sys.stderr)
         return 2
-    if config.cluster.enabled:
-        print(
-            f"shardline: {config.source}: [cluster] is not supported by this version's "
-            "supervisor yet (docs/cluster.md says what exists); remove the section to run "
-            "this host alone",
-            file=sys.stderr,
-        )
-        return 2
     setup_logging("supervisor", "-", config.log.level, config.log.format)
     token = config.discord.token()
     if token is None:

@@ -521,7 +521,7 @@ def _redis_url(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
         raise _Invalid(expected)
     scheme, rest = value.split("://", 1)
-    if scheme == "unix" and not rest.startswith("/"):
+    if scheme == "unix" and not rest.rpartition("@")[2].startswith("/"):
         raise _Invalid(expected + " (unix:// takes an absolute path)")
     if scheme != "unix" and not rest.rpartition("@")[2].split("/")[0]:
         raise _Invalid(expected + " (no host)")

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ipc.checkpoint import Checkpoint, CheckpointError
 from ipc.control import (
@@ -45,12 +46,22 @@ from runtime.scheduler import IdentifyScheduler
 from runtime.sessions import SessionStore
 from runtime.spawner import ExecSpawner, Process, ZygoteSpawner
 
-__all__ = ["ShardFleet", "ShardWorker"]
+__all__ = ["IdentifyGate", "ShardFleet", "ShardWorker"]
 
 log = logging.getLogger("shardline.supervisor")
 
 ADVICE_WAIT = 1.0  # a fatal shard sends its advice just before exiting: wait this long for it
 SHUTDOWN_GRACE = 10.0  # all shards to close resumably and checkpoint, then SIGTERM, SIGKILL
+
+
+class IdentifyGate(Protocol):
+    """Where identifies and checkpoints go in a multi-host fleet (the host's coordinator)."""
+
+    def identify_requested(self, shard: int) -> None: ...
+
+    def identify_sent(self, shard: int) -> None: ...
+
+    def checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
 
 @dataclass
@@ -65,6 +76,7 @@ class ShardWorker:
     report: ShardStatus | None = None  # the process's last status report
     totals: ShardTotals = field(default_factory=ShardTotals)  # counts across its processes
     stopping: bool = False
+    dropped: bool = False  # no longer this host's shard: its process is not respawned
     fatal: str = ""
     fatal_advice: str = ""  # the shard's FatalClose message, when it sent one
     respawn_at: float | None = None
@@ -132,6 +144,9 @@ class ShardFleet:
         self.control = control
         self.workers = {i: ShardWorker(i) for i in shard_ids}
         self.stopping = asyncio.Event()  # the fleet is stopping: nothing is respawned
+        # In a multi-host fleet (runtime/cluster): identifies and checkpoints go through the
+        # host's coordinator, and shards come and go as leases are taken and lost.
+        self.identify_gate: IdentifyGate | None = None
 
     # -- one shard's life ---------------------------------------------------------------
 
@@ -170,13 +185,16 @@ class ShardFleet:
 
     async def keep_alive(self, worker: ShardWorker) -> None:
         """Spawn the shard, and respawn it as the restart policy says until it stops, turns
-        fatal or is given up on."""
+        fatal, is given up on, or is no longer this host's."""
         restart = self.config.restart
-        while not self.stopping.is_set() and not worker.fatal:
+        while not self.stopping.is_set() and not worker.fatal and not worker.dropped:
             proc = await self._spawn(worker)
             code = await proc.wait()
             worker.proc = None
             self.scheduler.cancel(worker.shard)
+            if worker.dropped:
+                worker.replaced.set()
+                return
             now = time.monotonic()
             asked = worker.stopping or self.stopping.is_set()
             if code == ExitStatus.FATAL and not asked:
@@ -221,6 +239,51 @@ class ShardFleet:
         deadline = time.monotonic() + ADVICE_WAIT
         while not worker.fatal_advice and time.monotonic() < deadline:
             await asyncio.sleep(0.025)
+
+    # -- a multi-host fleet: shards taken and lost ---------------------------------------
+
+    def add(self, shard: int, checkpoint: Checkpoint | None) -> ShardWorker:
+        """This host now holds ``shard``: a worker for it, starting from ``checkpoint``
+        (RESUME) or afresh (IDENTIFY). The caller runs :meth:`keep_alive` for it."""
+        if checkpoint is not None:
+            self.sessions.put(checkpoint)
+        else:
+            self.sessions.forget(shard)
+        worker = self.workers[shard] = ShardWorker(shard)
+        return worker
+
+    def drop(self, shard: int) -> None:
+        """Another host holds ``shard`` now: end its process at once (SIGKILL, so it sends
+        nothing more) and never respawn it."""
+        worker = self.workers.pop(shard, None)
+        if worker is None:
+            return
+        worker.dropped = True
+        self.scheduler.cancel(shard)
+        self.sessions.forget(shard)
+        if worker.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
+
+    async def hand_over(self, shard: int, timeout: float = SHUTDOWN_GRACE) -> Checkpoint | None:
+        """Close ``shard`` resumably and return its final checkpoint, for another host to
+        RESUME; the process is not respawned."""
+        worker = self.workers.get(shard)
+        if worker is None:
+            return None
+        worker.dropped = True
+        proc = worker.proc
+        if proc is not None:
+            worker.replaced.clear()
+            self.send(f"shard:{shard}", Shutdown())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.replaced.wait(), timeout)
+            if worker.proc is not None:
+                await end_process(worker.proc, grace=3.0)
+        self.workers.pop(shard, None)
+        checkpoint = self.sessions.get(shard)
+        self.sessions.forget(shard)
+        return checkpoint
 
     # -- what the supervisor asks -------------------------------------------------------
 
@@ -274,6 +337,13 @@ class ShardFleet:
         if worker is None:
             return
         now = time.monotonic()
+        gate = self.identify_gate
+        if gate is not None and isinstance(message, IdentifyRequest | IdentifySent):
+            if isinstance(message, IdentifyRequest):
+                gate.identify_requested(shard)
+            else:
+                gate.identify_sent(shard)
+            return
         if isinstance(message, ShardStatus):
             worker.report = message
             worker.last_status_at = now
@@ -294,6 +364,8 @@ class ShardFleet:
                 return
             if checkpoint.shard == shard:
                 self.sessions.put(checkpoint)
+                if gate is not None:
+                    gate.checkpoint(checkpoint)
         elif isinstance(message, WorkerHello):
             worker.last_status_at = now
         elif isinstance(message, FatalClose):

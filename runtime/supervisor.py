@@ -42,6 +42,7 @@ from ipc.requests import (
 from ipc.states import ShardState
 from ipc.status import BusRecord, FleetStatus
 from runtime.apps import AppFleet, AppWorker
+from runtime.clusterhost import ClusterHost
 from runtime.commands import CommandDesk, Options
 from runtime.config import Config, parse_listen
 from runtime.curveauth import ClientAllowList
@@ -111,9 +112,10 @@ class Supervisor:
         self.scheduler = IdentifyScheduler(plan.max_concurrency, plan.remaining, identify_interval)
         self.sessions = SessionStore(runtime_dir / "sessions.json")
         spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
+        clustered = config.cluster.enabled  # shards come as this host takes their leases
         self.shards = ShardFleet(
             config,
-            plan.shard_ids,
+            () if clustered else plan.shard_ids,
             plan.shard_count,
             plan.gateway_url,
             token=token,
@@ -146,6 +148,19 @@ class Supervisor:
             python=python,
             preexec=_exit_with_parent,
         )
+        self.cluster: ClusterHost | None = None
+        if clustered:
+            self.cluster = ClusterHost(
+                config.cluster,
+                self.shards,
+                token=token,
+                shard_count=plan.shard_count,
+                max_concurrency=plan.max_concurrency,
+                remaining=plan.remaining,
+                reset_after_ms=plan.reset_after_ms,
+                identify_interval=identify_interval,
+                send=self.wiring.send,
+            )
         self.desk = CommandDesk(time.monotonic)
         self._register_handlers()
         self.status_interval = status_interval
@@ -197,6 +212,12 @@ class Supervisor:
         )
         try:
             await self._listen_for_metrics()
+            if self.cluster is not None:
+                await self.cluster.start()
+                self.progress(
+                    f"joined fleet {self.config.cluster.fleet!r} as host "
+                    f"{self.cluster.host!r}; shards follow the leases this host takes"
+                )
             async with asyncio.TaskGroup() as tasks:
                 readers = [
                     tasks.create_task(self._read_control(self.wiring.control)),
@@ -206,6 +227,8 @@ class Supervisor:
                 ]
                 for worker in self.workers.values():
                     tasks.create_task(self.shards.keep_alive(worker))
+                if self.cluster is not None:
+                    tasks.create_task(self.cluster.run(self._stop))
                 for app in self.apps:
                     tasks.create_task(self.app_fleet.keep_alive(app))
                 waiter = tasks.create_task(_wait_either(stop, self._stop))
@@ -217,6 +240,8 @@ class Supervisor:
         finally:
             if self.metrics is not None:
                 await self.metrics.close()
+            if self.cluster is not None:
+                await self.cluster.close()
             self.sessions.save()
             self.wiring.close()
             unlock_runtime_dir(self.runtime_dir, *self.endpoints.all())
@@ -235,7 +260,7 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         try:
             self.resumed_from_disk = self.sessions.load(self.plan.shard_count)
-            fresh = [i for i in self.plan.shard_ids if self.sessions.get(i) is None]
+            fresh = [i for i in self.workers if self.sessions.get(i) is None]
             if len(fresh) > self.plan.remaining:
                 hours = self.plan.reset_after_ms / 3_600_000
                 raise StartupError(
@@ -301,6 +326,8 @@ class Supervisor:
         checkpoints, then the voice sessions end."""
         apps = asyncio.ensure_future(self.app_fleet.shutdown())
         await self.shards.shutdown()
+        if self.cluster is not None:  # the final checkpoints go to Redis, then the leases
+            await self.cluster.stop()
         await apps
         await self.voices.shutdown()
 

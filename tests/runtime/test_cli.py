@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -105,7 +106,7 @@ def run_command(config: Any, *flags: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        env={"DISCORD_TOKEN": "x", "PATH": "/usr/bin:/bin"},
+        env={"DISCORD_TOKEN": DEFAULT_TOKEN, "PATH": "/usr/bin:/bin"},
     )
 
 
@@ -139,9 +140,22 @@ def test_run_flags_override_config_keys_and_are_checked_like_them(tmp_path: Any)
         assert done.returncode == 2 and key in done.stderr, done.stderr
 
 
-def test_a_cluster_section_is_refused_until_the_supervisor_runs_fleets(tmp_path: Any) -> None:
-    config = tmp_path / "c.toml"
-    config.write_text('[cluster]\nredis_url = "redis://:pw@127.0.0.1:9"\nfleet = "bot"\n')
-    done = run_command(config)
-    assert done.returncode == 2 and "[cluster] is not supported" in done.stderr
-    assert ":pw@" not in done.stderr
+def test_a_fleet_whose_redis_is_unreachable_says_so_without_the_password(
+    tmp_path: Any,
+) -> None:
+    from tests.system.test_supervisor import emulator
+
+    async def check() -> None:
+        async with emulator(shards=1) as emu:
+            config = tmp_path / "c.toml"
+            missing = tmp_path / "no-redis.sock"
+            config.write_text(
+                f'[discord]\nrest_url = "{emu.rest_url}"\n'
+                f'[ipc]\nruntime_dir = "{tmp_path / "run"}"\n'
+                f'[cluster]\nredis_url = "unix://:pw-secret@{missing}"\nfleet = "bot"\n'
+            )
+            done = await asyncio.to_thread(run_command, config)
+            assert done.returncode == 1 and "cannot reach Redis" in done.stderr, done.stderr
+            assert "pw-secret" not in done.stderr and done.stdout.count("pw-secret") == 0
+
+    asyncio.run(check())

@@ -1,0 +1,171 @@
+"""The supervisor's part in a multi-host fleet (``[cluster]``): joins the fleet's Redis,
+runs the host's coordinator every ``lease_ttl / 3`` seconds, and carries its decisions to
+the shard processes (start, kill, hand over, permit) and the shards' identifies and
+checkpoints to it. docs/cluster.md describes the fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ipc.checkpoint import Checkpoint
+from ipc.control import IdentifyPermit
+from ipc.messages import Message
+from runtime.cluster.coordinator import Coordinator
+from runtime.cluster.fleet import FleetClaimError, claim_fleet, connect
+from runtime.cluster.identify import ClusterUnavailable
+from runtime.cluster.keys import FleetKeys
+from runtime.config import ClusterConfig, redact_url
+from runtime.shardfleet import ShardFleet
+from runtime.wiring import StartupError
+
+__all__ = ["ClusterHost"]
+
+log = logging.getLogger("shardline.supervisor")
+
+
+class ClusterHost:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        shards: ShardFleet,
+        *,
+        token: str,
+        shard_count: int,
+        max_concurrency: int,
+        remaining: int,
+        reset_after_ms: int,
+        identify_interval: float,
+        send: Callable[[str, Message], None],
+        info: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.config = config
+        self.fleet = shards
+        self.token = token
+        self.shard_count = shard_count
+        self.max_concurrency = max_concurrency
+        self.remaining = remaining
+        self.reset_after_ms = reset_after_ms
+        self.identify_interval = identify_interval
+        self.send = send
+        self.info = info
+        self.host = config.host_name()
+        self.redis: Any = None
+        self.coordinator: Coordinator | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- joining and leaving ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reach Redis, claim the fleet's name, publish Discord's budget; StartupError names
+        what is wrong (nothing is written when the name belongs to another bot)."""
+        try:
+            self.redis = await connect(self.config)
+            await claim_fleet(self.redis, FleetKeys(self.config.fleet), self.token)
+        except (ClusterUnavailable, FleetClaimError) as exc:
+            await self._close_redis()
+            raise StartupError(str(exc)) from None
+        self.coordinator = Coordinator(
+            self.redis,
+            self.config.fleet,
+            self.host,
+            self.shard_count,
+            self.max_concurrency,
+            self,
+            fixed=self.config.shards,
+            lease_ttl=self.config.lease_ttl,
+            identify_interval=self.identify_interval,
+            info=self.info,
+            where=redact_url(self.config.redis_url),
+        )
+        resets_at_ms = int(time.time() * 1000) + self.reset_after_ms
+        try:
+            await self.coordinator.schedule.set_budget(self.remaining, resets_at_ms)
+        except ClusterUnavailable as exc:
+            await self._close_redis()
+            raise StartupError(str(exc)) from None
+        self.fleet.identify_gate = self
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """The coordinator's turn every third of the lease TTL, until the fleet stops."""
+        assert self.coordinator is not None
+        every = self.config.lease_ttl / 3
+        while not stopping.is_set():
+            await self.coordinator.keep()
+            try:
+                await asyncio.wait_for(stopping.wait(), every)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        """After the shards closed resumably: their checkpoints written, the leases and this
+        host's entry released, Redis closed."""
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.coordinator is not None:
+            await self.coordinator.leave()
+        await self._close_redis()
+
+    async def close(self) -> None:
+        """The supervisor is ending on an error: close Redis (the leases expire by
+        themselves)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self._close_redis()
+
+    async def _close_redis(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+
+    def _own(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            self._tasks.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error(f"cluster: {what} failed", exc_info=finished.exception())
+
+        task.add_done_callback(done)
+
+    # -- the coordinator's decisions, carried to the shard processes (ShardHost) ----------
+
+    def start_shard(self, shard: int, checkpoint: Checkpoint | None) -> None:
+        how = "resuming its session" if checkpoint is not None else "identifying"
+        log.info(f"cluster: this host holds shard {shard} now; {how}")
+        worker = self.fleet.add(shard, checkpoint)
+        self._own(self.fleet.keep_alive(worker), f"shard {shard}")
+
+    def kill_shard(self, shard: int) -> None:
+        self.fleet.drop(shard)
+
+    async def hand_over(self, shard: int) -> Checkpoint | None:
+        return await self.fleet.hand_over(shard)
+
+    def permit(self, shard: int) -> None:
+        self.send(f"shard:{shard}", IdentifyPermit())
+
+    # -- the shards' identifies and checkpoints, carried to the coordinator (IdentifyGate) -
+
+    def identify_requested(self, shard: int) -> None:
+        if self.coordinator is not None:
+            self.coordinator.identify_requested(shard)
+
+    def identify_sent(self, shard: int) -> None:
+        if self.coordinator is not None:
+            self._own(self.coordinator.identify_sent(shard), f"identify mark of shard {shard}")
+
+    def checkpoint(self, checkpoint: Checkpoint) -> None:
+        if self.coordinator is not None:
+            self._own(self.coordinator.checkpoint(checkpoint), "checkpoint")
+
+    @property
+    def problem(self) -> str:
+        return self.coordinator.problem if self.coordinator is not None else ""

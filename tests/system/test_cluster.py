@@ -1,0 +1,175 @@
+"""Several supervisors on this machine, each with its own runtime dir as its own host, one
+fleet through a real redis-server, against the emulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator import Emulator
+from ipc.client import CommandError, request_sync
+from ipc.requests import GetStatus, StatusReply
+from runtime.config import parse_config
+from runtime.supervisor import Supervisor
+from tests.redisserver import RedisServer
+from tests.shards.helpers import eventually
+from tests.system.test_supervisor import emulator, fleet_with
+
+pytestmark = pytest.mark.slow
+
+SHARDS = 6
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def host_config(emu: Emulator, redis: RedisServer, root: Path, name: str, **cluster: Any) -> Any:
+    return parse_config(
+        {
+            "discord": {"rest_url": emu.rest_url},
+            "shards": {"intents": ["guilds", "guild_messages"]},
+            "ipc": {"runtime_dir": str(root / name)},
+            "restart": {"backoff_initial": 0.1, "hang_timeout": 5.0},
+            "log": {"level": "warning"},
+            "cluster": {
+                "redis_url": redis.url,
+                "fleet": "bot",
+                "host": name,
+                "lease_ttl": 3,
+                **cluster,
+            },
+        }
+    )
+
+
+@asynccontextmanager
+async def hosts(
+    emu: Emulator, redis: RedisServer, root: Path, names: list[str]
+) -> AsyncIterator[dict[str, Supervisor]]:
+    async with AsyncExitStack() as stack:
+        running = {}
+        for name in names:
+            config = host_config(emu, redis, root, name)
+            running[name] = await stack.enter_async_context(fleet_with(config, emu, root / name))
+        yield running
+
+
+def ready_everywhere(running: dict[str, Supervisor]) -> bool:
+    ready = [
+        s for sup in running.values() for s, w in sup.workers.items() if w.state.value == "ready"
+    ]
+    return sorted(ready) == list(range(SHARDS))
+
+
+async def test_hosts_share_the_shards_identify_once_and_resume_on_the_next_start(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with emulator(shards=SHARDS, max_concurrency=2) as emu:
+        async with hosts(emu, redis_server, tmp_path, ["a", "b", "c"]) as running:
+            await eventually(lambda: ready_everywhere(running), timeout=60)
+            assert sorted(len(s.workers) for s in running.values()) == [2, 2, 2]
+        identifies = emu.gateway.identifies
+        assert len(identifies) == SHARDS and all(r.outcome == "ready" for r in identifies)
+        # the same fleet again: every shard resumes, on whichever host holds it now
+        async with hosts(emu, redis_server, tmp_path, ["a", "b", "c"]) as running:
+            await eventually(lambda: ready_everywhere(running), timeout=60)
+        assert len(emu.gateway.identifies) == SHARDS
+
+
+class HostProcess:
+    """``shardline run`` as its own process group, as one host of the fleet."""
+
+    def __init__(self, emu: Emulator, redis: RedisServer, root: Path, name: str) -> None:
+        self.name = name
+        self.runtime_dir = root / name
+        config = root / f"{name}.toml"
+        config.write_text(
+            f'[discord]\nrest_url = "{emu.rest_url}"\n'
+            '[shards]\nintents = ["guilds", "guild_messages"]\n'
+            f'[ipc]\nruntime_dir = "{self.runtime_dir}"\n'
+            '[restart]\nbackoff_initial = 0.1\n[log]\nlevel = "warning"\n'
+            f'[cluster]\nredis_url = "{redis.url}"\nfleet = "bot"\nhost = "{name}"\n'
+            "lease_ttl = 3\n"
+        )
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runtime.cli",
+                "run",
+                "--config",
+                str(config),
+                "--identify-interval",
+                "0.3",
+            ],
+            env={**os.environ, "DISCORD_TOKEN": emu.rules.token},
+            start_new_session=True,  # its own process group: killed whole, like a host
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def ready_shards(self) -> set[int]:
+        """The shards this host runs READY (none while it does not answer)."""
+        try:
+            reply = request_sync(f"ipc://{self.runtime_dir}/commands.sock", GetStatus(), 2.0)
+        except CommandError:
+            return set()
+        if not isinstance(reply, StatusReply):
+            return set()
+        return {s["id"] for s in reply.status["shards"] if s["state"] == "ready"}
+
+    def kill_host(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def ready_union(running: list[HostProcess]) -> set[int]:
+    return set().union(*(host.ready_shards() for host in running))
+
+
+async def test_a_killed_hosts_shards_are_resumed_by_the_others(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with emulator(shards=SHARDS, max_concurrency=2) as emu:
+        running = [HostProcess(emu, redis_server, tmp_path, n) for n in ("a", "b", "c")]
+        try:
+            await eventually(lambda: ready_union(running) == set(range(SHARDS)), timeout=90)
+            victim = running[1]
+            lost = victim.ready_shards()
+            assert len(lost) == 2
+            stream = emu.stream(0, rate=200, count=600)  # messages flow meanwhile
+            victim.kill_host()
+            survivors = [running[0], running[2]]
+            await eventually(lambda: ready_union(survivors) == set(range(SHARDS)), timeout=60)
+            await stream
+            identifies = emu.gateway.identifies
+            assert len(identifies) == SHARDS  # the lost shards were resumed, not identified
+            assert len(emu.received(op=6)) >= len(lost)  # RESUMEs from the new owners
+            for shard in lost:  # one session each, the first one, live again
+                (session,) = emu.sessions(shard)
+                assert session.connection is not None and not session.invalid
+        finally:
+            for host in running:
+                host.stop()
