@@ -14,8 +14,10 @@ from ipc.states import ShardState, VoiceState
 
 __all__ = [
     "AppRecord",
+    "BudgetRecord",
     "BusRecord",
     "FleetStatus",
+    "HostRecord",
     "ShardRecord",
     "SubscriberRecord",
     "VoiceSessionRecord",
@@ -62,6 +64,11 @@ class _Record:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name not in raw:
+                has_default = f.default is not dataclasses.MISSING or (
+                    f.default_factory is not dataclasses.MISSING
+                )
+                if has_default:  # a key added later: an older supervisor leaves it out
+                    continue
                 raise ValueError(f"{cls.__name__}: no {f.name!r}")
             values[f.name] = _read(f.type, raw[f.name], f"{cls.__name__}.{f.name}")
         return cls(**values)
@@ -89,6 +96,8 @@ def _read(annotation: Any, value: Any, where: str) -> Any:
     if value is None and "None" in options:
         return None
     for option in options:
+        if option in _RECORDS:
+            return _RECORDS[option].from_json(value)
         if option == "ShardState":
             return ShardState(value)
         if option == "VoiceState":
@@ -119,6 +128,7 @@ class ShardRecord(_Record):
     uptime: float  # s
     pid: int | None
     dropped: int  # bus messages dropped by the shard at the high-water mark
+    host: str = ""  # in a multi-host fleet: the host that runs it ("" on a single host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +173,24 @@ class BusRecord(_Record):
 
 
 @dataclass(frozen=True, slots=True)
+class HostRecord(_Record):
+    """One host of a multi-host fleet, as the fleet's Redis shows it."""
+
+    name: str
+    reachable: bool  # it renewed its entry within the lease TTL
+    shards: list[int]  # the shards whose leases it holds
+    lease_age: float | None  # seconds since it last renewed (None: not known)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRecord(_Record):
+    """The fleet's daily identify budget (Discord's session_start_limit), kept in Redis."""
+
+    remaining: int | None  # None: not known (Redis unreachable)
+    resets_at: float | None  # unix time
+
+
+@dataclass(frozen=True, slots=True)
 class FleetStatus(_Record):
     bus: BusRecord
     shard_count: int
@@ -171,7 +199,21 @@ class FleetStatus(_Record):
     shards: list[ShardRecord]
     apps: list[AppRecord]
     voice: list[VoiceSessionRecord]
+    # A multi-host fleet ([cluster]): every host, the fleet's budget, and what is wrong with
+    # the fleet's Redis ("" when nothing). Empty on a single host.
+    hosts: list[HostRecord] = field(default_factory=list)
+    budget: BudgetRecord | None = None
+    cluster_problem: str = ""
 
 
-for _cls in (ShardRecord, AppRecord, VoiceSessionRecord, SubscriberRecord, BusRecord, FleetStatus):
+for _cls in (
+    ShardRecord,
+    AppRecord,
+    VoiceSessionRecord,
+    SubscriberRecord,
+    BusRecord,
+    HostRecord,
+    BudgetRecord,
+    FleetStatus,
+):
     _RECORDS[_cls.__name__] = _cls

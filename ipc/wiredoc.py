@@ -145,13 +145,14 @@ _ENUMS: dict[str, type[Enum]] = {"ShardState": ShardState, "VoiceState": VoiceSt
 def _py_type(annotation: str) -> str:
     """A dataclass field's type in JSON words (enums list their values)."""
     if annotation.startswith("list["):
-        return "list of objects:"
+        inner = annotation[5:-1]
+        return f"list of {_PY[inner]}s" if inner in _PY else "list of objects:"
     words = []
     for part in (p.strip() for p in annotation.split("|")):
         if part in _ENUMS:
             words.append("one of " + ", ".join(f"`{m.value}`" for m in _ENUMS[part]))
         else:
-            words.append(_PY.get(part, "object:"))
+            words.append(_PY.get(part, "object"))
     return " or ".join(words)
 
 
@@ -162,7 +163,7 @@ def status_object() -> str:
         for f in dataclasses.fields(cls):
             kind = str(f.type)
             rows.append([f"`{prefix}{f.name}`", _py_type(kind)])
-            inner = kind.removeprefix("list[").removesuffix("]")
+            inner = kind.removeprefix("list[").removesuffix("]").removesuffix(" | None")
             nested = getattr(sys.modules["ipc.status"], inner, None)
             if isinstance(nested, type) and dataclasses.is_dataclass(nested):
                 walk(nested, f"{prefix}{f.name}{'[]' if kind.startswith('list[') else ''}.")

@@ -6,6 +6,7 @@ checkpoints to it. docs/cluster.md describes the fleet."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -14,6 +15,7 @@ from typing import Any
 from ipc.checkpoint import Checkpoint
 from ipc.control import IdentifyPermit
 from ipc.messages import Message
+from ipc.status import BudgetRecord, HostRecord, ShardRecord
 from runtime.cluster.coordinator import Coordinator
 from runtime.cluster.fleet import FleetClaimError, claim_fleet, connect
 from runtime.cluster.identify import ClusterUnavailable
@@ -40,7 +42,6 @@ class ClusterHost:
         reset_after_ms: int,
         identify_interval: float,
         send: Callable[[str, Message], None],
-        info: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.config = config
         self.fleet = shards
@@ -51,7 +52,6 @@ class ClusterHost:
         self.reset_after_ms = reset_after_ms
         self.identify_interval = identify_interval
         self.send = send
-        self.info = info
         self.host = config.host_name()
         self.redis: Any = None
         self.coordinator: Coordinator | None = None
@@ -78,8 +78,8 @@ class ClusterHost:
             fixed=self.config.shards,
             lease_ttl=self.config.lease_ttl,
             identify_interval=self.identify_interval,
-            info=self.info,
-            where=redact_url(self.config.redis_url),
+            info=self._published,
+            where=f"Redis at {redact_url(self.config.redis_url)}",
         )
         resets_at_ms = int(time.time() * 1000) + self.reset_after_ms
         try:
@@ -134,6 +134,52 @@ class ClusterHost:
                 log.error(f"cluster: {what} failed", exc_info=finished.exception())
 
         task.add_done_callback(done)
+
+    # -- the fleet as status shows it ----------------------------------------------------
+
+    def _published(self) -> dict[str, Any]:
+        """What this host tells the others each turn: its shards' status records, so that
+        `shardline status` on any host shows the whole fleet."""
+        now = time.monotonic()
+        return {"shards": [record.to_json() for record in self.fleet.records(now)]}
+
+    def view(self) -> tuple[list[HostRecord], list[ShardRecord], BudgetRecord | None]:
+        """The fleet at the coordinator's last turn: every host, the other hosts' shards
+        (as they published them), and the fleet's budget."""
+        coordinator = self.coordinator
+        if coordinator is None:
+            return [], [], None
+        live = coordinator.live_hosts
+        now_ms = coordinator.hosts.now_ms
+        ttl_ms = coordinator.hosts.ttl_ms
+        held: dict[str, list[int]] = {}
+        for shard, owner in sorted(coordinator.owners.items()):
+            held.setdefault(owner, []).append(shard)
+        hosts = []
+        for name in sorted(set(live) | set(held)):
+            entry = live.get(name, {})
+            expires = entry.get("expires_ms")
+            age = None
+            if isinstance(expires, int | float) and now_ms:
+                age = round(max(0.0, (now_ms - (expires - ttl_ms)) / 1000), 1)
+            hosts.append(HostRecord(name, name in live, held.get(name, []), age))
+        remote: list[ShardRecord] = []
+        for name, entry in live.items():
+            if name == self.host or not isinstance(entry.get("shards"), list):
+                continue
+            for raw in entry["shards"][: self.shard_count]:
+                try:
+                    record = ShardRecord.from_json(raw)
+                except (ValueError, TypeError):
+                    continue  # another host's report is outside input: a bad one is left out
+                remote.append(dataclasses.replace(record, host=name, pid=None))
+        budget = BudgetRecord(
+            coordinator.budget_left,
+            None
+            if coordinator.budget_resets_at_ms is None
+            else coordinator.budget_resets_at_ms / 1000,
+        )
+        return hosts, remote, budget
 
     # -- the coordinator's decisions, carried to the shard processes (ShardHost) ----------
 

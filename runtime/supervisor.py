@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import math
 import signal
@@ -40,7 +41,7 @@ from ipc.requests import (
     Stopping,
 )
 from ipc.states import ShardState
-from ipc.status import BusRecord, FleetStatus
+from ipc.status import BudgetRecord, BusRecord, FleetStatus, HostRecord
 from runtime.apps import AppFleet, AppWorker
 from runtime.clusterhost import ClusterHost
 from runtime.commands import CommandDesk, Options
@@ -286,7 +287,7 @@ class Supervisor:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(
             FleetCollector(
-                self.status,
+                self._local_status,
                 lambda: {w.shard: w.totals for w in self.workers.values()},
                 lambda: {str(g): v.totals for g, v in self.voices.sessions.items()},
             )
@@ -302,6 +303,13 @@ class Supervisor:
         assert server.address is not None
         shown = f"[{host}]" if ":" in host else host
         self.progress(f"metrics on http://{shown}:{server.address[1]}/metrics (and /readyz)")
+
+    def _local_status(self) -> FleetStatus:
+        """The status with only this host's shards (what its metrics describe)."""
+        status = self.status()
+        me = self.cluster.host if self.cluster is not None else ""
+        local = [s for s in status.shards if s.host in ("", me)]
+        return dataclasses.replace(status, shards=local)
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: every shard this supervisor owns is READY and the bus is serving."""
@@ -521,25 +529,39 @@ class Supervisor:
     # -- status ---------------------------------------------------------------------------
 
     def status(self) -> FleetStatus:
+        """This host's status; in a multi-host fleet, the whole fleet's as this host last saw
+        it (every host, each shard with its host, the fleet's budget)."""
         now = time.monotonic()
         shards = self.shards.records(now)
+        hosts: list[HostRecord] = []
+        budget: BudgetRecord | None = None
+        remaining = self.scheduler.remaining
+        if self.cluster is not None:
+            hosts, remote, budget = self.cluster.view()
+            local = [dataclasses.replace(r, host=self.cluster.host) for r in shards]
+            shards = sorted([*local, *remote], key=lambda r: r.id)
+            if budget is not None and budget.remaining is not None:
+                remaining = budget.remaining
         live = {k: v for k, v in self.subscribers.items() if now - v["at"] < 10}
         subscribers = self.wiring.subscribers()
         bus = BusRecord(
             subscribers_reporting=len(live),
             subscriber_gaps=sum(v["gaps"] for v in live.values()),
-            shard_drops=sum(s.dropped for s in shards),
+            shard_drops=sum(s.dropped for s in self.shards.records(now)),
             subscriber_drops=sum(s.dropped for s in subscribers),
             subscribers=subscribers,
         )
         return FleetStatus(
             bus=bus,
             shard_count=self.plan.shard_count,
-            identifies_remaining=self.scheduler.remaining,
+            identifies_remaining=remaining,
             uptime=round(now - self.started, 1),
             shards=shards,
             apps=self.app_fleet.records(),
             voice=self.voices.records(),
+            hosts=hosts,
+            budget=budget,
+            cluster_problem=self.cluster.problem if self.cluster is not None else "",
         )
 
 

@@ -84,7 +84,14 @@ class Coordinator:
         self.owned: dict[int, _Owned] = {}
         self.live_hosts: dict[str, dict[str, Any]] = {}
         self.problem = ""  # why the fleet cannot be coordinated now ("" when it can)
+        self.owners: dict[int, str] = {}  # who held which shard at the last turn
+        self.budget_left: int | None = None  # the fleet's identifies left, at the last turn
+        self.budget_resets_at_ms: int | None = None
         self._identifying: dict[int, asyncio.Task[None]] = {}
+        # After Redis was away, one turn takes nothing new: every host first takes back the
+        # leases of the shards it still runs (they may have lapsed), so that no host mistakes
+        # another's running shard for a free one.
+        self._recovering = False
 
     # -- the periodic turn --------------------------------------------------------------
 
@@ -95,7 +102,11 @@ class Coordinator:
             holds = [o.hold for o in self.owned.values()]
             for lost, owner in await self.leases.renew(holds):
                 await self._lost(lost, owner)
-            await self._move_toward_share()
+            if self._recovering:
+                self._recovering = False
+                self.owners = await self.leases.owners(self.shard_count)
+            else:
+                await self._move_toward_share()
             if self.problem:
                 log.info(f"cluster: Redis answers again; coordinating ({self.problem})")
             self.problem = ""
@@ -103,6 +114,7 @@ class Coordinator:
             if not self.problem:
                 log.warning(f"cluster: {exc}")
             self.problem = str(exc)
+            self._recovering = True
 
     async def _lost(self, lost: Hold, owner: str) -> None:
         """A hold that renewing found gone. Lapsed with nobody else on it (Redis, or this
@@ -129,7 +141,10 @@ class Coordinator:
         self.shards.kill_shard(shard)
 
     async def _move_toward_share(self) -> None:
-        owners = await self.leases.owners(self.shard_count)
+        owners = self.owners = await self.leases.owners(self.shard_count)
+        self.budget_left, self.budget_resets_at_ms = await self.schedule.budget_and_reset()
+        for shard, host in self._published_elsewhere().items():
+            owners.setdefault(shard, host)  # running there, even if its lease lapsed
         if self.fixed is not None:
             wanted = [s for s in self.fixed if owners.get(s) != self.host]
             release: tuple[int, ...] = ()
@@ -149,6 +164,19 @@ class Coordinator:
             self.owned[shard] = _Owned(result)
             checkpoint = await self.leases.load_session(shard, self.shard_count)
             self.shards.start_shard(shard, checkpoint)
+
+    def _published_elsewhere(self) -> dict[int, str]:
+        """Shards other live hosts say they run (their entry's status records)."""
+        running: dict[int, str] = {}
+        for name, entry in self.live_hosts.items():
+            records = entry.get("shards")
+            if name == self.host or not isinstance(records, list):
+                continue
+            for record in records[: self.shard_count]:
+                shard = record.get("id") if isinstance(record, dict) else None
+                if type(shard) is int and 0 <= shard < self.shard_count:
+                    running[shard] = name
+        return running
 
     async def _hand_over(self, shard: int) -> None:
         owned = self.owned.get(shard)

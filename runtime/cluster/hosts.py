@@ -17,15 +17,16 @@ __all__ = ["HostRegistry"]
 
 T = TypeVar("T")
 
-# KEYS: hosts. ARGV: host, ttl_ms, info JSON (an object). Registers or renews; returns the
-# live hosts as a flat list [name, json, name, json...], expired entries removed.
+# KEYS: hosts. ARGV: host, ttl_ms, info JSON (an object). Registers or renews; returns
+# Redis's time (ms) then the live hosts as a flat list [now, name, json, name, json...],
+# expired entries removed.
 BEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local info = cjson.decode(ARGV[3])
 info['expires_ms'] = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(info))
-local out = {}
+local out = {now}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local ok, entry = pcall(cjson.decode, all[i + 1])
@@ -51,6 +52,7 @@ class HostRegistry:
         self.ttl_ms = int(ttl * 1000)
         self.where = where
         self._beat = redis.register_script(BEAT)
+        self.now_ms = 0  # Redis's clock at the last beat (entries' expiries are in it)
 
     async def _call(self, call: Awaitable[T]) -> T:
         try:
@@ -66,8 +68,10 @@ class HostRegistry:
                 keys=[self.keys.hosts], args=[self.host, self.ttl_ms, orjson.dumps(info or {})]
             )
         )
+        self.now_ms = int(flat[0])
+        entries = flat[1:]
         live: dict[str, dict[str, Any]] = {}
-        for name, raw in zip(flat[::2], flat[1::2], strict=True):
+        for name, raw in zip(entries[::2], entries[1::2], strict=True):
             try:
                 entry = orjson.loads(raw)
             except orjson.JSONDecodeError:

@@ -208,6 +208,16 @@ class FleetIdentifySchedule:
 
         await self._call(write())
 
+    async def budget_and_reset(self) -> tuple[int | None, int | None]:
+        """The fleet's identifies left and when Discord resets them (ms), if known."""
+        left, resets = await self._call(
+            self.redis.mget([self.keys.budget, self.keys.budget_resets_at])
+        )
+        return (
+            None if left is None else int(left),
+            None if resets is None else int(resets),
+        )
+
     async def budget(self) -> int | None:
         value = await self._call(self.redis.get(self.keys.budget))
         return None if value is None else int(value)

@@ -3,6 +3,7 @@ fleet through a real redis-server, against the emulator."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -65,11 +66,11 @@ async def hosts(
         yield running
 
 
-def ready_everywhere(running: dict[str, Supervisor]) -> bool:
+def ready_everywhere(running: dict[str, Supervisor], count: int = SHARDS) -> bool:
     ready = [
         s for sup in running.values() for s, w in sup.workers.items() if w.state.value == "ready"
     ]
-    return sorted(ready) == list(range(SHARDS))
+    return sorted(ready) == list(range(count))
 
 
 async def test_hosts_share_the_shards_identify_once_and_resume_on_the_next_start(
@@ -79,6 +80,14 @@ async def test_hosts_share_the_shards_identify_once_and_resume_on_the_next_start
         async with hosts(emu, redis_server, tmp_path, ["a", "b", "c"]) as running:
             await eventually(lambda: ready_everywhere(running), timeout=60)
             assert sorted(len(s.workers) for s in running.values()) == [2, 2, 2]
+            # any host's status shows the whole fleet (as of its last turn)
+            await eventually(lambda: len(running["a"].status().shards) == SHARDS, timeout=10)
+            status = running["a"].status()
+            assert {s.host for s in status.shards} == {"a", "b", "c"}
+            assert [h.name for h in status.hosts] == ["a", "b", "c"]
+            assert all(h.reachable and len(h.shards) == 2 for h in status.hosts)
+            assert status.budget is not None and status.budget.remaining == 1000 - SHARDS
+            assert status.cluster_problem == ""
         identifies = emu.gateway.identifies
         assert len(identifies) == SHARDS and all(r.outcome == "ready" for r in identifies)
         # the same fleet again: every shard resumes, on whichever host holds it now
@@ -127,7 +136,8 @@ class HostProcess:
             return set()
         if not isinstance(reply, StatusReply):
             return set()
-        return {s["id"] for s in reply.status["shards"] if s["state"] == "ready"}
+        shards = reply.status["shards"]  # the whole fleet's: keep this host's own
+        return {s["id"] for s in shards if s["state"] == "ready" and s["host"] == self.name}
 
     def kill_host(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -173,3 +183,23 @@ async def test_a_killed_hosts_shards_are_resumed_by_the_others(
         finally:
             for host in running:
                 host.stop()
+
+
+async def test_without_redis_no_shard_identifies_and_the_fleet_converges_when_it_is_back(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with emulator(shards=4, max_concurrency=1) as emu:
+        async with hosts(emu, redis_server, tmp_path, ["a", "b"]) as running:
+            await eventually(lambda: ready_everywhere(running, 4), timeout=60)
+            identified = len(emu.gateway.identifies)
+            redis_server.stop()
+            await eventually(lambda: "Redis" in running["a"].status().cluster_problem, 30)
+            # a shard whose session Discord ends must identify again: not while Redis is away
+            await emu.invalid_session(0, resumable=False)
+            await asyncio.sleep(3.0)  # a window in which an IDENTIFY would have gone out
+            assert len(emu.gateway.identifies) == identified
+            assert sum(len(s.workers) for s in running.values()) == 4  # still running
+            redis_server.start()
+            await eventually(lambda: ready_everywhere(running, 4), timeout=60)
+            assert len(emu.gateway.identifies) == identified + 1
+            await eventually(lambda: running["a"].status().cluster_problem == "", 30)
