@@ -126,7 +126,9 @@ class ClusterConfig:
     """``[cluster]``: this host is one of a fleet coordinated through Redis. Absent (the
     default): a single host, no Redis."""
 
-    redis_url: str = ""  # redis://, rediss:// (TLS) or unix://; may carry a password
+    # redis://, rediss:// (TLS) or unix://; may carry a password, or ${VAR} for one taken from
+    # the environment when connecting (so that it need not be in the file)
+    redis_url: str = ""
     fleet: str = ""  # the fleet's name: the key prefix in Redis (several bots may share one)
     host: str = ""  # this host's name in the fleet; empty: the machine's hostname
     shards: tuple[int, ...] | None = None  # None: "auto", take a share; else fixed ids

@@ -101,3 +101,23 @@ def test_the_kubernetes_example_parses_and_names_real_flags_and_keys() -> None:
     assert probes == {"/healthz", "/readyz"}
     text = (DEPLOY / "kubernetes.yaml").read_text()
     assert named_keys(text) <= config_keys()
+
+
+def test_the_kubernetes_fleet_example_runs_hosts_of_one_fleet_through_redis() -> None:
+    text = (DEPLOY / "kubernetes-cluster.yaml").read_text()
+    documents = [d for d in yaml.safe_load_all(text) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    config = parse_config(
+        tomllib.loads(kinds[("ConfigMap", "shardline-config")]["data"]["shardline.toml"])
+    )
+    assert config.cluster.enabled and config.cluster.shards is None  # "auto"
+    assert "${REDIS_PASSWORD}" in config.cluster.redis_url  # the password is not in the file
+    assert config.cluster.redis_url.split("@")[1].startswith("shardline-redis:")
+    assert ("Service", "shardline-redis") in kinds and ("Deployment", "shardline-redis") in kinds
+    pod = kinds[("StatefulSet", "shardline")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = parses(container["args"])
+    assert args.metrics_listen == "0.0.0.0:9464"
+    env = {e["name"] for e in container["env"]}
+    assert {"DISCORD_TOKEN", "REDIS_PASSWORD"} <= env
+    assert named_keys(text) <= config_keys()

@@ -5,6 +5,7 @@ instead of merged."""
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -31,10 +32,11 @@ def token_digest(token: str, fleet: str) -> str:
 async def connect(config: ClusterConfig) -> Any:
     """A ``redis.asyncio.Redis`` for ``cluster.redis_url``, checked with a PING.
     ClusterUnavailable names the (redacted) URL and the cause."""
-    where = redact_url(config.redis_url)
+    url = os.path.expandvars(config.redis_url)  # ${REDIS_PASSWORD}: kept out of the file
+    where = redact_url(url)
     try:
         client = aioredis.Redis.from_url(
-            config.redis_url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
+            url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
         )
     except ValueError as exc:
         raise ClusterUnavailable(f"cluster.redis_url {where!r} is not usable: {exc}") from None

@@ -136,3 +136,17 @@ async def test_joining_a_fleet_names_what_is_wrong_and_never_the_password(
         assert "token-of-bot-a" not in stored
     finally:
         await client.aclose()
+
+
+async def test_the_password_may_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runtime.cluster.fleet import connect
+    from runtime.config import ClusterConfig
+
+    with RedisServer(password="from-env-pw") as guarded:
+        monkeypatch.setenv("TEST_REDIS_PASSWORD", "from-env-pw")
+        url = guarded.url.replace("from-env-pw", "${TEST_REDIS_PASSWORD}")
+        client = await connect(ClusterConfig(redis_url=url, fleet="bot"))
+        assert await client.ping()
+        await client.aclose()
