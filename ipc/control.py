@@ -18,6 +18,8 @@ __all__ = [
     "IdentifyPermit",
     "IdentifyRequest",
     "IdentifySent",
+    "ResumePermit",
+    "ResumeRequest",
     "SessionCheckpoint",
     "ShardStatus",
     "Shutdown",
@@ -147,6 +149,22 @@ class IdentifyPermit(Command):
 
     __slots__ = ()
     type_name = "control.identify_permit"
+
+
+class ResumeRequest(Event):
+    """In a multi-host fleet the shard asks before each RESUME: the supervisor checks that
+    this host still holds the shard's lease (fencing) and answers ``control.resume_permit``."""
+
+    __slots__ = ()
+    type_name = "control.resume_request"
+    shard = integer()
+
+
+class ResumePermit(Command):
+    """Resume now."""
+
+    __slots__ = ()
+    type_name = "control.resume_permit"
 
 
 class Shutdown(Command):

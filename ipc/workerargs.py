@@ -120,6 +120,9 @@ class ShardArgs(WorkerArgs):
         None, 'checkpoint to resume: {"session_id": ..., "seq": ..., "resume_url": ...}'
     )
     identify_interval: float = option(5.0, "standalone only: seconds between identifies")
+    ask_before_resume: bool = option(
+        False, "ask the supervisor before each RESUME (a multi-host fleet's fencing check)"
+    )
     backoff_base: float = option(1.0, "first reconnect delay (s)")
     ca_file: str | None = option(None, "extra CA bundle (PEM) to trust for wss://")
     log_level: str = option("info", "", LOG_LEVELS)

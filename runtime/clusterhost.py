@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ipc.checkpoint import Checkpoint
-from ipc.control import IdentifyPermit
+from ipc.control import IdentifyPermit, ResumePermit
 from ipc.messages import Message
 from ipc.status import BudgetRecord, HostRecord, ShardRecord
 from runtime.cluster.coordinator import Coordinator
@@ -198,6 +198,9 @@ class ClusterHost:
     def permit(self, shard: int) -> None:
         self.send(f"shard:{shard}", IdentifyPermit())
 
+    def permit_resume(self, shard: int) -> None:
+        self.send(f"shard:{shard}", ResumePermit())
+
     # -- the shards' identifies and checkpoints, carried to the coordinator (IdentifyGate) -
 
     def identify_requested(self, shard: int) -> None:
@@ -207,6 +210,10 @@ class ClusterHost:
     def identify_sent(self, shard: int) -> None:
         if self.coordinator is not None:
             self._own(self.coordinator.identify_sent(shard), f"identify mark of shard {shard}")
+
+    def resume_requested(self, shard: int) -> None:
+        if self.coordinator is not None:
+            self._own(self.coordinator.resume_requested(shard), f"resume check of shard {shard}")
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         if self.coordinator is not None:

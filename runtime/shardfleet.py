@@ -19,6 +19,8 @@ from ipc.control import (
     IdentifyPermit,
     IdentifyRequest,
     IdentifySent,
+    ResumePermit,
+    ResumeRequest,
     SessionCheckpoint,
     ShardStatus,
     Shutdown,
@@ -62,6 +64,8 @@ class IdentifyGate(Protocol):
     def identify_sent(self, shard: int) -> None: ...
 
     def checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+    def resume_requested(self, shard: int) -> None: ...
 
 
 @dataclass
@@ -170,6 +174,7 @@ class ShardFleet:
             log_format=cfg.log.format,
             ca_file=cfg.discord.ca_file or None,
             resume=None if checkpoint is None else checkpoint.resume_arg(),
+            ask_before_resume=self.identify_gate is not None,
         )
 
     async def _spawn(self, worker: ShardWorker) -> Process:
@@ -338,6 +343,12 @@ class ShardFleet:
             return
         now = time.monotonic()
         gate = self.identify_gate
+        if isinstance(message, ResumeRequest):
+            if gate is not None:
+                gate.resume_requested(shard)
+            else:  # a single host: nobody else can hold the shard
+                self.send(f"shard:{shard}", ResumePermit())
+            return
         if gate is not None and isinstance(message, IdentifyRequest | IdentifySent):
             if isinstance(message, IdentifyRequest):
                 gate.identify_requested(shard)

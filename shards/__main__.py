@@ -59,6 +59,7 @@ async def amain(args: ShardArgs, context: ssl.SSLContext | None = None) -> int:
         max_payload_bytes=args.max_payload_bytes,
         max_identifies_per_hour=args.max_identifies_per_hour,
         backoff_base=args.backoff_base,
+        ask_before_resume=args.ask_before_resume,
     )
     source = args.source
     publisher = EventPublisher(args.events, source) if args.events else NullPublisher(source)

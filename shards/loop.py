@@ -25,6 +25,8 @@ from ipc.control import (
     IdentifyPermit,
     IdentifyRequest,
     IdentifySent,
+    ResumePermit,
+    ResumeRequest,
     ShardStatus,
     Shutdown,
 )
@@ -41,6 +43,7 @@ from shards.protocol import (
     GatewayProtocol,
     Publish,
     RequestPermit,
+    RequestResume,
     Send,
     ShardSettings,
     ShardState,
@@ -51,6 +54,10 @@ __all__ = ["LocalIdentifyBucket", "ShardRunner"]
 log = logging.getLogger("shardline.shard")
 
 IDENTIFY_INTERVAL = 5.0  # seconds between identifies of one bucket (Discord's rule)
+
+
+class _ResumePermit:
+    """The supervisor's word: RESUME."""
 
 
 class _Permit:
@@ -135,6 +142,9 @@ class ShardRunner:
 
     def grant_permit(self) -> None:
         self._put(_Permit())
+
+    def grant_resume(self) -> None:
+        self._put(_ResumePermit())
 
     def stop(self) -> None:
         """Close resumably, checkpoint, and return from :meth:`run`."""
@@ -250,6 +260,8 @@ class ShardRunner:
                 self._execute(proto.on_closed(info.code, info.reason, self.clock(), info.handshake))
             elif isinstance(item, _Permit):
                 self._execute(proto.on_permit(self.clock()))
+            elif isinstance(item, _ResumePermit):
+                self._execute(proto.on_resume_permit(self.clock()))
             elif isinstance(item, _Stop):
                 self._begin_stop()
 
@@ -281,6 +293,11 @@ class ShardRunner:
                 self._checkpoint(action)  # type: ignore[arg-type]
             elif cls is RequestPermit:
                 self._request_permit()
+            elif cls is RequestResume:
+                if self.control is not None:
+                    self.control.send(ResumeRequest(shard=self.settings.shard_id))
+                else:  # standalone: nobody to ask
+                    self.grant_resume()
             elif cls is Forward:
                 self._forward(action)  # type: ignore[arg-type]
 
@@ -389,6 +406,8 @@ class ShardRunner:
                 continue
             if isinstance(command, IdentifyPermit):
                 self.grant_permit()
+            elif isinstance(command, ResumePermit):
+                self.grant_resume()
             elif isinstance(command, Shutdown):
                 self.stop()
             elif isinstance(command, GatewayCommand):

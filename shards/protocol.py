@@ -53,6 +53,7 @@ __all__ = [
     "GatewayProtocol",
     "Publish",
     "RequestPermit",
+    "RequestResume",
     "Send",
     "ShardSettings",
     "ShardState",
@@ -124,6 +125,11 @@ class RequestPermit:
 
 
 @dataclass(slots=True)
+class RequestResume:
+    """Ask whether to RESUME (a multi-host fleet: does this host still hold the shard?)."""
+
+
+@dataclass(slots=True)
 class Forward:
     """Hand a dispatch to the supervisor (voice credentials)."""
 
@@ -131,7 +137,7 @@ class Forward:
     raw: bytes
 
 
-Action = Send | Close | Publish | Emit | Checkpoint | RequestPermit | Forward
+Action = Send | Close | Publish | Emit | Checkpoint | RequestPermit | RequestResume | Forward
 
 
 @dataclass
@@ -157,6 +163,9 @@ class ShardSettings:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
     # One shard never spends more of the fleet's daily identify budget than this per hour.
     max_identifies_per_hour: int = 10
+    # In a multi-host fleet, each RESUME waits for the supervisor's word that this host still
+    # holds the shard's lease: a host that lost it must not take the session back.
+    ask_before_resume: bool = False
     min_heartbeat_interval: float = 1.0  # seconds; tests against a fast emulator lower it
     hello_timeout: float = 20.0  # an open connection that sends no HELLO is given up on
     ready_timeout: float = 60.0  # an IDENTIFY that gets no READY is given up on
@@ -190,6 +199,7 @@ class GatewayProtocol:
         self.pacemaker = Pacemaker(lambda: self.rng())  # self.rng may be replaced (tests)
         self.identify_sent = False
         self.permit_requested = False
+        self.resume_asked = False  # a RESUME waits for the supervisor's word
         self.reidentify_at: float | None = None
         # HELLO (or READY after IDENTIFY) must come by then, else the connection is given up
         self.silence_deadline: float | None = None
@@ -278,6 +288,7 @@ class GatewayProtocol:
         self.pacemaker.stop()
         self.identify_sent = False
         self.permit_requested = False
+        self.resume_asked = False
         self.reidentify_at = None
         self._closing = None
         self.silence_deadline = now + self.settings.hello_timeout
@@ -494,13 +505,28 @@ class GatewayProtocol:
         self.pacemaker.start(interval, now)
         if self.resumable:
             self._set_state(ShardState.RESUMING)
-            assert self.session_id is not None and self.seq is not None
-            resume = Resume(token=self.settings.token, session_id=self.session_id, seq=self.seq)
-            self.limiter.try_acquire(now)
-            self.counters.resumes += 1
-            return [Send(encode_gateway_command(resume), "resume")]
+            if self.settings.ask_before_resume:
+                self.resume_asked = True
+                return [RequestResume()]
+            return self._resume(now)
         self._set_state(ShardState.IDENTIFYING)
         return self._request_permit(now)
+
+    def _resume(self, now: float) -> list[Action]:
+        assert self.session_id is not None and self.seq is not None
+        resume = Resume(token=self.settings.token, session_id=self.session_id, seq=self.seq)
+        self.limiter.try_acquire(now)
+        self.counters.resumes += 1
+        return [Send(encode_gateway_command(resume), "resume")]
+
+    def on_resume_permit(self, now: float) -> list[Action]:
+        """The supervisor says this host still holds the shard: RESUME, if still waiting."""
+        if not self.resume_asked or self.state is not ShardState.RESUMING:
+            return []
+        self.resume_asked = False
+        if self.pacemaker.interval is None or not self.resumable:
+            return []
+        return self._resume(now)
 
     def _request_permit(self, now: float) -> list[Action]:
         if self.permit_requested or self.identify_sent:

@@ -46,6 +46,9 @@ class ShardHost(Protocol):
     def permit(self, shard: int) -> None:
         """The shard may IDENTIFY now."""
 
+    def permit_resume(self, shard: int) -> None:
+        """The shard may RESUME now."""
+
 
 @dataclass
 class _Owned:
@@ -231,6 +234,30 @@ class Coordinator:
                 await asyncio.sleep(5.0)
                 continue
             await asyncio.sleep(grant.wait)
+
+    async def resume_requested(self, shard: int) -> None:
+        """The shard is about to RESUME: only while this host's hold is current (fencing).
+        When Redis does not answer, it resumes anyway: a RESUME costs nothing and a running
+        fleet must not stop for its store."""
+        owned = self.owned.get(shard)
+        if owned is None:
+            self.shards.kill_shard(shard)  # no longer ours: it must not take the session back
+            return
+        try:
+            holds = await self.leases.still_holds(owned.hold)
+        except ClusterUnavailable as exc:
+            self.problem = str(exc)
+            holds = True
+        if holds:
+            self.shards.permit_resume(shard)
+            return
+        log.warning(
+            f"cluster: shard {shard} asked to resume but this host's lease is gone: stopping "
+            "it without a word",
+            extra={"fields": {"shard": str(shard)}},
+        )
+        self._forget(shard)
+        self.shards.kill_shard(shard)
 
     async def identify_sent(self, shard: int) -> None:
         """The shard's IDENTIFY went out: its bucket's next waits a full interval from now."""

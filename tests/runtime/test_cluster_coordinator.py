@@ -37,6 +37,7 @@ class Recorder:
         self.started: list[tuple[int, Checkpoint | None]] = []
         self.killed: list[int] = []
         self.permits: list[int] = []
+        self.resumes: list[int] = []
 
     def start_shard(self, shard: int, checkpoint: Checkpoint | None) -> None:
         assert shard not in self.running
@@ -53,6 +54,9 @@ class Recorder:
 
     def permit(self, shard: int) -> None:
         self.permits.append(shard)
+
+    def permit_resume(self, shard: int) -> None:
+        self.resumes.append(shard)
 
 
 @asynccontextmanager
@@ -171,3 +175,21 @@ async def test_without_redis_nothing_identifies_and_running_shards_are_kept(
             await asyncio.sleep(0.1)
         assert a.problem == "" and sa.permits == [0]
         assert sa.killed == [] and list(sa.running) == [0]  # its lapsed lease was taken again
+
+
+async def test_a_resume_goes_out_only_under_a_current_hold(server: RedisServer) -> None:
+    async with host(server, "a", fixed=(0, 1), lease_ttl=0.5) as (a, sa):
+        async with host(server, "b", fixed=(0, 1)) as (b, sb):
+            await a.keep()
+            await a.resume_requested(0)
+            assert sa.resumes == [0]  # still ours: resume
+            deadline = time.monotonic() + 20  # a is paused past its lease; b takes the shards
+            while sorted(sb.running) != [0, 1]:
+                assert time.monotonic() < deadline
+                await b.keep()
+                await asyncio.sleep(0.1)
+            await a.resume_requested(1)  # a's shard 1 reconnects before a's next turn
+            assert sa.resumes == [0] and 1 in sa.killed  # refused, and stopped without a word
+            server.stop()  # without Redis there is no saying: a RESUME costs nothing, it goes
+            await b.resume_requested(0)
+            assert sb.resumes == [0] and "unreachable" in b.problem

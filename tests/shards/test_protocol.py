@@ -395,3 +395,15 @@ def test_the_status_counts_what_metrics_need() -> None:
     assert (status["identifies"], status["resumes"], status["invalid_sessions"]) == (1, 1, 1)
     assert status["heartbeat_acks"] == 1
     assert status["closes"] == {"4000": 1, "none": 1}
+
+
+def test_in_a_fleet_a_resume_waits_for_the_supervisors_word() -> None:
+    proto = make(ask_before_resume=True)
+    proto.restore("sess", 41, "wss://resume.example")
+    actions = proto.receive(frame(10, {"heartbeat_interval": INTERVAL_MS}), 1.0)
+    assert [type(a).__name__ for a in actions] == ["RequestResume"] and not sent(actions)
+    assert proto.state is ShardState.RESUMING
+    assert sent(proto.on_resume_permit(1.1), "resume") == [
+        {"op": 6, "d": {"token": "tok", "session_id": "sess", "seq": 41}}
+    ]
+    assert proto.on_resume_permit(1.2) == []  # one word, one RESUME

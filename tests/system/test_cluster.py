@@ -4,6 +4,7 @@ fleet through a real redis-server, against the emulator."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -139,6 +140,13 @@ class HostProcess:
         shards = reply.status["shards"]  # the whole fleet's: keep this host's own
         return {s["id"] for s in shards if s["state"] == "ready" and s["host"] == self.name}
 
+    def pause(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already gone: nothing to continue
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
     def kill_host(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
@@ -203,3 +211,34 @@ async def test_without_redis_no_shard_identifies_and_the_fleet_converges_when_it
             await eventually(lambda: ready_everywhere(running, 4), timeout=60)
             assert len(emu.gateway.identifies) == identified + 1
             await eventually(lambda: running["a"].status().cluster_problem == "", 30)
+
+
+async def test_a_paused_host_stops_what_it_lost_and_each_shard_ends_with_one_owner(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with emulator(shards=4, max_concurrency=2) as emu:
+        running = [HostProcess(emu, redis_server, tmp_path, n) for n in ("a", "b")]
+        try:
+            await eventually(lambda: ready_union(running) == set(range(4)), timeout=90)
+            a, b = running
+            paused = b.ready_shards()
+            assert len(paused) == 2
+            b.pause()  # SIGSTOP, the whole host, longer than its lease
+            await eventually(lambda: a.ready_shards() == set(range(4)), timeout=60)
+            b.resume()
+
+            # b finds its leases gone: its old processes stop without resuming, and the share
+            # moves two shards back to it by hand-over (a resumable close, then a RESUME)
+            def settled() -> bool:
+                mine, theirs = a.ready_shards(), b.ready_shards()
+                return len(mine) == 2 and len(theirs) == 2 and not mine & theirs
+
+            await eventually(settled, timeout=60)
+            assert len(emu.gateway.identifies) == 4  # nothing identified again
+            for shard in range(4):  # one live session per shard
+                live = [x for x in emu.sessions(shard) if x.connection is not None]
+                assert len(live) == 1, (shard, live)
+        finally:
+            for host in running:
+                host.resume()
+                host.stop()
