@@ -100,7 +100,9 @@ async def test_hosts_share_the_shards_identify_once_and_resume_on_the_next_start
 class HostProcess:
     """``shardline run`` as its own process group, as one host of the fleet."""
 
-    def __init__(self, emu: Emulator, redis: RedisServer, root: Path, name: str) -> None:
+    def __init__(
+        self, emu: Emulator, redis: RedisServer, root: Path, name: str, interval: float = 0.3
+    ) -> None:
         self.name = name
         self.runtime_dir = root / name
         config = root / f"{name}.toml"
@@ -121,7 +123,7 @@ class HostProcess:
                 "--config",
                 str(config),
                 "--identify-interval",
-                "0.3",
+                str(interval),
             ],
             env={**os.environ, "DISCORD_TOKEN": emu.rules.token},
             start_new_session=True,  # its own process group: killed whole, like a host

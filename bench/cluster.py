@@ -1,0 +1,198 @@
+"""The multi-host fleet's figures: hosts on this machine (each `shardline run` with its own
+runtime dir, its own process group), one real redis-server, the emulator.
+
+1. Start: H hosts x S shards (shards = "auto") started together, time until every shard is
+   READY somewhere, beside the identify bound ((ceil(S / max_concurrency) - 1) x interval).
+2. Takeover: SIGKILL one host's process group, time until its shards are READY on the others
+   (lease TTL + one identify slot is the expectation), repeated (the killed host is started
+   again between repeats); p50 / p99.
+3. Redis round trips: commands Redis processed per IDENTIFY during the start, and per shard
+   per second while the fleet idles (lease renewals, host entries, checkpoints).
+4. Coordinator CPU at 1,000 shards, simulated (no shard processes): CPU per coordinator turn
+   and per 1,000 checkpoint writes, in this process.
+
+    .venv/bin/python bench/cluster.py [--hosts 3] [--shards 12] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import redis.asyncio as aioredis  # noqa: E402
+
+from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig  # noqa: E402
+from ipc.checkpoint import Checkpoint  # noqa: E402
+from runtime.cluster.coordinator import Coordinator  # noqa: E402
+from tests.redisserver import RedisServer  # noqa: E402
+from tests.system.test_cluster import HostProcess, ready_union  # noqa: E402
+
+INTERVAL = 0.5  # identify interval per bucket, emulator and supervisors (Discord: 5 s)
+
+
+async def until(predicate: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``predicate()`` held (polled every 50 ms); raises on timeout."""
+    started = time.monotonic()
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() - started > timeout:
+            raise TimeoutError("the fleet did not get there in time")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def commands_processed(redis_server: RedisServer) -> int:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        return int((await client.info("stats"))["total_commands_processed"])
+    finally:
+        await client.aclose()
+
+
+async def command_calls(redis_server: RedisServer) -> dict[str, int]:
+    """Calls per command so far (INFO commandstats)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+async def fleet_figures(args: argparse.Namespace) -> None:
+    rules = GatewayRules(identify_interval=INTERVAL * 0.8, max_concurrency=args.concurrency)
+    config = EmulatorConfig(
+        shards=args.shards, rules=rules, world=WorldConfig(guilds=args.shards * 4, large_share=0)
+    )
+    names = [f"host{n}" for n in range(args.hosts)]
+    with tempfile.TemporaryDirectory(prefix="shardline-bench-") as tmp, RedisServer() as redis:
+        root = Path(tmp)
+        async with Emulator(config) as emu:
+            before = await commands_processed(redis)
+            started = time.monotonic()
+            running = [HostProcess(emu, redis, root, n, INTERVAL) for n in names]
+            everything = set(range(args.shards))
+            try:
+                await until(lambda: ready_union(running) == everything, 300)
+                took = time.monotonic() - started
+                identifies = len(emu.gateway.identifies)
+                during = await commands_processed(redis) - before
+                bound = (math.ceil(args.shards / args.concurrency) - 1) * INTERVAL
+                print(
+                    f"start: {args.hosts} hosts x {args.shards} shards (max_concurrency "
+                    f"{args.concurrency}, identify every {INTERVAL:g} s per bucket): all READY "
+                    f"in {took:.2f} s; identify bound {bound:.2f} s (process start included "
+                    f"in ours); {identifies} IDENTIFYs, refused "
+                    f"{sum(1 for r in emu.gateway.identifies if r.outcome != 'ready')}",
+                    flush=True,
+                )
+                print(f"redis: {during / max(1, identifies):.1f} commands per IDENTIFY (start)")
+                idle_from, calls_from = await commands_processed(redis), await command_calls(redis)
+                await asyncio.sleep(10.0)
+                idle = await commands_processed(redis) - idle_from
+                calls = await command_calls(redis)
+                split = sorted(((calls[k] - calls_from.get(k, 0), k) for k in calls), reverse=True)[
+                    :5
+                ]
+                shown = ", ".join(f"{k} {n / 10:.1f}/s" for n, k in split if n)
+                trips = sum(calls.get(k, 0) - calls_from.get(k, 0) for k in ("evalsha", "mget"))
+                print(
+                    f"redis: {trips / 10 / args.shards:.2f} round trips per shard per second "
+                    f"(idle: a checkpoint each, the hosts' turns shared); commands counted "
+                    f"inside scripts too {idle / 10 / args.shards:.2f} ({shown})"
+                )
+                takeovers = []
+                for n in range(args.repeats):
+                    victim = running[1 + n % (len(running) - 1)]
+                    victim.kill_host()
+                    survivors = [h for h in running if h is not victim]
+                    takeovers.append(
+                        await until(lambda s=survivors: ready_union(s) == everything, 120)
+                    )
+                    victim.stop()
+                    running[running.index(victim)] = HostProcess(
+                        emu, redis, root, victim.name, INTERVAL
+                    )
+                    await until(lambda: ready_union(running) == everything, 120)
+                takeovers.sort()
+                p99 = takeovers[min(len(takeovers) - 1, int(0.99 * len(takeovers)))]
+                print(
+                    f"takeover after a host's SIGKILL (lease TTL 3 s): p50 "
+                    f"{statistics.median(takeovers):.2f} s, p99 {p99:.2f} s over {len(takeovers)}"
+                    f"; IDENTIFYs in all {len(emu.gateway.identifies)} (resumes, not identifies)"
+                )
+            finally:
+                for host in running:
+                    host.resume()
+                    host.stop()
+
+
+class _Nothing:
+    """Shard processes, simulated: the coordinator's decisions go nowhere."""
+
+    def start_shard(self, shard: int, checkpoint: Checkpoint | None) -> None: ...
+
+    def kill_shard(self, shard: int) -> None: ...
+
+    async def hand_over(self, shard: int) -> Checkpoint | None:
+        return None
+
+    def permit(self, shard: int) -> None: ...
+
+    def permit_resume(self, shard: int) -> None: ...
+
+
+async def coordinator_cpu(shards: int) -> None:
+    with RedisServer() as redis_server:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            coordinator = Coordinator(
+                client, "bench", "host0", shards, 16, _Nothing(), lease_ttl=30.0
+            )
+            await coordinator.keep()  # takes every shard
+            turns = 20
+            cpu = time.process_time()
+            for _ in range(turns):
+                await coordinator.keep()
+            per_turn = (time.process_time() - cpu) / turns * 1000
+            cpu = time.process_time()
+            for shard in range(shards):
+                await coordinator.checkpoint(
+                    Checkpoint(shard, shards, f"s{shard}", 1000, "wss://gateway.discord.gg")
+                )
+            per_thousand = (time.process_time() - cpu) / shards * 1000 * 1000
+            print(
+                f"coordinator at {shards} shards (simulated): {per_turn:.1f} ms CPU per turn "
+                f"(renew, hosts, leases view; one turn every lease TTL / 3), "
+                f"{per_thousand:.0f} ms CPU per 1,000 checkpoint writes"
+            )
+        finally:
+            await client.aclose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--shards", type=int, default=12)
+    parser.add_argument("--concurrency", type=int, default=4, help="max_concurrency")
+    parser.add_argument("--repeats", type=int, default=3, help="takeovers to time")
+    parser.add_argument("--simulated", type=int, default=1000, help="shards for part 4")
+    args = parser.parse_args()
+    if args.hosts < 2 or args.shards < 1 or args.repeats < 1 or args.concurrency < 1:
+        parser.error("--hosts must be at least 2; --shards, --repeats, --concurrency positive")
+    asyncio.run(fleet_figures(args))
+    asyncio.run(coordinator_cpu(args.simulated))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
