@@ -463,9 +463,8 @@ class GatewayServer:
         if type(large_threshold) is not int or not 50 <= large_threshold <= 250:
             large_threshold = 50
         conn.payload_compression = bool(d.get("compress")) and conn.compressor is None
-        for old in self.sessions.values():
-            if (old.shard_id, old.shard_count) == (shard_id, shard_count):
-                old.invalid = True  # superseded by this identify
+        # Another session of the same shard stays valid: Discord allows several at once (how
+        # zero-downtime resharding and handoffs are done); a detached one expires by itself.
         session = Session(secrets.token_hex(16), shard_id, shard_count, intents, large_threshold)
         self.sessions[session.id] = session
         await self._attach(conn, session)

@@ -438,3 +438,21 @@ async def test_blast_sends_prepared_dispatches_in_order_and_keeps_them_for_repla
         assert [p["s"] for p in got] == list(range(2, 302))
         assert [p["d"]["content"] for p in got] == ["x" * i for i in range(300)]
         assert emu.sessions(0)[0].buffer[-1][0] == 301
+
+
+async def test_several_sessions_of_one_shard_run_at_once_and_each_gets_its_guilds_events() -> None:
+    """As Discord allows (zero-downtime resharding, handoffs): a second IDENTIFY for a shard
+    leaves the first session running, and a guild's events reach both."""
+    async with Emulator(config(guilds=4)) as emu:
+        first = await PlainClient.open(emu.gateway_url)
+        await first.hello_and_ready((0, 1))
+        second = await PlainClient.open(emu.gateway_url)
+        await second.hello_and_ready((0, 1))
+        assert len([s for s in emu.sessions(0) if not s.invalid]) == 2
+        guild = emu.world.guild_ids[0]
+        await emu.message(guild, "to both")
+        for client in (first, second):
+            payload = await client.recv()
+            while payload.get("t") != "MESSAGE_CREATE":
+                payload = await client.recv()
+            assert payload["d"]["content"] == "to both"
