@@ -135,9 +135,12 @@ class Coordinator:
                 self.owned[shard] = _Owned(again)
                 return
             owner = again.owner
+        self._stop_lost(shard, f"host {owner} holds it now (this host's lease ran out)")
+
+    def _stop_lost(self, shard: int, why: str) -> None:
+        """This host no longer holds ``shard``: its process ends at once, sending nothing."""
         log.warning(
-            f"cluster: host {owner} holds shard {shard} now (this host's lease ran out): "
-            "stopping it without a word",
+            f"cluster: shard {shard}: {why}; stopping it without a word",
             extra={"fields": {"shard": str(shard)}},
         )
         self._forget(shard)
@@ -215,8 +218,7 @@ class Coordinator:
                 return
             try:
                 if not await self.leases.still_holds(owned.hold):
-                    self._forget(shard)
-                    self.shards.kill_shard(shard)
+                    self._stop_lost(shard, "it asked to identify but this host's lease is gone")
                     return
                 grant = await self.schedule.try_grant(shard)
             except ClusterUnavailable as exc:
@@ -251,13 +253,7 @@ class Coordinator:
         if holds:
             self.shards.permit_resume(shard)
             return
-        log.warning(
-            f"cluster: shard {shard} asked to resume but this host's lease is gone: stopping "
-            "it without a word",
-            extra={"fields": {"shard": str(shard)}},
-        )
-        self._forget(shard)
-        self.shards.kill_shard(shard)
+        self._stop_lost(shard, "it asked to resume but this host's lease is gone")
 
     async def identify_sent(self, shard: int) -> None:
         """The shard's IDENTIFY went out: its bucket's next waits a full interval from now."""
