@@ -532,7 +532,7 @@ class Supervisor:
         """This host's status; in a multi-host fleet, the whole fleet's as this host last saw
         it (every host, each shard with its host, the fleet's budget)."""
         now = time.monotonic()
-        shards = self.shards.records(now)
+        shards = local_records = self.shards.records(now)
         hosts: list[HostRecord] = []
         budget: BudgetRecord | None = None
         remaining = self.scheduler.remaining
@@ -547,7 +547,7 @@ class Supervisor:
         bus = BusRecord(
             subscribers_reporting=len(live),
             subscriber_gaps=sum(v["gaps"] for v in live.values()),
-            shard_drops=sum(s.dropped for s in self.shards.records(now)),
+            shard_drops=sum(s.dropped for s in local_records),
             subscriber_drops=sum(s.dropped for s in subscribers),
             subscribers=subscribers,
         )

@@ -8,9 +8,8 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import orjson
-from redis.exceptions import RedisError
 
-from runtime.cluster.identify import ClusterUnavailable
+from runtime.cluster.identify import answer
 from runtime.cluster.keys import FleetKeys
 
 __all__ = ["HostRegistry"]
@@ -55,10 +54,7 @@ class HostRegistry:
         self.now_ms = 0  # Redis's clock at the last beat (entries' expiries are in it)
 
     async def _call(self, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except RedisError as exc:
-            raise ClusterUnavailable(f"{self.where} is unreachable ({exc})") from None
+        return await answer(call, self.where, ": the fleet's hosts cannot be seen meanwhile")
 
     async def beat(self, info: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         """Register or renew this host (with ``info``: its endpoints, pid...); returns every

@@ -27,6 +27,7 @@ __all__ = [
     "FleetIdentifySchedule",
     "Grant",
     "GrantOutcome",
+    "answer",
 ]
 
 T = TypeVar("T")
@@ -34,6 +35,17 @@ T = TypeVar("T")
 
 class ClusterUnavailable(Exception):
     """Redis did not answer (or refused us): no identify may be granted until it does."""
+
+
+async def answer(call: Awaitable[T], where: str, consequence: str) -> T:
+    """``await call``, a Redis error turned into ClusterUnavailable naming the server
+    (``where``, its URL redacted) and what cannot happen meanwhile."""
+    try:
+        return await call
+    except RedisError as exc:
+        raise ClusterUnavailable(
+            f"{where} is unreachable or refused the request ({exc}){consequence}"
+        ) from None
 
 
 # KEYS: queue, alive, next, budget. ARGV: shard, interval_ms, place_ttl_ms.
@@ -147,13 +159,8 @@ class FleetIdentifySchedule:
         self._join = redis.register_script(JOIN)
 
     async def _call(self, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except RedisError as exc:
-            raise ClusterUnavailable(
-                f"{self.where} is unreachable or refused the request ({exc}): no shard of the "
-                "fleet identifies until it answers (resumes go on)"
-            ) from None
+        consequence = ": no shard of the fleet identifies until it answers (resumes go on)"
+        return await answer(call, self.where, consequence)
 
     def _bucket_keys(self, shard: int) -> list[str]:
         bucket = shard % self.max_concurrency

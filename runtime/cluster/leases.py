@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from redis.exceptions import RedisError
 
 from ipc.checkpoint import Checkpoint, CheckpointError
-from runtime.cluster.identify import ClusterUnavailable
+from runtime.cluster.identify import answer
 from runtime.cluster.keys import FleetKeys
 
 __all__ = ["Hold", "LeaseTable", "Taken"]
@@ -133,13 +132,8 @@ class LeaseTable:
         self._write = redis.register_script(WRITE_SESSION)
 
     async def _call(self, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except RedisError as exc:
-            raise ClusterUnavailable(
-                f"{self.where} is unreachable or refused the request ({exc}): shard leases "
-                "cannot be taken or checked until it answers"
-            ) from None
+        consequence = ": shard leases cannot be taken or checked until it answers"
+        return await answer(call, self.where, consequence)
 
     async def acquire(self, shard: int) -> Hold | Taken:
         """Take the shard if nobody holds it (or renew it if we do)."""
