@@ -14,6 +14,12 @@ its newest messages are dropped and counted (``dropped``, ``dropped_bytes`` per 
 ``shardline status``), and it sees the gap in each session's seq. The queue drains as the
 subscriber reads; the bus says once per episode when a subscriber starts and stops losing.
 A subscriber silent for ``SUBSCRIPTION_TTL`` seconds, or gone, is forgotten.
+
+In a multi-host fleet (``[cluster]``) the bus also carries events between hosts: every
+event published on this host is pushed to every other live host (a PUSH socket per host,
+with the same bounded queue and counted drops as a subscriber), and what other hosts push
+arrives on this bus's peer endpoint (PULL) and goes to this host's subscribers only, never
+on to a third host. So an application on any host receives the whole fleet's events.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from ipc.errors import EventsDropped
 from ipc.eventloop import trim_memory
 from ipc.status import SubscriberRecord
 
-__all__ = ["DEFAULT_SUBSCRIBER_BUFFER", "SUBSCRIPTION_TTL", "EventBus"]
+__all__ = ["DEFAULT_SUBSCRIBER_BUFFER", "SUBSCRIPTION_TTL", "EventBus", "PeerAddress"]
 
 log = logging.getLogger("shardline.supervisor")
 SUBSCRIPTION_TTL = 30.0  # seconds without a SUBSCRIBE before a subscriber is forgotten
@@ -59,12 +65,21 @@ except ImportError:  # another pyzmq backend: the public method
 _FLUSH_EVERY = 0.005  # with a backlog, how often a stalled subscriber is retried (s)
 
 
+@dataclass(frozen=True)
+class PeerAddress:
+    """Where another host of the fleet takes this host's events, and its CURVE key."""
+
+    endpoint: str
+    server_key: str = ""  # empty: an ipc:// endpoint, no CURVE
+
+
 @dataclass
 class Subscriber:
     identity: bytes
     name: str
     prefixes: tuple[bytes, ...]
     seen_at: float
+    link: zmq.Socket[Any] | None = None  # another host's bus (PUSH); else via the ROUTER
     queue: deque[list[Any]] = field(default_factory=deque)
     queued_bytes: int = 0
     delivered: int = 0
@@ -96,6 +111,10 @@ class EventBus:
         buffer_bytes: int = DEFAULT_SUBSCRIBER_BUFFER,
         secure: Callable[[zmq.Socket[Any]], None] = lambda sock: None,
         clock: Callable[[], float] = time.monotonic,
+        peer_in: str = "",
+        secure_peer_in: Callable[[zmq.Socket[Any]], None] = lambda sock: None,
+        secure_link: Callable[[zmq.Socket[Any], str], None] = lambda sock, key: None,
+        host: str = "",
     ) -> None:
         self.context = context
         self.buffer_bytes = buffer_bytes
@@ -106,8 +125,20 @@ class EventBus:
         self.received = 0
         self._lock = threading.Lock()  # guards the stats the supervisor reads
         self._thread: threading.Thread | None = None
+        self.host = host
+        self.secure_link = secure_link
+        self.links: dict[str, Subscriber] = {}  # other hosts' buses, by host name
+        self._wanted_links: dict[str, PeerAddress] | None = None  # set_peers -> the thread
+        self._links_applied = threading.Event()
+        self.peer_received = 0
         self.xsub = context.socket(zmq.XSUB)
         self.router = context.socket(zmq.ROUTER)
+        self.peer_in: zmq.Socket[Any] | None = None
+        wake = f"inproc://bus-wake-{id(self)}"
+        self._wake_in = context.socket(zmq.PULL)
+        self._wake_in.bind(wake)
+        self._wake = context.socket(zmq.PUSH)  # the supervisor's thread pokes the bus with it
+        self._wake.connect(wake)
         try:
             self.xsub.bind(bus_in)
             self.xsub.send(b"\x01")  # everything: workers publish whether or not apps listen
@@ -116,10 +147,24 @@ class EventBus:
             self.router.setsockopt(zmq.LINGER, 0)
             secure(self.router)
             self.router.bind(events)
-        except zmq.ZMQError:
-            self.xsub.close(linger=0)
-            self.router.close(linger=0)
+            if peer_in:
+                self.peer_in = context.socket(zmq.PULL)
+                self.peer_in.setsockopt(zmq.LINGER, 0)
+                secure_peer_in(self.peer_in)
+                self.peer_in.bind(peer_in)
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            if self.peer_in is not None:  # the peer endpoint is the one that failed
+                exc.endpoint = peer_in  # type: ignore[attr-defined]
             raise
+
+    def _close_sockets(self) -> None:
+        for sock in (self.xsub, self.router, self.peer_in, self._wake_in, self._wake):
+            if sock is not None:
+                sock.close(linger=0)
+        for link in self.links.values():
+            if link.link is not None:
+                link.link.close(linger=0)
 
     # -- the supervisor's side ------------------------------------------------------------
 
@@ -139,7 +184,29 @@ class EventBus:
 
     def stats(self) -> list[SubscriberRecord]:
         with self._lock:
-            return [s.stats() for s in self.subscribers.values()]
+            return [s.stats() for s in (*self.subscribers.values(), *self.links.values())]
+
+    def endpoint(self, which: str) -> str:
+        """The endpoint ``which`` ("events" or "peer_in") is bound to, ports resolved."""
+        sock = self.router if which == "events" else self.peer_in
+        if sock is None:
+            return ""
+        value = sock.getsockopt(zmq.LAST_ENDPOINT)
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def set_peers(self, peers: dict[str, PeerAddress]) -> threading.Event:
+        """Push this host's events to exactly these hosts from now on (from the supervisor's
+        thread). The returned event is set once the bus has opened the links: from then on,
+        whatever this host publishes reaches them (queued until each connection is up)."""
+        with self._lock:
+            self._wanted_links = dict(peers)
+            self._links_applied.clear()
+            applied = self._links_applied
+        try:
+            self._wake.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # a wake-up is already waiting, or the bus is closing
+        return applied
 
     # -- the thread -----------------------------------------------------------------------
 
@@ -147,15 +214,24 @@ class EventBus:
         poller = zmq.Poller()
         poller.register(self.xsub, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
+        poller.register(self._wake_in, zmq.POLLIN)
+        if self.peer_in is not None:
+            poller.register(self.peer_in, zmq.POLLIN)
         next_sweep = self.clock() + SUBSCRIPTION_TTL
         try:
             while True:
-                backlog = any(s.queue for s in self.subscribers.values())
+                backlog = any(s.queue for s in self._fanout) or any(
+                    s.queue for s in self.links.values()
+                )
                 ready = dict(poller.poll(int(_FLUSH_EVERY * 1000) if backlog else 1000))
+                if self._wake_in in ready:
+                    self._apply_links()
                 if self.router in ready:
                     self._read_subscriptions()
                 if self.xsub in ready:
                     self._read_events()
+                if self.peer_in is not None and self.peer_in in ready:
+                    self._read_peer_events(self.peer_in)
                 if backlog:
                     self._flush_all()
                 now = self.clock()
@@ -165,8 +241,63 @@ class EventBus:
         except zmq.ContextTerminated:
             pass
         finally:
-            self.xsub.close(linger=0)
-            self.router.close(linger=0)
+            self._close_sockets()
+
+    def _apply_links(self) -> None:
+        """Open links to the hosts the supervisor named, close those to hosts gone."""
+        while True:
+            try:
+                self._wake_in.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        with self._lock:
+            wanted, self._wanted_links = self._wanted_links, None
+            applied = self._links_applied
+        if wanted is None:
+            return
+        for name in [n for n, link in self.links.items() if n not in wanted]:
+            self._close_link(name, "it left the fleet")
+        for name, address in wanted.items():
+            known = self.links.get(name)
+            if known is not None and known.identity == address.endpoint.encode():
+                continue
+            if known is not None:
+                self._close_link(name, "it moved")
+            sock = self.context.socket(zmq.PUSH)
+            try:
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, PIPE_HWM)
+                self.secure_link(sock, address.server_key)
+                sock.connect(address.endpoint)
+            except zmq.ZMQError as exc:
+                sock.close(linger=0)
+                log.warning(f"bus: cannot reach host {name} at {address.endpoint}: {exc}")
+                continue
+            link = Subscriber(address.endpoint.encode(), f"host:{name}", (b"",), 0.0, link=sock)
+            with self._lock:
+                self.links[name] = link
+            log.info(f"bus: this host's events go to host {name} too ({address.endpoint})")
+        applied.set()
+
+    def _close_link(self, name: str, why: str) -> None:
+        with self._lock:
+            link = self.links.pop(name)
+        if link.link is not None:
+            link.link.close(linger=0)
+        log.info(f"bus: no more events to host {name} ({why})")
+
+    def _read_peer_events(self, sock: zmq.Socket[Any]) -> None:
+        """Events another host pushed: to this host's subscribers (never to other hosts)."""
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 3:
+                log.warning(f"bus: a {len(frames)}-frame message from another host, not 3; dropped")
+                continue
+            self.peer_received += 1
+            self._fan_out(frames, self._fanout)
 
     def _read_subscriptions(self) -> None:
         while True:
@@ -201,16 +332,21 @@ class EventBus:
                 frames = self.xsub.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            topic = frames[0]
-            for sub in self._fanout:
-                if not topic.startswith(sub.prefixes):
-                    continue
-                if sub.queue:
-                    self._flush(sub)  # what waits goes first: order is kept
-                if not sub.queue and not sub.unreported and self._send(sub, frames):
-                    continue  # the usual case: straight through
-                self._enqueue(sub, frames)
+            self._fan_out(frames, self._fanout)
+            if self.links:
+                self._fan_out(frames, tuple(self.links.values()))
             self.received += 1  # counted once handed out: a reader of it sees every drop made
+
+    def _fan_out(self, frames: list[Any], subscribers: tuple[Subscriber, ...]) -> None:
+        topic = frames[0]
+        for sub in subscribers:
+            if not topic.startswith(sub.prefixes):
+                continue
+            if sub.queue:
+                self._flush(sub)  # what waits goes first: order is kept
+            if not sub.queue and not sub.unreported and self._send(sub, frames):
+                continue  # the usual case: straight through
+            self._enqueue(sub, frames)
 
     def _enqueue(self, sub: Subscriber, frames: list[Any]) -> None:
         size = sum(len(f) for f in frames) + MESSAGE_OVERHEAD
@@ -227,13 +363,18 @@ class EventBus:
                 )
             return
         if sub.unreported:  # the loss is over: say so first, whatever the subscription
+            if sub.link is None:
+                why = (
+                    f"{sub.unreported} events were dropped for this subscriber: its "
+                    "buffer in the supervisor (bus.subscriber_buffer_bytes) was full"
+                )
+            else:
+                why = (
+                    f"{sub.unreported} events of host {self.host} were dropped on their way "
+                    f"to this host: the link's buffer (bus.subscriber_buffer_bytes) was full"
+                )
             notice = encode_bus_event(
-                EventsDropped(
-                    message=f"{sub.unreported} events were dropped for this subscriber: its "
-                    "buffer in the supervisor (bus.subscriber_buffer_bytes) was full",
-                    source="supervisor",
-                    dropped=sub.unreported,
-                ),
+                EventsDropped(message=why, source="supervisor", dropped=sub.unreported),
                 "supervisor",
                 time.time_ns(),
             )
@@ -247,6 +388,8 @@ class EventBus:
     def _send(self, sub: Subscriber, frames: list[Any]) -> bool:
         """True when ZeroMQ took the message; False when the subscriber's pipe is full.
         A subscriber that is gone is forgotten."""
+        if sub.link is not None:
+            return self._send_link(sub, frames)
         router = self.router
         try:
             # The identity frame decides: once ZeroMQ takes it, the rest cannot be refused.
@@ -264,8 +407,22 @@ class EventBus:
         sub.delivered += 1
         return True
 
+    def _send_link(self, sub: Subscriber, frames: list[Any]) -> bool:
+        link = sub.link
+        last = len(frames) - 1
+        try:  # the first frame decides, as for the ROUTER
+            _raw_send(link, frames[0], _NOBLOCK if last == 0 else _MORE_NOBLOCK)
+        except zmq.Again:
+            return False
+        for n in range(1, last + 1):
+            _raw_send(link, frames[n], _NOBLOCK if n == last else _MORE_NOBLOCK)
+        sub.delivered += 1
+        return True
+
     def _flush_all(self) -> None:
         for sub in self._fanout:
+            self._flush(sub)
+        for sub in tuple(self.links.values()):
             self._flush(sub)
 
     def _flush(self, sub: Subscriber) -> None:
@@ -275,7 +432,7 @@ class EventBus:
                 frames = sub.queue[0]
                 if not self._send(sub, frames):
                     break
-                if sub.identity not in self.subscribers:
+                if sub.link is None and sub.identity not in self.subscribers:
                     break
                 sub.queue.popleft()
                 sub.queued_bytes -= sum(len(f) for f in frames) + MESSAGE_OVERHEAD

@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ipc.checkpoint import Checkpoint
@@ -42,6 +42,8 @@ class ClusterHost:
         reset_after_ms: int,
         identify_interval: float,
         send: Callable[[str, Message], None],
+        about: Callable[[], dict[str, Any]] = dict,
+        meet: Callable[[dict[str, dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.fleet = shards
@@ -52,6 +54,12 @@ class ClusterHost:
         self.reset_after_ms = reset_after_ms
         self.identify_interval = identify_interval
         self.send = send
+        self.about = about  # what other hosts need to reach this one, published each turn
+        self.meet = meet  # told the live hosts each turn, before any shard moves
+        # Each shard's latest checkpoint, held back one report: Redis gets the one before,
+        # so that a host that takes the shard over after a crash resumes from a point the
+        # applications had surely received, and replays the rest (deduplicated by seq).
+        self._reported: dict[int, Checkpoint] = {}
         self.host = config.host_name()
         self.redis: Any = None
         self.coordinator: Coordinator | None = None
@@ -80,6 +88,7 @@ class ClusterHost:
             identify_interval=self.identify_interval,
             info=self._published,
             where=f"Redis at {redact_url(self.config.redis_url)}",
+            on_hosts=self.meet,
         )
         resets_at_ms = int(time.time() * 1000) + self.reset_after_ms
         try:
@@ -141,7 +150,10 @@ class ClusterHost:
         """What this host tells the others each turn: its shards' status records, so that
         `shardline status` on any host shows the whole fleet."""
         now = time.monotonic()
-        return {"shards": [record.to_json() for record in self.fleet.records(now)]}
+        return {
+            **self.about(),
+            "shards": [record.to_json() for record in self.fleet.records(now)],
+        }
 
     def view(self) -> tuple[list[HostRecord], list[ShardRecord], BudgetRecord | None]:
         """The fleet at the coordinator's last turn: every host, the other hosts' shards
@@ -186,6 +198,9 @@ class ClusterHost:
     def start_shard(self, shard: int, checkpoint: Checkpoint | None) -> None:
         how = "resuming its session" if checkpoint is not None else "identifying"
         log.info(f"cluster: this host holds shard {shard} now; {how}")
+        self._reported.pop(shard, None)
+        if checkpoint is not None:
+            self._reported[shard] = checkpoint
         worker = self.fleet.add(shard, checkpoint)
         self._own(self.fleet.keep_alive(worker), f"shard {shard}")
 
@@ -216,6 +231,10 @@ class ClusterHost:
             self._own(self.coordinator.resume_requested(shard), f"resume check of shard {shard}")
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
+        previous = self._reported.get(checkpoint.shard)
+        self._reported[checkpoint.shard] = checkpoint
+        if previous is not None and previous.session_id == checkpoint.session_id:
+            checkpoint = previous  # held back one report (see __init__)
         if self.coordinator is not None:
             self._own(self.coordinator.checkpoint(checkpoint), "checkpoint")
 

@@ -139,6 +139,11 @@ class CommandDesk:
             return None
         return identity
 
+    def served_types(self) -> list[str]:
+        """The command types applications of this host serve now."""
+        self._forget_expired()
+        return sorted(self._servers)
+
     def _forget_expired(self) -> None:
         now = self.clock()
         for name in [n for n, (_, until) in self._servers.items() if now >= until]:

@@ -133,6 +133,12 @@ class ClusterConfig:
     host: str = ""  # this host's name in the fleet; empty: the machine's hostname
     shards: tuple[int, ...] | None = None  # None: "auto", take a share; else fixed ids
     lease_ttl: float = 10.0  # seconds a shard's lease lasts unless its host renews it
+    # where the other hosts push their events to this one; empty: ipc:// in the runtime dir
+    # (hosts on one machine only). tcp:// takes the [ipc] CURVE keys.
+    peer_listen: str = ""
+    # the name or address other hosts reach this host's tcp:// endpoints at when they are
+    # bound to a wildcard (0.0.0.0, *, ::); empty: the host name
+    advertise: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -296,21 +302,33 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         )
     )
     metrics = MetricsConfig(listen=reader.get("metrics.listen", "", _listen_address))
-    cluster = _cluster(reader, data, source)
+    cluster = _cluster(reader, data, source, ipc)
     reader.reject_unknown()
     return Config(discord, shards, ipc, restart, log, source, apps, voice, bus, metrics, cluster)
 
 
-def _cluster(reader: _Reader, data: dict[str, Any], source: str) -> ClusterConfig:
+def _cluster(reader: _Reader, data: dict[str, Any], source: str, ipc: IpcConfig) -> ClusterConfig:
     cluster = ClusterConfig(
         redis_url=reader.get("cluster.redis_url", "", _redis_url),
         fleet=reader.get("cluster.fleet", "", _name),
         host=reader.get("cluster.host", "", _name),
         shards=reader.get("cluster.shards", None, _cluster_shards),
         lease_ttl=reader.get("cluster.lease_ttl", 10.0, _float_range(2.0, 300.0)),
+        peer_listen=reader.get("cluster.peer_listen", "", _endpoint),
+        advertise=reader.get("cluster.advertise", "", _advertise),
     )
     if "cluster" not in data:
         return cluster
+    if cluster.peer_listen.startswith("tcp://") and not (
+        ipc.curve_public_key and ipc.curve_secret_key
+    ):
+        raise ConfigError(
+            "cluster.peer_listen",
+            cluster.peer_listen,
+            "ipc.curve_public_key and ipc.curve_secret_key to be set for a tcp:// endpoint "
+            "(the hosts of a fleet authenticate each other with them; see docs/cluster.md)",
+            source,
+        )
     for key in ("redis_url", "fleet"):
         if not getattr(cluster, key):
             raise ConfigError(
@@ -533,6 +551,14 @@ def _redis_url(value: Any) -> str:
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
         raise _Invalid("a name of letters, digits, '-', '_' and '.' (up to 63 characters)")
+    return value
+
+
+def _advertise(value: Any) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.:\[\]-]{1,253}", value):
+        raise _Invalid("a host name or IP address other hosts can reach (empty: the host name)")
     return value
 
 

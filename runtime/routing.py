@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ipc.fields import check_snowflake
+from ipc.messages import REGISTRY, GatewayCommand
+from ipc.requests import RawRequest, RestartShards, VoiceRequest
 
-__all__ = ["describe_ranges", "route_command", "shard_of_guild"]
+__all__ = ["describe_ranges", "forward_target", "route_command", "shard_of_guild"]
 
 
 def shard_of_guild(guild_id: int, shard_count: int) -> int:
@@ -39,6 +41,48 @@ def route_command(
         ids = sorted(owned)
         return f"shard {shard} is not run by this host (it runs {describe_ranges(ids)})"
     return shard
+
+
+def forward_target(
+    request: RawRequest,
+    shard_count: int,
+    local: Collection[int],
+    owners: Mapping[int, str],
+    me: str,
+    served_by: Mapping[str, str],
+    served_here: bool,
+) -> tuple[str, str] | None:
+    """In a multi-host fleet: the other host that must answer ``request``, and why; None
+    to answer it here. Gateway and voice commands go to the host that runs the shard of
+    their guild (or ``options.shard``), a shard's restart to the host that runs it, a
+    custom command nobody here serves to a host where an application serves it. A request
+    another host forwarded (``options.via``) is never forwarded again."""
+    if "via" in request.options:
+        return None
+    cls = REGISTRY.command(request.type_name)
+    if cls is None or not (issubclass(cls, GatewayCommand | VoiceRequest) or cls is RestartShards):
+        if served_here or cls is not None:
+            return None
+        host = served_by.get(request.type_name)
+        if host is None or host == me:
+            return None
+        return host, f"{request.type_name} is served by an application on host {host}"
+    body = request.body
+    if cls is RestartShards:
+        shard = body.get("shard") if isinstance(body, dict) else None
+        if type(shard) is not int:
+            return None
+    else:
+        routed = route_command(request.options, body, shard_count, range(shard_count))
+        if isinstance(routed, str):
+            return None  # answered here, with the reason it cannot be routed
+        shard = routed
+    if shard in local:
+        return None
+    owner = owners.get(shard)
+    if owner is None or owner == me:
+        return None
+    return owner, f"shard {shard} runs on host {owner}"
 
 
 def describe_ranges(ids: list[int]) -> str:

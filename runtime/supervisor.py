@@ -32,17 +32,21 @@ from ipc.codec import MAX_GATEWAY_PAYLOAD, CodecError, decode_control, encode_ga
 from ipc.control import GatewayForward
 from ipc.messages import Accepted, ErrorCode, ErrorReply, GatewayCommand, Reply, Routed
 from ipc.requests import (
+    MAX_SERVED_TYPES,
     GetStatus,
+    RawRequest,
     ReportClientStats,
     Restarting,
     RestartShards,
     StatusReply,
     StopFleet,
     Stopping,
+    decode_request,
 )
 from ipc.states import ShardState
 from ipc.status import BudgetRecord, BusRecord, FleetStatus, HostRecord
 from runtime.apps import AppFleet, AppWorker
+from runtime.cluster.peers import Peer, advertised, peer_info, read_peers
 from runtime.clusterhost import ClusterHost
 from runtime.commands import CommandDesk, Options
 from runtime.config import Config, parse_listen
@@ -50,7 +54,8 @@ from runtime.curveauth import ClientAllowList
 from runtime.discord_rest import RestError, fetch_gateway_bot
 from runtime.metrics import FleetCollector
 from runtime.metricsserver import MetricsServer
-from runtime.routing import route_command
+from runtime.peercommands import PeerCommands
+from runtime.routing import forward_target, route_command
 from runtime.rundir import (
     AlreadyRunningError,
     UnsafeRuntimeDirError,
@@ -108,12 +113,17 @@ class Supervisor:
         self.plan = plan
         self.token = token
         self.runtime_dir = runtime_dir
-        self.endpoints = Endpoints.in_dir(runtime_dir, config.ipc.events, config.ipc.commands)
+        clustered = config.cluster.enabled  # shards come as this host takes their leases
+        self.endpoints = Endpoints.in_dir(
+            runtime_dir,
+            config.ipc.events,
+            config.ipc.commands,
+            peer_in=config.cluster.peer_listen if clustered else None,
+        )
         self.wiring = Wiring(config, self.endpoints, runtime_dir)
         self.scheduler = IdentifyScheduler(plan.max_concurrency, plan.remaining, identify_interval)
         self.sessions = SessionStore(runtime_dir / "sessions.json")
         spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
-        clustered = config.cluster.enabled  # shards come as this host takes their leases
         self.shards = ShardFleet(
             config,
             () if clustered else plan.shard_ids,
@@ -150,7 +160,13 @@ class Supervisor:
             preexec=_exit_with_parent,
         )
         self.cluster: ClusterHost | None = None
+        self.peer_commands: PeerCommands | None = None  # requests for other hosts' shards
+        self._peers: dict[str, Peer] = {}
+        self._served_by: dict[str, str] = {}  # custom command type -> a host serving it
         if clustered:
+            self.peer_commands = PeerCommands(
+                self.wiring.ctx, config.cluster.host_name(), self.wiring.secure_client
+            )
             self.cluster = ClusterHost(
                 config.cluster,
                 self.shards,
@@ -161,6 +177,8 @@ class Supervisor:
                 reset_after_ms=plan.reset_after_ms,
                 identify_interval=identify_interval,
                 send=self.wiring.send,
+                about=self._about_this_host,
+                meet=self._meet_hosts,
             )
         self.desk = CommandDesk(time.monotonic)
         self._register_handlers()
@@ -243,6 +261,8 @@ class Supervisor:
                 await self.metrics.close()
             if self.cluster is not None:
                 await self.cluster.close()
+            if self.peer_commands is not None:
+                self.peer_commands.close()
             self.sessions.save()
             self.wiring.close()
             unlock_runtime_dir(self.runtime_dir, *self.endpoints.all())
@@ -450,11 +470,83 @@ class Supervisor:
     # -- commands: what applications and the CLI ask -------------------------------------
 
     async def _read_commands(self, sock: zmq.asyncio.Socket) -> None:
-        """Every request gets exactly one reply, whatever it holds (docs/wire.md)."""
+        """Every request gets exactly one reply, whatever it holds (docs/wire.md). In a
+        fleet, a request for another host's shard is answered by that host."""
         while True:
             frames = await sock.recv_multipart()
+            forward = self._forward_target(frames)
+            if forward is not None:
+                request, host, why = forward
+                self._background(
+                    self._forward(sock, frames[0], request, host, why),
+                    f"{request.type_name} forwarded to host {host}",
+                )
+                continue
             for message in await self.desk.receive(list(frames)):
                 await sock.send_multipart(message)
+
+    def _forward_target(self, frames: list[bytes]) -> tuple[RawRequest, str, str] | None:
+        if self.cluster is None or self.cluster.coordinator is None or len(frames) < 2:
+            return None
+        request = decode_request(list(frames[1:]))
+        if isinstance(request, tuple):
+            return None  # the desk answers it with the error
+        target = forward_target(
+            request,
+            self.plan.shard_count,
+            self.workers,
+            self.cluster.coordinator.owners,
+            self.cluster.host,
+            self._served_by,
+            served_here=request.type_name in self.desk.served_types(),
+        )
+        return None if target is None else (request, *target)
+
+    async def _forward(
+        self, sock: zmq.asyncio.Socket, identity: bytes, request: RawRequest, host: str, why: str
+    ) -> None:
+        assert self.peer_commands is not None
+        body = await self.peer_commands.forward(host, request, why)
+        await sock.send_multipart([identity, request.request_id, body])
+
+    # -- the fleet's hosts ----------------------------------------------------------------
+
+    def _about_this_host(self) -> dict[str, Any]:
+        """What the other hosts need to reach this one (published each turn)."""
+        bus, commands = self.wiring.bus, self.wiring.commands
+        if bus is None or commands is None:
+            return {}
+        name = self.config.cluster.advertise or self.config.cluster.host_name()
+        bound = commands.getsockopt(zmq.LAST_ENDPOINT)
+        return {
+            **peer_info(
+                advertised(bus.endpoint("peer_in"), name),
+                advertised(bound.decode() if isinstance(bound, bytes) else str(bound), name),
+                self.config.ipc.curve_public_key,
+            ),
+            "serves": self.desk.served_types()[:MAX_SERVED_TYPES],
+        }
+
+    async def _meet_hosts(self, live: dict[str, dict[str, Any]]) -> None:
+        """Each turn, before any shard moves: this host's events go to every other live
+        host (waiting until the bus has the links), its forwarded requests can reach them."""
+        me = self.config.cluster.host_name()
+        self._served_by = {
+            name: host
+            for host, entry in sorted(live.items())
+            if host != me and isinstance(entry.get("serves"), list)
+            for name in entry["serves"][:MAX_SERVED_TYPES]
+            if isinstance(name, str)
+        }
+        peers = read_peers(live, me)
+        if peers == self._peers or self.wiring.bus is None:
+            return
+        self._peers = peers
+        applied = self.wiring.bus.set_peers({n: p.events for n, p in peers.items()})
+        if self.peer_commands is not None:
+            self.peer_commands.set_peers({n: p.commands for n, p in peers.items()})
+        if not await asyncio.to_thread(applied.wait, 5.0):
+            log.warning("the event bus did not open its links to the other hosts within 5s")
 
     def _register_handlers(self) -> None:
         """The handler table: one handler per command class (voice commands: VoiceFleet)."""

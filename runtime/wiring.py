@@ -37,18 +37,24 @@ class Endpoints:
     events: str  # applications subscribe here (ROUTER)
     control: str  # workers' DEALERs (ROUTER)
     commands: str  # applications and the CLI (ROUTER)
+    peer_in: str = ""  # other hosts of a fleet push their events here (PULL); "": no fleet
 
     @classmethod
-    def in_dir(cls, runtime_dir: Path, events: str = "", commands: str = "") -> Endpoints:
+    def in_dir(
+        cls, runtime_dir: Path, events: str = "", commands: str = "", peer_in: str | None = None
+    ) -> Endpoints:
+        """``peer_in``: None for a single host; "" for the default in ``runtime_dir``."""
         return cls(
             bus_in=f"ipc://{runtime_dir}/bus-in.sock",
             events=events or f"ipc://{runtime_dir}/events.sock",
             control=f"ipc://{runtime_dir}/control.sock",
             commands=commands or f"ipc://{runtime_dir}/commands.sock",
+            peer_in="" if peer_in is None else (peer_in or f"ipc://{runtime_dir}/peers.sock"),
         )
 
     def all(self) -> tuple[str, ...]:
-        return (self.bus_in, self.events, self.control, self.commands)
+        ends = (self.bus_in, self.events, self.control, self.commands, self.peer_in)
+        return tuple(e for e in ends if e)
 
 
 class Wiring:
@@ -71,10 +77,11 @@ class Wiring:
         opened: list[zmq.Socket[Any]] = []
         endpoint = ""
         try:
-            if e.events.startswith("tcp://") or e.commands.startswith("tcp://"):
-                self.allow_list = ClientAllowList(
-                    self.config.ipc.client_public_keys, self.runtime_dir
-                )
+            if any(x.startswith("tcp://") for x in (e.events, e.commands, e.peer_in)):
+                allowed = self.config.ipc.client_public_keys
+                if self.config.cluster.enabled:  # the fleet's hosts share the [ipc] keypair
+                    allowed = (*allowed, self.config.ipc.curve_public_key)
+                self.allow_list = ClientAllowList(allowed, self.runtime_dir)
                 self.allow_list.start(self.ctx, self._thread_ctx)
             endpoint = e.events
             self.bus = EventBus(
@@ -83,6 +90,10 @@ class Wiring:
                 e.events,
                 buffer_bytes=self.config.bus.subscriber_buffer_bytes,
                 secure=lambda sock: self._secure(sock, e.events),
+                peer_in=e.peer_in,
+                secure_peer_in=lambda sock: self._secure(sock, e.peer_in),
+                secure_link=self.secure_client,
+                host=self.config.cluster.host_name() if self.config.cluster.enabled else "",
             )
             self.bus.start()
             publisher = self._thread_ctx.socket(zmq.PUB)  # the supervisor's own events
@@ -103,6 +114,7 @@ class Wiring:
             for sock in opened:
                 sock.close(linger=0)
             self._close_contexts()
+            endpoint = getattr(exc, "endpoint", endpoint)
             raise StartupError(
                 f"cannot listen on {endpoint}: {exc} (is another program using it?)"
             ) from None
@@ -121,6 +133,18 @@ class Wiring:
         if not (ipc.curve_public_key and ipc.curve_secret_key):
             raise StartupError(f"{endpoint} is tcp:// but ipc.curve_*_key are not set")
         sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, ipc.curve_secret_key.encode())
+
+    def secure_client(self, sock: zmq.Socket[Any], server_key: str) -> None:
+        """Make ``sock`` a CURVE client of another host of the fleet (server public key
+        ``server_key``; none for an ipc:// endpoint), as this host's [ipc] keypair."""
+        if not server_key:
+            return
+        ipc = self.config.ipc
+        if not (ipc.curve_public_key and ipc.curve_secret_key):
+            raise zmq.ZMQError(zmq.EINVAL, "ipc.curve_*_key are not set")
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key.encode())
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, ipc.curve_public_key.encode())
         sock.setsockopt(zmq.CURVE_SECRETKEY, ipc.curve_secret_key.encode())
 
     def send(self, identity: str, message: Message) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -71,6 +71,7 @@ class Coordinator:
         identify_interval: float = 5.0,
         info: Callable[[], dict[str, Any]] = dict,
         where: str = "Redis",
+        on_hosts: Callable[[dict[str, dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> None:
         keys = FleetKeys(fleet)
         self.host = host
@@ -79,6 +80,7 @@ class Coordinator:
         self.fixed = fixed
         self.lease_ttl = lease_ttl
         self.info = info
+        self.on_hosts = on_hosts  # told the live hosts each turn, before shards move
         self.leases = LeaseTable(redis, keys, host, lease_ttl, where=where)
         self.hosts = HostRegistry(redis, keys, host, lease_ttl, where=where)
         self.schedule = FleetIdentifySchedule(
@@ -102,6 +104,8 @@ class Coordinator:
         """One turn: renew, drop what was lost, hand over and take toward the share."""
         try:
             self.live_hosts = await self.hosts.beat(self.info())
+            if self.on_hosts is not None:  # e.g. the bus reaches every host before a take
+                await self.on_hosts(self.live_hosts)
             holds = [o.hold for o in self.owned.values()]
             for lost, owner in await self.leases.renew(holds):
                 await self._lost(lost, owner)

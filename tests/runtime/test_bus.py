@@ -12,7 +12,7 @@ from typing import Any
 import zmq
 
 from ipc.codec import SUBSCRIBE
-from runtime.bus import EventBus
+from runtime.bus import EventBus, PeerAddress
 
 
 @contextmanager
@@ -146,3 +146,65 @@ def test_a_filtered_subscriber_is_told_exactly_what_it_lost(tmp_path: Path) -> N
         assert isinstance(notice, EventsDropped) and notice.dropped == dropped
         typing_events = [f for f in got if f[0] == b"TYPING_START x"]
         assert len(typing_events) - 1 + dropped == 2000  # nothing lost without a word
+
+
+def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
+    tmp_path: Path,
+) -> None:
+    """Three buses as three hosts: what one publishes reaches every host's subscribers
+    once; what a host receives from another is never passed on to a third."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    names = ("a", "b", "c")
+    buses = {}
+    for name in names:
+        (tmp_path / name).mkdir()
+        buses[name] = EventBus(
+            ctx,
+            f"ipc://{tmp_path}/{name}/in.sock",
+            f"ipc://{tmp_path}/{name}/ev.sock",
+            peer_in=f"ipc://{tmp_path}/{name}/peers.sock",
+            host=name,
+        )
+        buses[name].start()
+    try:
+        for name, bus in buses.items():
+            applied = bus.set_peers(
+                {
+                    other: PeerAddress(f"ipc://{tmp_path}/{other}/peers.sock")
+                    for other in names
+                    if other != name
+                }
+            )
+            assert applied.wait(5)
+            assert set(bus.links) == set(names) - {name}
+        subs = {}
+        for name in names:
+            sock = socket(ctx, zmq.DEALER)
+            sock.connect(f"ipc://{tmp_path}/{name}/ev.sock")
+            sock.send_multipart([SUBSCRIBE, b"app-" + name.encode(), b"MESSAGE_CREATE"])
+            subs[name] = sock
+        until(lambda: all(len(b.stats()) == 3 for b in buses.values()))  # 2 links + 1 app
+        publisher = socket(ctx, zmq.PUB)
+        publisher.connect(f"ipc://{tmp_path}/b/in.sock")
+        until(lambda: (publisher.send_multipart(message(b"PROBE", 0)), buses["b"].received)[1])
+        for n in range(100):
+            publisher.send_multipart(message(b"MESSAGE_CREATE ", n))
+        for name, sock in subs.items():
+            got = [receive(sock)[1] for _ in range(100)]
+            assert got == [b"envelope-%d" % n for n in range(100)], name
+            assert not sock.poll(300), f"{name} got a message twice"  # nothing passed on
+        assert buses["a"].peer_received >= 100 and buses["c"].peer_received >= 100  # + PROBEs
+        assert buses["b"].peer_received == 0
+        # a host that leaves the fleet gets nothing more
+        assert buses["b"].set_peers({"a": PeerAddress(f"ipc://{tmp_path}/a/peers.sock")}).wait(5)
+        assert set(buses["b"].links) == {"a"}
+        publisher.send_multipart(message(b"MESSAGE_CREATE ", 100))
+        assert receive(subs["a"])[1] == b"envelope-100"
+        assert not subs["c"].poll(300)
+    finally:
+        for sock in list(_open):
+            sock.close(linger=0)
+        _open.clear()
+        ctx.term()
+        for bus in buses.values():
+            bus.join()

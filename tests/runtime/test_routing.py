@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from runtime.routing import describe_ranges, route_command, shard_of_guild
+from ipc.requests import decode_request, request_frames
+from runtime.routing import describe_ranges, forward_target, route_command, shard_of_guild
 
 GUILD = 81384788765712384  # (GUILD >> 22) % 4 == shard_of_guild(GUILD, 4)
 
@@ -46,3 +49,45 @@ def test_no_route_says_why(options: dict[str, object], body: object, words: str)
 def test_ranges_are_described_compactly() -> None:
     assert describe_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
     assert describe_ranges([]) == "none"
+
+
+def request(type_name: str, body: dict[str, Any], options: dict[str, Any] | None = None) -> Any:
+    frames = request_frames(b"1", type_name, body, options)
+    decoded = decode_request(frames)
+    assert not isinstance(decoded, tuple)
+    return decoded
+
+
+OWNERS = {0: "a", 1: "b", 2: "b", 3: "c"}
+
+
+def forward(req: Any, served_by: dict[str, str] | None = None, here: bool = False) -> Any:
+    return forward_target(req, 4, {0}, OWNERS, "a", served_by or {}, here)
+
+
+def test_a_request_for_another_hosts_shard_goes_to_that_host() -> None:
+    assert shard_of_guild(GUILD, 4) == 2
+    members = {"guild_id": str(GUILD), "user_ids": ["1"]}
+    target = forward(request("REQUEST_GUILD_MEMBERS", members))
+    assert target == ("b", "shard 2 runs on host b")
+    voice = forward(request("shardline.voice.play", {"guild_id": str(GUILD), "path": "/x"}))
+    assert voice == target
+    assert forward(request("REQUEST_GUILD_MEMBERS", members, {"shard": 3}))[0] == "c"
+    assert forward(request("shardline.restart", {"shard": 2}))[0] == "b"
+    # what this host runs, asks about itself, or cannot route is answered here
+    assert forward(request("REQUEST_GUILD_MEMBERS", members, {"shard": 0})) is None
+    assert forward(request("shardline.restart", {"rolling": True})) is None
+    assert forward(request("shardline.status", {})) is None
+    assert forward(request("REQUEST_GUILD_MEMBERS", {"user_ids": ["1"]})) is None
+    # a forwarded request is never forwarded again (two hosts that disagree cannot loop)
+    assert forward(request("REQUEST_GUILD_MEMBERS", members, {"shard": 3, "via": "c"})) is None
+
+
+def test_a_custom_command_goes_to_a_host_where_an_application_serves_it() -> None:
+    custom = request("mybot.roll", {"sides": 6})
+    assert forward(custom, {"mybot.roll": "c"}) == (
+        "c",
+        "mybot.roll is served by an application on host c",
+    )
+    assert forward(custom, {"mybot.roll": "c"}, here=True) is None  # served here: here
+    assert forward(custom, {}) is None  # nobody serves it: the desk says so

@@ -7,17 +7,23 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from emulator import Emulator
-from ipc.client import CommandError, request_sync
+from ipc.client import Client, CommandError, request_sync
+from ipc.commands import RequestGuildMembers
+from ipc.events import MessageCreate
+from ipc.messages import Routed
 from ipc.requests import GetStatus, StatusReply
 from runtime.config import parse_config
 from runtime.supervisor import Supervisor
@@ -72,6 +78,128 @@ def ready_everywhere(running: dict[str, Supervisor], count: int = SHARDS) -> boo
         s for sup in running.values() for s, w in sup.workers.items() if w.state.value == "ready"
     ]
     return sorted(ready) == list(range(count))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class FleetKeys:
+    """The [ipc] keypair the fleet's hosts share, and an application's."""
+
+    public: str
+    secret: str
+    app_public: str
+    app_secret: str
+
+    @classmethod
+    def new(cls) -> FleetKeys:
+        public, secret = (k.decode() for k in zmq.curve_keypair())
+        app_public, app_secret = (k.decode() for k in zmq.curve_keypair())
+        return cls(public, secret, app_public, app_secret)
+
+
+def tcp_ipc(root: Path, name: str, keys: FleetKeys) -> dict[str, Any]:
+    """A host whose events, commands and peer endpoint are tcp:// with CURVE, as across
+    machines."""
+    return {
+        "runtime_dir": str(root / name),
+        "events": f"tcp://127.0.0.1:{free_port()}",
+        "commands": f"tcp://127.0.0.1:{free_port()}",
+        "curve_public_key": keys.public,
+        "curve_secret_key": keys.secret,
+        "client_public_keys": [keys.app_public],
+    }
+
+
+@asynccontextmanager
+async def tcp_hosts(
+    emu: Emulator, redis: RedisServer, root: Path, names: list[str], keys: FleetKeys
+) -> AsyncIterator[dict[str, Supervisor]]:
+    async with AsyncExitStack() as stack:
+        running = {}
+        for name in names:
+            config = parse_config(
+                {
+                    "discord": {"rest_url": emu.rest_url},
+                    "shards": {"intents": ["guilds", "guild_messages"]},
+                    "ipc": tcp_ipc(root, name, keys),
+                    "restart": {"backoff_initial": 0.1, "hang_timeout": 5.0},
+                    "log": {"level": "warning"},
+                    "cluster": {
+                        "redis_url": redis.url,
+                        "fleet": "bot",
+                        "host": name,
+                        "lease_ttl": 3,
+                        "peer_listen": f"tcp://127.0.0.1:{free_port()}",
+                    },
+                }
+            )
+            running[name] = await stack.enter_async_context(fleet_with(config, emu, root / name))
+        yield running
+
+
+def applications(sup: Supervisor) -> int:
+    """The host's bus subscribers that are applications (not links to other hosts)."""
+    return sum(1 for s in sup.wiring.subscribers() if not s.name.startswith("host:"))
+
+
+def linked(running: dict[str, Supervisor]) -> bool:
+    """Every host pushes its events to every other host."""
+    return all(
+        sup.wiring.bus is not None and set(sup.wiring.bus.links) == set(running) - {name}
+        for name, sup in running.items()
+    )
+
+
+async def test_an_app_on_one_host_gets_every_hosts_events_and_its_commands_reach_the_owner(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    keys = FleetKeys.new()
+    async with emulator(shards=SHARDS, max_concurrency=2) as emu:
+        async with tcp_hosts(emu, redis_server, tmp_path, ["a", "b", "c"], keys) as running:
+            await eventually(lambda: ready_everywhere(running), timeout=60)
+            await eventually(lambda: linked(running), timeout=10)
+            a = running["a"]
+            client = Client(
+                a.endpoints.events,
+                a.endpoints.commands,
+                server_key=keys.public,
+                client_key=keys.app_secret,
+            )
+            counts: dict[int, int] = {}
+
+            @client.on(MessageCreate)
+            def count(event: MessageCreate) -> None:
+                shard = (int(event.raw["guild_id"]) >> 22) % SHARDS
+                counts[shard] = counts.get(shard, 0) + 1
+
+            client.connect([b"MESSAGE_CREATE"])
+            reader = asyncio.create_task(client.run())
+            try:
+                await eventually(lambda: applications(a) == 1, timeout=10)
+                streams = [emu.stream(shard, rate=100, count=50) for shard in range(SHARDS)]
+                await asyncio.gather(*streams)
+                everyone = dict.fromkeys(range(SHARDS), 50)
+                await eventually(lambda: counts == everyone, timeout=20)
+                # a command for a guild whose shard runs on another host: sent by that host
+                remote = next(s for s in running["b"].workers)
+                guild = emu.gateway.guilds_on(remote, SHARDS)[0]
+                reply = await client.send(
+                    RequestGuildMembers(guild_id=guild, user_ids=[1], nonce="far")
+                )
+                assert isinstance(reply, Routed) and reply.routed == f"shard:{remote}"
+                await eventually(
+                    lambda: any(r.d.get("nonce") == "far" for r in emu.received(remote, op=8)),
+                    timeout=10,
+                )
+            finally:
+                reader.cancel()
+                client.close()
+            assert client.gaps == 0
 
 
 async def test_hosts_share_the_shards_identify_once_and_resume_on_the_next_start(
