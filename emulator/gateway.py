@@ -161,6 +161,8 @@ class Connection:
         self.session: Session | None = None
         self.zombie = False
         self.identified_shard: int | None = None
+        self.identified_at = 0.0  # when it identified or resumed (monotonic)
+        self.closed_at: float | None = None
         self.compressor: Callable[[bytes], bytes] | None = None
         self.payload_compression = False
         self.send_times: deque[float] = deque()
@@ -277,6 +279,8 @@ class GatewayServer:
         self.on_voice_token: Callable[[str, str, str, str, str], None] | None = None
         self.sessions: dict[str, Session] = {}
         self.connections: list[Connection] = []
+        # (shard, identified at, closed at) of every connection that identified or resumed
+        self.spans: list[tuple[int, float, float]] = []
         self.received: list[Received] = []
         self.identifies: list[IdentifyRecord] = []
         self._bucket_last: dict[int, float] = {}
@@ -332,7 +336,11 @@ class GatewayServer:
             pass
         finally:
             conn.closed = True
+            conn.closed_at = time.monotonic()
             self.connections.remove(conn)
+            if conn.identified_shard is not None:
+                self.spans.append((conn.identified_shard, conn.identified_at, conn.closed_at))
+                del self.spans[:-100_000]
             session = conn.session
             if session is not None and session.connection is conn:
                 session.connection = None
@@ -428,6 +436,7 @@ class GatewayServer:
             return False
         shard_id, shard_count = shard
         conn.identified_shard = shard_id
+        conn.identified_at = time.monotonic()
         guilds_needed = -(-len(self.world.guild_ids) // self.rules.max_guilds_per_shard)
         if shard_count < guilds_needed:
             await self._record_identify(shard_id, shard_count, False, "4011")
@@ -533,6 +542,7 @@ class GatewayServer:
             await conn.send(_frame(9, False))
             return True
         conn.identified_shard = session.shard_id
+        conn.identified_at = time.monotonic()
         async with session.lock:  # attach and replay before any new dispatch can interleave
             await self._attach(conn, session)
             for entry_seq, payload in session.buffer:
@@ -754,6 +764,24 @@ class GatewayServer:
             if s.shard_id == target:
                 out.append(s)
         return out
+
+    def longest_overlap(self, shard_id: int) -> float:
+        """The longest stretch (seconds) during which two or more connections that
+        identified or resumed as ``shard_id`` were open at once (a handoff's overlap)."""
+        now = time.monotonic()
+        spans = [(start, end) for shard, start, end in self.spans if shard == shard_id]
+        spans += [
+            (c.identified_at, now) for c in self.connections if c.identified_shard == shard_id
+        ]
+        edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+        open_now, since, longest = 0, 0.0, 0.0
+        for at, step in edges:
+            if open_now >= 2 and open_now + step < 2:
+                longest = max(longest, at - since)
+            if open_now < 2 <= open_now + step:
+                since = at
+            open_now += step
+        return longest
 
     def connections_for(self, shard_id: int | None) -> list[Connection]:
         return [

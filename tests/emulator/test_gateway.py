@@ -456,3 +456,27 @@ async def test_several_sessions_of_one_shard_run_at_once_and_each_gets_its_guild
             while payload.get("t") != "MESSAGE_CREATE":
                 payload = await client.recv()
             assert payload["d"]["content"] == "to both"
+
+
+async def test_two_open_connections_of_one_shard_are_measured_as_an_overlap() -> None:
+    """The yardstick for handoffs: how long two connections of one shard were open."""
+    async with Emulator(config(guilds=3)) as emu:
+        first = await PlainClient.open(emu.gateway_url)
+        await first.hello_and_ready()
+        assert emu.gateway.longest_overlap(0) == 0.0
+        second = await PlainClient.open(emu.gateway_url)
+        await second.hello_and_ready()  # a second session for shard 0: both open now
+        await emu.wait_until(lambda: len(emu.sessions(0)) == 2)
+        open_since = emu.gateway.longest_overlap(0)
+        assert open_since > 0.0
+        await first.close(1000)
+        await emu.wait_until(lambda: len(emu.gateway.connections) == 1)
+        closed = emu.gateway.longest_overlap(0)
+        assert closed >= open_since  # measured up to the first one's close
+        assert emu.gateway.longest_overlap(0) == closed  # and no longer growing
+        await second.close(1000)
+        await emu.wait_until(lambda: not emu.gateway.connections)
+        third = await PlainClient.open(emu.gateway_url)  # one after the other: no overlap
+        await third.hello_and_ready()
+        assert emu.gateway.longest_overlap(0) == closed
+        await third.close(1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -229,18 +230,38 @@ class HostProcess:
     """``shardline run`` as its own process group, as one host of the fleet."""
 
     def __init__(
-        self, emu: Emulator, redis: RedisServer, root: Path, name: str, interval: float = 0.3
+        self,
+        emu: Emulator,
+        redis: RedisServer,
+        root: Path,
+        name: str,
+        interval: float = 0.3,
+        keys: FleetKeys | None = None,
     ) -> None:
         self.name = name
         self.runtime_dir = root / name
+        self.keys = keys
         config = root / f"{name}.toml"
+        ipc = f'runtime_dir = "{self.runtime_dir}"\n'
+        peer = ""
+        self.events = f"ipc://{self.runtime_dir}/events.sock"
+        self.commands = f"ipc://{self.runtime_dir}/commands.sock"
+        if keys is not None:  # tcp:// with CURVE everywhere, as across machines
+            table = tcp_ipc(root, name, keys)
+            self.events, self.commands = table["events"], table["commands"]
+            ipc += "".join(
+                f"{key} = {json.dumps(value)}\n"
+                for key, value in table.items()
+                if key != "runtime_dir"
+            )
+            peer = f'peer_listen = "tcp://127.0.0.1:{free_port()}"\n'
         config.write_text(
             f'[discord]\nrest_url = "{emu.rest_url}"\n'
             '[shards]\nintents = ["guilds", "guild_messages"]\n'
-            f'[ipc]\nruntime_dir = "{self.runtime_dir}"\n'
+            f"[ipc]\n{ipc}"
             '[restart]\nbackoff_initial = 0.1\n[log]\nlevel = "warning"\n'
             f'[cluster]\nredis_url = "{redis.url}"\nfleet = "bot"\nhost = "{name}"\n'
-            "lease_ttl = 3\n"
+            f"lease_ttl = 3\n{peer}"
         )
         self.proc = subprocess.Popen(
             [
@@ -259,16 +280,29 @@ class HostProcess:
             stderr=subprocess.PIPE,
         )
 
+    def status(self) -> dict[str, Any]:
+        """``shardline status --json`` of this host ({} while it does not answer)."""
+        keys = self.keys
+        try:
+            reply = request_sync(
+                self.commands,
+                GetStatus(),
+                2.0,
+                keys.public if keys else None,
+                keys.app_secret if keys else None,
+            )
+        except CommandError:
+            return {}
+        return reply.status if isinstance(reply, StatusReply) else {}
+
     def ready_shards(self) -> set[int]:
         """The shards this host runs READY (none while it does not answer)."""
-        try:
-            reply = request_sync(f"ipc://{self.runtime_dir}/commands.sock", GetStatus(), 2.0)
-        except CommandError:
-            return set()
-        if not isinstance(reply, StatusReply):
-            return set()
-        shards = reply.status["shards"]  # the whole fleet's: keep this host's own
+        shards = self.status().get("shards", [])  # the whole fleet's: keep this host's own
         return {s["id"] for s in shards if s["state"] == "ready" and s["host"] == self.name}
+
+    def subscribers(self) -> set[str]:
+        """The names of this host's bus subscribers: applications, and ``host:X`` links."""
+        return {s["name"] for s in self.status().get("bus", {}).get("subscribers", [])}
 
     def pause(self) -> None:
         os.killpg(self.proc.pid, signal.SIGSTOP)
@@ -297,28 +331,61 @@ def ready_union(running: list[HostProcess]) -> set[int]:
     return set().union(*(host.ready_shards() for host in running))
 
 
-async def test_a_killed_hosts_shards_are_resumed_by_the_others(
+async def test_a_killed_hosts_shards_are_resumed_by_the_others_and_an_app_loses_nothing(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    keys = FleetKeys.new()
+    ttl = 3.0
     async with emulator(shards=SHARDS, max_concurrency=2) as emu:
-        running = [HostProcess(emu, redis_server, tmp_path, n) for n in ("a", "b", "c")]
+        names = ("a", "b", "c")
+        running = [HostProcess(emu, redis_server, tmp_path, n, keys=keys) for n in names]
+        client = Client(
+            running[0].events,
+            running[0].commands,
+            dedupe=True,
+            server_key=keys.public,
+            client_key=keys.app_secret,
+        )
+        handled: dict[int, int] = {}
+
+        @client.on(MessageCreate)
+        def count(event: MessageCreate) -> None:
+            shard = (int(event.raw["guild_id"]) >> 22) % SHARDS
+            handled[shard] = handled.get(shard, 0) + 1
+
+        reader: asyncio.Task[None] | None = None
         try:
             await eventually(lambda: ready_union(running) == set(range(SHARDS)), timeout=90)
+            client.connect()
+            reader = asyncio.create_task(client.run())
+            # the app on host a, and every host pushing its events to every other
+            await eventually(lambda: client.name in running[0].subscribers(), timeout=10)
+            for host in running:
+                others = {f"host:{n}" for n in names if n != host.name}
+                await eventually(lambda: others <= host.subscribers(), timeout=10)  # noqa: B023
             victim = running[1]
             lost = victim.ready_shards()
             assert len(lost) == 2
-            stream = emu.stream(0, rate=200, count=600)  # messages flow meanwhile
-            victim.kill_host()
+            streams = [emu.stream(shard, rate=100, count=300) for shard in range(SHARDS)]
+            await eventually(lambda: sum(handled.values()) >= 300, timeout=10)
+            victim.kill_host()  # its supervisor and whole process group, mid-stream
             survivors = [running[0], running[2]]
             await eventually(lambda: ready_union(survivors) == set(range(SHARDS)), timeout=60)
-            await stream
+            await asyncio.gather(*streams)
+            # every message of every shard handled exactly once, the lost shards' too
+            await eventually(lambda: handled == dict.fromkeys(range(SHARDS), 300), timeout=30)
+            assert client.gaps == 0
             identifies = emu.gateway.identifies
             assert len(identifies) == SHARDS  # the lost shards were resumed, not identified
             assert len(emu.received(op=6)) >= len(lost)  # RESUMEs from the new owners
-            for shard in lost:  # one session each, the first one, live again
+            for shard in range(SHARDS):  # one session each, the first one, live again
                 (session,) = emu.sessions(shard)
                 assert session.connection is not None and not session.invalid
+                assert emu.gateway.longest_overlap(shard) <= ttl
         finally:
+            if reader is not None:
+                reader.cancel()
+            client.close()
             for host in running:
                 host.stop()
 
@@ -368,6 +435,7 @@ async def test_a_paused_host_stops_what_it_lost_and_each_shard_ends_with_one_own
             for shard in range(4):  # one live session per shard
                 live = [x for x in emu.sessions(shard) if x.connection is not None]
                 assert len(live) == 1, (shard, live)
+                assert emu.gateway.longest_overlap(shard) <= 3.0  # one lease TTL
         finally:
             for host in running:
                 host.resume()
