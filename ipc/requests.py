@@ -41,6 +41,7 @@ __all__ = [
     "CALL",
     "MAX_REQUEST_ID",
     "MAX_TYPE_NAME",
+    "VIA",
     "CommandResult",
     "GetStatus",
     "JoinVoice",
@@ -66,6 +67,7 @@ __all__ = [
     "decode_request",
     "encode_call",
     "encode_request",
+    "relay_frames",
     "reply_frames",
     "request_frames",
 ]
@@ -329,6 +331,16 @@ def request_frames(
     """``[id, type, body, options]``: a request by type name (a command this process may
     have no class for)."""
     return [request_id, type_name.encode(), orjson.dumps(body), orjson.dumps(options or {})]
+
+
+VIA = "via"  # the option a request another host forwarded carries: that host's name
+
+
+def relay_frames(request_id: bytes, request: RawRequest, via: str) -> list[bytes]:
+    """``request`` forwarded to another host of the fleet: its body as it came, its options
+    with ``via`` (the forwarding host) added, under a new ``request_id``."""
+    options = orjson.dumps({**request.options, VIA: via})
+    return [request_id, request.type_name.encode(), request.body_bytes or b"{}", options]
 
 
 def encode_request(

@@ -35,6 +35,11 @@ class AppWorker:
     last_exit: str = ""
     started_at: float = 0.0
     given_up: str = ""
+    retired: bool = False  # another host runs this process now: never restarted here
+
+    @property
+    def slot(self) -> tuple[str, int, int]:
+        return (self.module, self.index, self.count)
 
     @property
     def state(self) -> str:
@@ -60,24 +65,46 @@ class AppFleet:
         *,
         python: str = sys.executable,
         preexec: Callable[[], None] | None = None,
+        placed: bool = False,
     ) -> None:
+        """``placed``: the fleet decides which processes run here (``add``/``retire``);
+        none start by themselves."""
         self.config = config
         self.python = python
         self.preexec = preexec
         # Applications get the endpoints, never the bot's token.
         self.env = {k: v for k, v in {**os.environ, **env}.items()}
         self.env.pop(config.discord.token_env, None)
-        self.apps = [
-            AppWorker(app.module, index, app.processes)
-            for app in config.apps
-            for index in range(app.processes)
-        ]
+        self.apps = (
+            []
+            if placed
+            else [
+                AppWorker(app.module, index, app.processes)
+                for app in config.apps
+                for index in range(app.processes)
+            ]
+        )
         self.stopping = asyncio.Event()
+
+    def add(self, slot: tuple[str, int, int]) -> AppWorker:
+        """Run this process here from now on (the caller runs :meth:`keep_alive` for it)."""
+        app = AppWorker(*slot)
+        self.apps.append(app)
+        return app
+
+    async def retire(self, app: AppWorker) -> None:
+        """Stop this process for good (another host runs it now)."""
+        app.retired = True
+        proc = app.proc
+        if proc is not None:
+            await end_process(proc)
+        if app in self.apps:
+            self.apps.remove(app)
 
     async def keep_alive(self, app: AppWorker) -> None:
         """Run one app process; restart it as the restart policy says when it exits."""
         restart = self.config.restart
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not app.retired:
             app.proc = await asyncio.create_subprocess_exec(
                 self.python,
                 "-m",
@@ -103,7 +130,7 @@ class AppFleet:
             decision = app.history.after_exit(
                 # An app's exit statuses are its own: none means "never respawn" here.
                 code if code in (0, 1) or code < 0 else 1,
-                asked_to_stop=self.stopping.is_set(),
+                asked_to_stop=self.stopping.is_set() or app.retired,
                 ran_for=now - app.started_at,
                 now=now,
                 restart=restart,

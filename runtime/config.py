@@ -133,6 +133,8 @@ class ClusterConfig:
     host: str = ""  # this host's name in the fleet; empty: the machine's hostname
     shards: tuple[int, ...] | None = None  # None: "auto", take a share; else fixed ids
     lease_ttl: float = 10.0  # seconds a shard's lease lasts unless its host renews it
+    # for rediss://: a PEM file of the CA that signed Redis's certificate (empty: the system's)
+    redis_ca_file: str = ""
     # where the other hosts push their events to this one; empty: ipc:// in the runtime dir
     # (hosts on one machine only). tcp:// takes the [ipc] CURVE keys.
     peer_listen: str = ""
@@ -314,6 +316,7 @@ def _cluster(reader: _Reader, data: dict[str, Any], source: str, ipc: IpcConfig)
         host=reader.get("cluster.host", "", _name),
         shards=reader.get("cluster.shards", None, _cluster_shards),
         lease_ttl=reader.get("cluster.lease_ttl", 10.0, _float_range(2.0, 300.0)),
+        redis_ca_file=reader.get("cluster.redis_ca_file", "", _string),
         peer_listen=reader.get("cluster.peer_listen", "", _endpoint),
         advertise=reader.get("cluster.advertise", "", _advertise),
     )
@@ -555,6 +558,7 @@ def _name(value: Any) -> str:
 
 
 def _advertise(value: Any) -> str:
+    value = _from_environment(value)
     if value == "":
         return ""
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.:\[\]-]{1,253}", value):
@@ -613,9 +617,26 @@ def _curve_key_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _from_environment(value: Any) -> Any:
+    """``"${NAME}"`` is the environment variable NAME's value (so that a secret need not be
+    in the file); anything else is itself."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value)
+        if match:
+            found = os.environ.get(match.group(1))
+            if not found:
+                raise _Invalid(f"a value, but the environment variable {match.group(1)} is not set")
+            return found
+    return value
+
+
 def _curve_key(value: Any) -> str:
+    value = _from_environment(value)
     if value == "":
         return ""
     if not isinstance(value, str) or len(value) != 40:
-        raise _Invalid("a 40-character Z85 CURVE key (from zmq.curve_keypair())")
+        raise _Invalid(
+            'a 40-character Z85 CURVE key (from `shardline keygen`), or "${VAR}" to take it '
+            "from the environment"
+        )
     return value

@@ -11,20 +11,18 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import zmq
 import zmq.asyncio
 
 from ipc.messages import ErrorCode, ErrorReply
-from ipc.requests import RawRequest
+from ipc.requests import RawRequest, relay_frames
 from runtime.bus import PeerAddress
 
-__all__ = ["FORWARD_TIMEOUT", "VIA", "PeerCommands"]
+__all__ = ["FORWARD_TIMEOUT", "PeerCommands"]
 
 log = logging.getLogger("shardline.supervisor")
 
 FORWARD_TIMEOUT = 8.0  # under a client's usual 10 s, so that it hears why
-VIA = "via"  # the option a forwarded request carries: the host that forwarded it
 MAX_PENDING = 10_000
 
 
@@ -84,12 +82,7 @@ class PeerCommands:
         request_id = str(next(self._ids)).encode()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        frames = [
-            request_id,
-            request.type_name.encode(),
-            request.body_bytes or b"{}",
-            orjson.dumps({**request.options, VIA: self.host}),
-        ]
+        frames = relay_frames(request_id, request, self.host)
         try:
             async with asyncio.timeout(self.timeout):
                 await link.sock.send_multipart(frames)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ipc.fields import check_snowflake
 from ipc.messages import REGISTRY, GatewayCommand
-from ipc.requests import RawRequest, RestartShards, VoiceRequest
+from ipc.requests import VIA, RawRequest, RestartShards, VoiceRequest
 
 __all__ = ["describe_ranges", "forward_target", "route_command", "shard_of_guild"]
 
@@ -51,13 +51,14 @@ def forward_target(
     me: str,
     served_by: Mapping[str, str],
     served_here: bool,
-) -> tuple[str, str] | None:
-    """In a multi-host fleet: the other host that must answer ``request``, and why; None
-    to answer it here. Gateway and voice commands go to the host that runs the shard of
-    their guild (or ``options.shard``), a shard's restart to the host that runs it, a
-    custom command nobody here serves to a host where an application serves it. A request
-    another host forwarded (``options.via``) is never forwarded again."""
-    if "via" in request.options:
+) -> tuple[str, str, int | None] | None:
+    """In a multi-host fleet: the other host that must answer ``request`` as this host last
+    saw the fleet ("" when it did not know), why, and the shard it is for (None for a served
+    command); None to answer it here. Gateway and voice commands go to the host that runs
+    the shard of their guild (or ``options.shard``), a shard's restart to the host that runs
+    it, a custom command nobody here serves to a host where an application serves it. A
+    request another host forwarded (``options.via``) is never forwarded again."""
+    if VIA in request.options:
         return None
     cls = REGISTRY.command(request.type_name)
     if cls is None or not (issubclass(cls, GatewayCommand | VoiceRequest) or cls is RestartShards):
@@ -66,7 +67,7 @@ def forward_target(
         host = served_by.get(request.type_name)
         if host is None or host == me:
             return None
-        return host, f"{request.type_name} is served by an application on host {host}"
+        return host, f"{request.type_name} is served by an application on host {host}", None
     body = request.body
     if cls is RestartShards:
         shard = body.get("shard") if isinstance(body, dict) else None
@@ -79,10 +80,10 @@ def forward_target(
         shard = routed
     if shard in local:
         return None
-    owner = owners.get(shard)
-    if owner is None or owner == me:
-        return None
-    return owner, f"shard {shard} runs on host {owner}"
+    owner = owners.get(shard, "")
+    if owner == me:
+        owner = ""  # a turn-old view: asked again when the request is forwarded
+    return owner, f"shard {shard} runs on host {owner or '(unknown)'}", shard
 
 
 def describe_ranges(ids: list[int]) -> str:

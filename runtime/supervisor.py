@@ -46,6 +46,8 @@ from ipc.requests import (
 from ipc.states import ShardState
 from ipc.status import BudgetRecord, BusRecord, FleetStatus, HostRecord
 from runtime.apps import AppFleet, AppWorker
+from runtime.cluster.appshare import app_slots, apps_running_elsewhere, my_apps
+from runtime.cluster.identify import ClusterUnavailable
 from runtime.cluster.peers import Peer, advertised, peer_info, read_peers
 from runtime.clusterhost import ClusterHost
 from runtime.commands import CommandDesk, Options
@@ -158,6 +160,7 @@ class Supervisor:
             },
             python=python,
             preexec=_exit_with_parent,
+            placed=clustered,  # in a fleet, each app process runs on one host (appshare)
         )
         self.cluster: ClusterHost | None = None
         self.peer_commands: PeerCommands | None = None  # requests for other hosts' shards
@@ -375,6 +378,25 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _place_apps(self, live: dict[str, dict[str, Any]], me: str) -> None:
+        """Run here exactly this host's share of the fleet's application processes: stop
+        those that moved away at once, start those that moved here once no other host says
+        it runs them (so that no guild is handled twice)."""
+        slots = app_slots((app.module, app.processes) for app in self.config.apps)
+        mine = my_apps(slots, live, me)
+        elsewhere = apps_running_elsewhere(live, me)
+        running = {app.slot: app for app in self.apps if not app.retired}
+        for slot, app in running.items():
+            if slot not in mine:
+                log.info(f"app {app.module}[{app.index}] moves to another host; stopping it here")
+                self._background(self.app_fleet.retire(app), f"stopping app {app.module}")
+        for slot in sorted(mine - running.keys()):
+            if slot in elsewhere:
+                continue  # its host stops it at its turn; started here at a later one
+            app = self.app_fleet.add(slot)
+            log.info(f"app {app.module}[{app.index}] of {app.count} runs on this host now")
+            self._background(self.app_fleet.keep_alive(app), f"app {app.module}[{app.index}]")
+
     # -- control: what workers tell us ----------------------------------------------------
 
     async def _read_control(self, sock: zmq.asyncio.Socket) -> None:
@@ -476,16 +498,16 @@ class Supervisor:
             frames = await sock.recv_multipart()
             forward = self._forward_target(frames)
             if forward is not None:
-                request, host, why = forward
+                request, host, shard = forward
                 self._background(
-                    self._forward(sock, frames[0], request, host, why),
+                    self._forward(sock, frames[0], request, host, shard),
                     f"{request.type_name} forwarded to host {host}",
                 )
                 continue
             for message in await self.desk.receive(list(frames)):
                 await sock.send_multipart(message)
 
-    def _forward_target(self, frames: list[bytes]) -> tuple[RawRequest, str, str] | None:
+    def _forward_target(self, frames: list[bytes]) -> tuple[RawRequest, str, int | None] | None:
         if self.cluster is None or self.cluster.coordinator is None or len(frames) < 2:
             return None
         request = decode_request(list(frames[1:]))
@@ -500,12 +522,33 @@ class Supervisor:
             self._served_by,
             served_here=request.type_name in self.desk.served_types(),
         )
-        return None if target is None else (request, *target)
+        return None if target is None else (request, target[0], target[2])
 
     async def _forward(
-        self, sock: zmq.asyncio.Socket, identity: bytes, request: RawRequest, host: str, why: str
+        self,
+        sock: zmq.asyncio.Socket,
+        identity: bytes,
+        request: RawRequest,
+        host: str,
+        shard: int | None,
     ) -> None:
-        assert self.peer_commands is not None
+        """Hand ``request`` to the host that runs its shard now (asked of Redis: the view of
+        the last turn may be a turn old), and its reply back to whoever asked."""
+        assert self.peer_commands is not None and self.cluster is not None
+        coordinator = self.cluster.coordinator
+        why = f"{request.type_name} is served by an application on host {host}"
+        if shard is not None and coordinator is not None:
+            with contextlib.suppress(ClusterUnavailable):  # else the last turn's view
+                host = await coordinator.leases.owner(shard)
+            why = f"shard {shard} runs on host {host}"
+            if not host or host == self.cluster.host:  # nobody, or this host is starting it
+                reply = ErrorReply.of(
+                    ErrorCode.UNAVAILABLE,
+                    f"shard {shard} is not running on any host right now (it is moving "
+                    "between hosts or starting); the command was not sent",
+                )
+                await sock.send_multipart([identity, request.request_id, reply.encode()])
+                return
         body = await self.peer_commands.forward(host, request, why)
         await sock.send_multipart([identity, request.request_id, body])
 
@@ -525,6 +568,7 @@ class Supervisor:
                 self.config.ipc.curve_public_key,
             ),
             "serves": self.desk.served_types()[:MAX_SERVED_TYPES],
+            "apps": [list(app.slot) for app in self.apps if not app.retired],
         }
 
     async def _meet_hosts(self, live: dict[str, dict[str, Any]]) -> None:
@@ -538,6 +582,8 @@ class Supervisor:
             for name in entry["serves"][:MAX_SERVED_TYPES]
             if isinstance(name, str)
         }
+        if self.config.apps and not self._stop.is_set():
+            self._place_apps(live, me)
         peers = read_peers(live, me)
         if peers == self._peers or self.wiring.bus is None:
             return

@@ -121,6 +121,7 @@ class ShardRunner:
         self.inbox: Inbox[Any] = Inbox(clock)
         self._timer: asyncio.TimerHandle | None = None
         self._next_status = 0.0
+        self._reported_state: ShardState | None = None  # in the last status sent
         self._rate_mark = (0.0, 0)
         self.dispatch_rate = 0.0
         self._stopping = False
@@ -233,7 +234,8 @@ class ShardRunner:
         if self.inbox:
             return
         now = self.clock()
-        if self._next_status <= now:
+        # Every second, and at once when the state changed (READY shows when it happens)
+        if self._next_status <= now or self.protocol.state is not self._reported_state:
             self._send_status()
             self._next_status = now + self.status_interval
         await self.inbox.wait(self._next_status if until is None else min(until, self._next_status))
@@ -352,9 +354,10 @@ class ShardRunner:
         proto = self.protocol
         now = self.clock()
         mark_time, mark_count = self._rate_mark
-        if mark_time:
-            self.dispatch_rate = (proto.dispatches - mark_count) / max(now - mark_time, 1e-9)
-        self._rate_mark = (now, proto.dispatches)
+        if now - mark_time >= 0.5:  # a status sent early for a state change keeps the rate
+            if mark_time:
+                self.dispatch_rate = (proto.dispatches - mark_count) / (now - mark_time)
+            self._rate_mark = (now, proto.dispatches)
         # After a burst has passed and the shard has been quiet for a while, give the burst's
         # memory back. Trimming costs the loop some milliseconds, so never while traffic flows.
         self._quiet_ticks = self._quiet_ticks + 1 if self.dispatch_rate < 50 else 0
@@ -363,6 +366,7 @@ class ShardRunner:
                 self._next_trim = now + 60.0
                 self._dispatches_at_trim = proto.dispatches
                 trim_memory()  # a thousand idle shards must not keep their busiest minute
+        self._reported_state = proto.state
         status = proto.status()
         status.update(
             dispatch_rate=round(self.dispatch_rate, 1),

@@ -26,18 +26,49 @@ def redis_server_path() -> str:
 class RedisServer:
     """``with RedisServer() as redis: redis.url`` (``unix:///.../redis.sock``). With
     ``password``, clients must AUTH; :meth:`stop` and :meth:`start` take it down and bring
-    it back on the same socket (its data is lost: nothing is persisted)."""
+    it back on the same socket (its data is lost: nothing is persisted). With ``tls``, it
+    also listens for TLS on a loopback port with a certificate from a CA made for it
+    (``ca_file``), and ``url`` is ``rediss://localhost:PORT``."""
 
-    def __init__(self, password: str = "") -> None:
+    def __init__(self, password: str = "", tls: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="shardline-redis-"))
         self.socket_path = self.dir / "redis.sock"
         self.password = password
+        self.tls_port = _free_port() if tls else 0
+        self.ca_file = self.dir / "ca.pem"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls_port:
+            return f"rediss://{auth}localhost:{self.tls_port}"
         return f"unix://{auth}{self.socket_path}"
+
+    def _tls_args(self) -> list[str]:
+        """A CA and a certificate for localhost signed by it (made once, with openssl)."""
+        d = self.dir
+        if not (d / "server.pem").exists():
+            openssl = shutil.which("openssl")
+            if openssl is None:
+                raise RuntimeError("openssl is needed to make a TLS certificate for redis-server")
+
+            def sh(*args: str) -> None:
+                subprocess.run([openssl, *args], check=True, capture_output=True)
+
+            key, csr, ext = str(d / "ca.key"), str(d / "server.csr"), str(d / "ext.cnf")
+            sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", key,
+               "-out", str(self.ca_file), "-subj", "/CN=shardline test CA")  # fmt: skip
+            (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+            sh("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+               "-keyout", str(d / "server.key"), "-out", csr)  # fmt: skip
+            sh("x509", "-req", "-in", csr, "-days", "1", "-CA", str(self.ca_file), "-CAkey", key,
+               "-CAcreateserial", "-extfile", ext, "-out", str(d / "server.pem"))  # fmt: skip
+        return [
+            *("--tls-port", str(self.tls_port), "--tls-auth-clients", "no"),
+            *("--tls-cert-file", str(d / "server.pem"), "--tls-key-file", str(d / "server.key")),
+            *("--tls-ca-cert-file", str(self.ca_file), "--bind", "127.0.0.1"),
+        ]
 
     def start(self, timeout: float = 10.0) -> None:
         args = [
@@ -48,6 +79,8 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls_port:
+            args += self._tls_args()
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while not self._answers():
@@ -94,3 +127,9 @@ class RedisServer:
     ) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

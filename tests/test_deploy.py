@@ -11,7 +11,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+import zmq
 
 from runtime.cli import build_parser
 from runtime.config import parse_config
@@ -103,10 +105,16 @@ def test_the_kubernetes_example_parses_and_names_real_flags_and_keys() -> None:
     assert named_keys(text) <= config_keys()
 
 
-def test_the_kubernetes_fleet_example_runs_hosts_of_one_fleet_through_redis() -> None:
+def test_the_kubernetes_fleet_example_runs_hosts_of_one_fleet_through_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     text = (DEPLOY / "kubernetes-cluster.yaml").read_text()
     documents = [d for d in yaml.safe_load_all(text) if d]
     kinds = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    monkeypatch.setenv("SHARDLINE_CURVE_PUBLIC_KEY", public)  # as the pod's Secret gives them
+    monkeypatch.setenv("SHARDLINE_CURVE_SECRET_KEY", secret)
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
     config = parse_config(
         tomllib.loads(kinds[("ConfigMap", "shardline-config")]["data"]["shardline.toml"])
     )
@@ -119,5 +127,12 @@ def test_the_kubernetes_fleet_example_runs_hosts_of_one_fleet_through_redis() ->
     args = parses(container["args"])
     assert args.metrics_listen == "0.0.0.0:9464"
     env = {e["name"] for e in container["env"]}
-    assert {"DISCORD_TOKEN", "REDIS_PASSWORD"} <= env
+    assert {"DISCORD_TOKEN", "REDIS_PASSWORD", "SHARDLINE_CURVE_SECRET_KEY", "POD_IP"} <= env
     assert named_keys(text) <= config_keys()
+    # the pods reach each other over tcp:// with CURVE, the secret key not in the file
+    assert config.ipc.curve_secret_key == secret and secret not in text
+    assert (
+        config.cluster.peer_listen.startswith("tcp://") and config.cluster.advertise == "10.1.2.3"
+    )
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert {5555, 5556, 5557} <= ports

@@ -34,9 +34,17 @@ async def connect(config: ClusterConfig) -> Any:
     ClusterUnavailable names the (redacted) URL and the cause."""
     url = os.path.expandvars(config.redis_url)  # ${REDIS_PASSWORD}: kept out of the file
     where = redact_url(url)
+    tls: dict[str, Any] = {}
+    if url.startswith("rediss://") and config.redis_ca_file:
+        ca_file = os.path.expanduser(config.redis_ca_file)
+        if not os.path.isfile(ca_file):
+            raise ClusterUnavailable(
+                f"cluster.redis_ca_file {config.redis_ca_file!r} is not a readable file"
+            )
+        tls["ssl_ca_certs"] = ca_file
     try:
         client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
+            url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT, **tls
         )
     except ValueError as exc:
         raise ClusterUnavailable(f"cluster.redis_url {where!r} is not usable: {exc}") from None

@@ -190,6 +190,13 @@ class LeaseTable:
                 owners[shard] = value.rsplit(b"|", 1)[0].decode("utf-8", "replace")
         return owners
 
+    async def owner(self, shard: int) -> str:
+        """The host that holds ``shard`` now ("" when nobody does)."""
+        value = await self._call(self.redis.get(self.keys.lease(shard)))
+        if isinstance(value, bytes) and b"|" in value:
+            return value.rsplit(b"|", 1)[0].decode("utf-8", "replace")
+        return ""
+
     async def save_session(self, hold: Hold, checkpoint: Checkpoint) -> bool:
         """Write the shard's checkpoint under ``hold``; False (nothing written) when the hold
         is no longer current."""

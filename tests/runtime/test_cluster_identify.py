@@ -5,9 +5,11 @@ budget, and an unreachable Redis refuses every identify."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -150,3 +152,30 @@ async def test_the_password_may_come_from_the_environment(
         client = await connect(ClusterConfig(redis_url=url, fleet="bot"))
         assert await client.ping()
         await client.aclose()
+
+
+async def test_a_redis_behind_tls_is_reached_with_its_ca_and_refused_without(
+    tmp_path: Path,
+) -> None:
+    """rediss:// with a password, verified against the CA named in cluster.redis_ca_file;
+    a certificate the client cannot verify is an error that names the cause."""
+    from runtime.cluster.fleet import connect
+    from runtime.config import ClusterConfig
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test's TLS certificate")
+    with RedisServer(password="tls-pw", tls=True) as secure:
+        assert secure.url.startswith("rediss://")
+        config = ClusterConfig(redis_url=secure.url, fleet="bot", redis_ca_file=str(secure.ca_file))
+        client = await connect(config)
+        try:
+            assert await client.ping()
+        finally:
+            await client.aclose()
+        with pytest.raises(ClusterUnavailable, match="cannot reach Redis") as caught:
+            await connect(ClusterConfig(redis_url=secure.url, fleet="bot"))  # system CAs only
+        assert "certificate" in str(caught.value) and "tls-pw" not in str(caught.value)
+        with pytest.raises(ClusterUnavailable, match="redis_ca_file"):
+            await connect(
+                ClusterConfig(redis_url=secure.url, fleet="bot", redis_ca_file=str(tmp_path / "x"))
+            )

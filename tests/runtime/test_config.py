@@ -165,6 +165,26 @@ def test_the_cluster_section_is_checked_and_never_prints_a_password() -> None:
             parse_config({"cluster": {"redis_url": "redis://r", "fleet": "f", key: value}})
 
 
+def test_a_fleet_over_tcp_needs_the_keys_which_may_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import zmq
+
+    fleet = {"redis_url": "redis://r", "fleet": "f", "peer_listen": "tcp://0.0.0.0:5557"}
+    with pytest.raises(ConfigError, match=r"cluster\.peer_listen.*curve"):
+        parse_config({"cluster": fleet})
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    keys = {"curve_public_key": public, "curve_secret_key": "${TEST_CURVE_SECRET}"}
+    with pytest.raises(ConfigError, match=r"ipc\.curve_secret_key.*TEST_CURVE_SECRET"):
+        parse_config({"ipc": keys, "cluster": fleet})  # named, and not set
+    monkeypatch.setenv("TEST_CURVE_SECRET", secret)
+    monkeypatch.setenv("TEST_POD_IP", "10.0.0.7")
+    config = parse_config({"ipc": keys, "cluster": {**fleet, "advertise": "${TEST_POD_IP}"}})
+    assert config.ipc.curve_secret_key == secret and config.cluster.advertise == "10.0.0.7"
+    with pytest.raises(ConfigError, match=r"cluster\.advertise"):
+        parse_config({"cluster": {**fleet, "advertise": "a b"}, "ipc": keys})
+
+
 def test_redact_url_hides_only_the_password() -> None:
     from runtime.config import redact_url
 

@@ -69,13 +69,16 @@ def test_a_request_for_another_hosts_shard_goes_to_that_host() -> None:
     assert shard_of_guild(GUILD, 4) == 2
     members = {"guild_id": str(GUILD), "user_ids": ["1"]}
     target = forward(request("REQUEST_GUILD_MEMBERS", members))
-    assert target == ("b", "shard 2 runs on host b")
+    assert target == ("b", "shard 2 runs on host b", 2)
+    # an owner the last turn did not know (a shard on the move) is looked up when forwarded
+    unknown = forward_target(request("REQUEST_GUILD_MEMBERS", members), 4, {0}, {}, "a", {}, False)
+    assert unknown == ("", "shard 2 runs on host (unknown)", 2)
     voice = forward(request("shardline.voice.play", {"guild_id": str(GUILD), "path": "/x"}))
     assert voice == target
     assert forward(request("REQUEST_GUILD_MEMBERS", members, {"shard": 3}))[0] == "c"
     assert forward(request("shardline.restart", {"shard": 2}))[0] == "b"
     # what this host runs, asks about itself, or cannot route is answered here
-    assert forward(request("REQUEST_GUILD_MEMBERS", members, {"shard": 0})) is None
+    assert forward(request("REQUEST_GUILD_MEMBERS", members, {"shard": 0})) is None  # local
     assert forward(request("shardline.restart", {"rolling": True})) is None
     assert forward(request("shardline.status", {})) is None
     assert forward(request("REQUEST_GUILD_MEMBERS", {"user_ids": ["1"]})) is None
@@ -88,6 +91,7 @@ def test_a_custom_command_goes_to_a_host_where_an_application_serves_it() -> Non
     assert forward(custom, {"mybot.roll": "c"}) == (
         "c",
         "mybot.roll is served by an application on host c",
+        None,
     )
     assert forward(custom, {"mybot.roll": "c"}, here=True) is None  # served here: here
     assert forward(custom, {}) is None  # nobody serves it: the desk says so
