@@ -10,6 +10,10 @@ runtime dir, its own process group), one real redis-server, the emulator.
    per second while the fleet idles (lease renewals, host entries, checkpoints).
 4. Coordinator CPU at 1,000 shards, simulated (no shard processes): CPU per coordinator turn
    and per 1,000 checkpoint writes, in this process.
+5. The fleet bus: two hosts on tcp:// with CURVE, one subscriber on host 0; a burst of
+   MESSAGE_CREATEs from a shard of host 0, then from a shard of host 1, alternating: the rate
+   the subscriber receives and the latency from the shard's receipt to the subscriber's,
+   local against one host further.
 
     .venv/bin/python bench/cluster.py [--hosts 3] [--shards 48] [--concurrency 16]
         [--interval 5] [--repeats 3]
@@ -26,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,7 +41,7 @@ from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig  # noqa
 from ipc.checkpoint import Checkpoint  # noqa: E402
 from runtime.cluster.coordinator import Coordinator  # noqa: E402
 from tests.redisserver import RedisServer  # noqa: E402
-from tests.system.test_cluster import HostProcess, ready_union  # noqa: E402
+from tests.system.test_cluster import FleetKeys, HostProcess, ready_union  # noqa: E402
 
 
 async def until(predicate: Callable[[], bool], timeout: float) -> float:
@@ -200,6 +205,83 @@ async def coordinator_cpu(shards: int) -> None:
             await client.aclose()
 
 
+async def fleet_bus_figures(count: int, rounds: int) -> None:
+    import zmq
+
+    from ipc.client import secure
+    from ipc.codec import SUBSCRIBE
+
+    keys = FleetKeys.new()
+    config = EmulatorConfig(
+        shards=2, rules=GatewayRules(identify_interval=0.2), world=WorldConfig(guilds=8)
+    )
+    with tempfile.TemporaryDirectory(prefix="shardline-bench-") as tmp, RedisServer() as redis:
+        async with Emulator(config) as emu:
+            running = [
+                HostProcess(emu, redis, Path(tmp), n, 0.3, keys=keys) for n in ("host0", "host1")
+            ]
+            ctx: zmq.Context[Any] = zmq.Context()
+            sub = ctx.socket(zmq.DEALER)
+            try:
+                await until(lambda: all(len(h.ready_shards()) == 1 for h in running), 120)
+                local, remote = (next(iter(h.ready_shards())) for h in running)
+                sub.setsockopt(zmq.RCVHWM, 100_000)
+                secure(sub, keys.public, keys.app_secret)
+                sub.connect(running[0].events)
+                subscribe = [SUBSCRIBE, b"bench", b"MESSAGE_CREATE"]
+                sub.send_multipart(subscribe)
+                await until(lambda: "bench" in running[0].subscribers(), 30)
+                await until(lambda: "host:host0" in running[1].subscribers(), 30)
+                figures: dict[str, list[tuple[float, float, float, int]]] = {}
+                for _ in range(rounds):
+                    for label, shard in (("local", local), ("remote", remote)):
+                        sub.send_multipart(subscribe)  # renewed, as a client does
+                        task = emu.stream(shard, rate=20_000, count=count)
+                        latencies, first, last = await asyncio.to_thread(_receive, sub, count)
+                        await task
+                        latencies.sort()
+                        figures.setdefault(label, []).append(
+                            (
+                                (len(latencies) - 1) / max(last - first, 1e-9),
+                                latencies[len(latencies) // 2],
+                                latencies[int(len(latencies) * 0.99)],
+                                count - len(latencies),
+                            )
+                        )
+                for label, runs in figures.items():
+                    shown = "; ".join(
+                        f"{rate:,.0f}/s p50 {p50:.2f} ms p99 {p99:.2f} ms lost {lost}"
+                        for rate, p50, p99, lost in runs
+                    )
+                    print(f"fleet bus, {count} messages from a {label} shard: {shown}")
+                best = {k: max(r[0] for r in v) for k, v in figures.items()}
+                print(
+                    f"fleet bus: remote/local best rate {best['remote'] / best['local']:.2f} "
+                    "(the subscriber's own reading is the same in both)"
+                )
+            finally:
+                sub.close(linger=0)
+                ctx.term()
+                for host in running:
+                    host.stop()
+
+
+def _receive(sock: Any, count: int) -> tuple[list[float], float, float]:
+    """Latencies (ms, shard receipt -> here) of up to ``count`` messages; stops after 5 s
+    without one."""
+    from ipc.codec import Envelope
+
+    latencies: list[float] = []
+    first = last = 0.0
+    while len(latencies) < count and sock.poll(5000):
+        _, envelope, _ = sock.recv_multipart()
+        now = time.time_ns()
+        last = time.monotonic()
+        first = first or last
+        latencies.append((now - Envelope.decode(envelope).received_ns) / 1e6)
+    return latencies, first, last
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=3)
@@ -210,6 +292,8 @@ def main() -> int:
     )
     parser.add_argument("--repeats", type=int, default=3, help="takeovers to time")
     parser.add_argument("--simulated", type=int, default=1000, help="shards for part 4")
+    parser.add_argument("--bus-messages", type=int, default=20_000, help="per burst, part 5")
+    parser.add_argument("--bus-rounds", type=int, default=3, help="bursts per side, part 5")
     args = parser.parse_args()
     if args.hosts < 2 or min(args.shards, args.repeats, args.concurrency, args.interval) <= 0:
         parser.error(
@@ -217,6 +301,7 @@ def main() -> int:
         )
     asyncio.run(fleet_figures(args))
     asyncio.run(coordinator_cpu(args.simulated))
+    asyncio.run(fleet_bus_figures(args.bus_messages, args.bus_rounds))
     return 0
 
 
