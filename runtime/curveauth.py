@@ -19,11 +19,14 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-__all__ = ["LOCAL_KEY_FILE", "ClientAllowList", "new_keypair", "read_local_key"]
+__all__ = ["LOCAL_KEY_FILE", "PEER_DOMAIN", "ClientAllowList", "new_keypair", "read_local_key"]
 
 log = logging.getLogger("shardline.supervisor")
 
 LOCAL_KEY_FILE = "client.key"
+# The ZAP domain of a fleet host's peer endpoint: only the hosts' own keypair gets in there
+# (an application may read events and send commands, never push events as if from a host).
+PEER_DOMAIN = "shardline-peers"
 _DENIAL_LOG_EVERY = 60.0  # seconds between two log lines about the same refused key
 
 
@@ -50,9 +53,12 @@ def read_local_key(runtime_dir: Path) -> str | None:
 class ClientAllowList:
     """ZAP handlers admitting only known client public keys, on one or more contexts."""
 
-    def __init__(self, allowed: tuple[str, ...], runtime_dir: Path) -> None:
+    def __init__(
+        self, allowed: tuple[str, ...], runtime_dir: Path, peers: tuple[str, ...] = ()
+    ) -> None:
         self.local_public, self.local_secret = new_keypair()
         self.allowed = {key.encode() for key in allowed} | {self.local_public.encode()}
+        self.peers = {key.encode() for key in peers}  # admitted to PEER_DOMAIN, and only they
         self.runtime_dir = runtime_dir
         self.refused = 0
         self._last_said: dict[bytes, float] = {}
@@ -65,6 +71,7 @@ class ClientAllowList:
             auth = ThreadAuthenticator(shadow, log=logging.getLogger("shardline.zap"))
             auth.start()
             auth.configure_curve_callback(domain="*", credentials_provider=self)
+            auth.configure_curve_callback(domain=PEER_DOMAIN, credentials_provider=self)
             self._authenticators.append(auth)
         path = self.runtime_dir / LOCAL_KEY_FILE
         with contextlib.suppress(FileNotFoundError):
@@ -77,7 +84,10 @@ class ClientAllowList:
 
     def callback(self, domain: str, key: bytes) -> bool:
         """ZAP asks whether the client with Z85 public ``key`` may connect."""
-        if key in self.allowed:
+        if domain == PEER_DOMAIN:
+            if key in self.peers:
+                return True
+        elif key in self.allowed:
             return True
         self.refused += 1
         now = time.monotonic()
@@ -87,7 +97,11 @@ class ClientAllowList:
             self._last_said[key] = now
             log.warning(
                 f"refused a client whose CURVE public key {key[:40].decode(errors='replace')} "
-                "is not in ipc.client_public_keys",
+                + (
+                    "is not the fleet's (ipc.curve_public_key) on the peer endpoint"
+                    if domain == PEER_DOMAIN
+                    else "is not in ipc.client_public_keys"
+                ),
                 extra={"fields": {"refused": self.refused}},
             )
         return False

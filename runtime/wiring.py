@@ -20,7 +20,7 @@ from ipc.messages import Event, Message
 from ipc.status import SubscriberRecord
 from runtime.bus import EventBus
 from runtime.config import Config
-from runtime.curveauth import ClientAllowList
+from runtime.curveauth import PEER_DOMAIN, ClientAllowList
 
 __all__ = ["Endpoints", "StartupError", "Wiring"]
 
@@ -79,9 +79,11 @@ class Wiring:
         try:
             if any(x.startswith("tcp://") for x in (e.events, e.commands, e.peer_in)):
                 allowed = self.config.ipc.client_public_keys
+                peers: tuple[str, ...] = ()
                 if self.config.cluster.enabled:  # the fleet's hosts share the [ipc] keypair
-                    allowed = (*allowed, self.config.ipc.curve_public_key)
-                self.allow_list = ClientAllowList(allowed, self.runtime_dir)
+                    peers = (self.config.ipc.curve_public_key,)
+                    allowed = (*allowed, *peers)  # (their forwarded commands)
+                self.allow_list = ClientAllowList(allowed, self.runtime_dir, peers)
                 self.allow_list.start(self.ctx, self._thread_ctx)
             endpoint = e.events
             self.bus = EventBus(
@@ -91,7 +93,7 @@ class Wiring:
                 buffer_bytes=self.config.bus.subscriber_buffer_bytes,
                 secure=lambda sock: self._secure(sock, e.events),
                 peer_in=e.peer_in,
-                secure_peer_in=lambda sock: self._secure(sock, e.peer_in),
+                secure_peer_in=lambda sock: self._secure(sock, e.peer_in, PEER_DOMAIN),
                 secure_link=self.secure_client,
                 host=self.config.cluster.host_name() if self.config.cluster.enabled else "",
             )
@@ -124,11 +126,13 @@ class Wiring:
                 with contextlib.suppress(OSError):
                     os.chmod(path.removeprefix("ipc://"), 0o600)
 
-    def _secure(self, sock: zmq.Socket[Any], endpoint: str) -> None:
+    def _secure(self, sock: zmq.Socket[Any], endpoint: str, domain: str = "") -> None:
         """A tcp:// endpoint is a CURVE server: only clients that know its public key (from
-        the config) and whose own key is allowed get through."""
+        the config) and whose own key is allowed (in ZAP ``domain``) get through."""
         if not endpoint.startswith("tcp://"):
             return
+        if domain:
+            sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
         ipc = self.config.ipc
         if not (ipc.curve_public_key and ipc.curve_secret_key):
             raise StartupError(f"{endpoint} is tcp:// but ipc.curve_*_key are not set")

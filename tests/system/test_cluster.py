@@ -11,17 +11,21 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import zmq
+import zmq.asyncio
 
 from emulator import Emulator
-from ipc.client import Client, CommandError, request_sync
+from ipc.client import Client, CommandError, request_sync, secure
+from ipc.codec import Envelope
 from ipc.commands import RequestGuildMembers
 from ipc.events import MessageCreate
 from ipc.messages import Routed
@@ -200,6 +204,28 @@ async def test_an_app_on_one_host_gets_every_hosts_events_and_its_commands_reach
                     lambda: any(r.d.get("nonce") == "far" for r in emu.received(remote, op=8)),
                     timeout=10,
                 )
+                # an application's key reads events and sends commands, but may not push
+                # events into the fleet as if it were a host; the hosts' keypair may
+                bus, allow_list = a.wiring.bus, a.allow_list
+                assert bus is not None and allow_list is not None
+                guild = emu.gateway.guilds_on(0, SHARDS)[0]
+                envelope = Envelope("shard:0", "dispatch", "forged", 1, time.time_ns()).encode()
+                body = orjson.dumps(
+                    {"t": "MESSAGE_CREATE", "s": 1, "op": 0, "d": {"guild_id": str(guild)}}
+                )
+                refused = allow_list.refused
+                for secret in (keys.app_secret, keys.secret):
+                    pusher = zmq.asyncio.Context.instance().socket(zmq.PUSH)
+                    pusher.setsockopt(zmq.LINGER, 0)
+                    secure(pusher, keys.public, secret)
+                    pusher.connect(bus.endpoint("peer_in"))
+                    await pusher.send_multipart([b"MESSAGE_CREATE ", envelope, body])
+                    if secret == keys.app_secret:
+                        await eventually(lambda: allow_list.refused > refused, timeout=10)
+                    else:
+                        await eventually(lambda: counts[0] == 51, timeout=10)
+                    pusher.close()
+                assert counts == {**everyone, 0: 51}  # the forged one once: the host key's
             finally:
                 reader.cancel()
                 client.close()
@@ -391,6 +417,14 @@ def ready_union(running: list[HostProcess]) -> set[int]:
     return set().union(*(host.ready_shards() for host in running))
 
 
+def shared(running: list[HostProcess], count: int) -> bool:
+    """Every shard READY and the shares reached (``count / hosts`` each): no move under way."""
+    held = [host.ready_shards() for host in running]
+    return set().union(*held) == set(range(count)) and all(
+        len(h) == count // len(running) for h in held
+    )
+
+
 async def test_a_killed_hosts_shards_are_resumed_by_the_others_and_an_app_loses_nothing(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -415,7 +449,7 @@ async def test_a_killed_hosts_shards_are_resumed_by_the_others_and_an_app_loses_
 
         reader: asyncio.Task[None] | None = None
         try:
-            await eventually(lambda: ready_union(running) == set(range(SHARDS)), timeout=90)
+            await eventually(lambda: shared(running, SHARDS), timeout=90)
             client.connect()
             reader = asyncio.create_task(client.run())
             # the app on host a, and every host pushing its events to every other
@@ -497,8 +531,8 @@ async def test_a_paused_host_stops_what_it_lost_and_each_shard_ends_with_one_own
     async with emulator(shards=4, max_concurrency=2) as emu:
         running = [HostProcess(emu, redis_server, tmp_path, n) for n in ("a", "b")]
         try:
-            await eventually(lambda: ready_union(running) == set(range(4)), timeout=90)
             a, b = running
+            await eventually(lambda: shared(running, 4), timeout=90)
             paused = b.ready_shards()
             assert len(paused) == 2
             b.pause()  # SIGSTOP, the whole host, longer than its lease
