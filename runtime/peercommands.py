@@ -76,7 +76,11 @@ class PeerCommands:
         why there is none (``why`` says why the request went there)."""
         link = self._links.get(host)
         if link is None:
-            return _error(ErrorCode.UNAVAILABLE, f"{why}, but this host cannot reach it")
+            return _error(
+                ErrorCode.UNAVAILABLE,
+                f"{why}, but this host has no connection to it yet (the hosts meet at each "
+                "turn, every lease_ttl / 3); try again in a moment",
+            )
         if len(self._pending) >= MAX_PENDING:
             return _error(ErrorCode.UNAVAILABLE, "too many commands forwarded to other hosts")
         request_id = str(next(self._ids)).encode()

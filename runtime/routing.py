@@ -51,13 +51,17 @@ def forward_target(
     me: str,
     served_by: Mapping[str, str],
     served_here: bool,
+    voice_here: Collection[int] = (),
+    voice_at: Mapping[int, str] | None = None,
 ) -> tuple[str, str, int | None] | None:
     """In a multi-host fleet: the other host that must answer ``request`` as this host last
     saw the fleet ("" when it did not know), why, and the shard it is for (None for a served
-    command); None to answer it here. Gateway and voice commands go to the host that runs
-    the shard of their guild (or ``options.shard``), a shard's restart to the host that runs
-    it, a custom command nobody here serves to a host where an application serves it. A
-    request another host forwarded (``options.via``) is never forwarded again."""
+    command); None to answer it here. Gateway commands go to the host that runs the shard of
+    their guild (or ``options.shard``); voice commands to the host that runs the guild's voice
+    session (``voice_here``: this host's; ``voice_at``: the others', guild -> host), else the
+    one that runs its shard; a shard's restart to the host that runs it; a custom command
+    nobody here serves to a host where an application serves it. A request another host
+    forwarded (``options.via``) is never forwarded again."""
     if VIA in request.options:
         return None
     cls = REGISTRY.command(request.type_name)
@@ -69,6 +73,15 @@ def forward_target(
             return None
         return host, f"{request.type_name} is served by an application on host {host}", None
     body = request.body
+    if issubclass(cls, VoiceRequest) and isinstance(body, dict):
+        guild: Any = body.get("guild_id")
+        if check_snowflake(guild) is None:
+            guild_id = int(guild)
+            if guild_id in voice_here:
+                return None
+            host = (voice_at or {}).get(guild_id)
+            if host is not None and host != me:
+                return host, f"the voice session of guild {guild_id} runs on host {host}", None
     if cls is RestartShards:
         shard = body.get("shard") if isinstance(body, dict) else None
         if type(shard) is not int:

@@ -75,6 +75,7 @@ from runtime.wiring import Endpoints, StartupError, Wiring
 __all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
 
 log = logging.getLogger("shardline.supervisor")
+MAX_PUBLISHED_VOICE = 10_000  # voice sessions a host names in its entry, at most
 
 MAX_SUBSCRIBERS = 1024  # client_stats reports kept
 TICK = 0.25  # the supervisor's periodic work runs at least this often
@@ -166,6 +167,7 @@ class Supervisor:
         self.peer_commands: PeerCommands | None = None  # requests for other hosts' shards
         self._peers: dict[str, Peer] = {}
         self._served_by: dict[str, str] = {}  # custom command type -> a host serving it
+        self._voice_at: dict[int, str] = {}  # guild -> the other host running its voice
         if clustered:
             self.peer_commands = PeerCommands(
                 self.wiring.ctx, config.cluster.host_name(), self.wiring.secure_client
@@ -521,6 +523,8 @@ class Supervisor:
             self.cluster.host,
             self._served_by,
             served_here=request.type_name in self.desk.served_types(),
+            voice_here=self.voices.sessions,
+            voice_at=self._voice_at,
         )
         return None if target is None else (request, target[0], target[2])
 
@@ -536,7 +540,7 @@ class Supervisor:
         the last turn may be a turn old), and its reply back to whoever asked."""
         assert self.peer_commands is not None and self.cluster is not None
         coordinator = self.cluster.coordinator
-        why = f"{request.type_name} is served by an application on host {host}"
+        why = f"{request.type_name} is answered on host {host}"
         if shard is not None and coordinator is not None:
             with contextlib.suppress(ClusterUnavailable):  # else the last turn's view
                 host = await coordinator.leases.owner(shard)
@@ -569,6 +573,7 @@ class Supervisor:
             ),
             "serves": self.desk.served_types()[:MAX_SERVED_TYPES],
             "apps": [list(app.slot) for app in self.apps if not app.retired],
+            "voice": sorted(self.voices.sessions)[:MAX_PUBLISHED_VOICE],
         }
 
     async def _meet_hosts(self, live: dict[str, dict[str, Any]]) -> None:
@@ -584,6 +589,13 @@ class Supervisor:
         }
         if self.config.apps and not self._stop.is_set():
             self._place_apps(live, me)
+        self._voice_at = {
+            guild: host
+            for host, entry in sorted(live.items())
+            if host != me and isinstance(entry.get("voice"), list)
+            for guild in entry["voice"][:MAX_PUBLISHED_VOICE]
+            if type(guild) is int
+        }
         peers = read_peers(live, me)
         if peers == self._peers or self.wiring.bus is None:
             return

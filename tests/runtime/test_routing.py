@@ -95,3 +95,15 @@ def test_a_custom_command_goes_to_a_host_where_an_application_serves_it() -> Non
     )
     assert forward(custom, {"mybot.roll": "c"}, here=True) is None  # served here: here
     assert forward(custom, {}) is None  # nobody serves it: the desk says so
+
+
+def test_a_voice_command_goes_where_the_guilds_voice_session_runs() -> None:
+    play = request("shardline.voice.play", {"guild_id": str(GUILD), "path": "/x"})
+    # the session runs on host c, although the guild's shard (2) is b's
+    assert forward_target(play, 4, {0}, OWNERS, "a", {}, False, (), {GUILD: "c"}) == (
+        "c",
+        f"the voice session of guild {GUILD} runs on host c",
+        None,
+    )
+    assert forward_target(play, 4, {0}, OWNERS, "a", {}, False, {GUILD}, {GUILD: "c"}) is None
+    assert forward_target(play, 4, {0}, OWNERS, "a", {}, False, (), {})[0] == "b"  # its shard

@@ -48,13 +48,24 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 def host_config(
-    emu: Emulator, redis: RedisServer, root: Path, name: str, apps: int = 0, **cluster: Any
+    emu: Emulator,
+    redis: RedisServer,
+    root: Path,
+    name: str,
+    apps: int = 0,
+    voice: bool = False,
+    **cluster: Any,
 ) -> Any:
+    intents = ["guilds", "guild_messages"] + (["guild_voice_states"] if voice else [])
+    discord = {"rest_url": emu.rest_url}
+    if voice:
+        assert emu.voice is not None
+        discord["ca_file"] = emu.voice.ca_file  # the emulator's voice certificate
     return parse_config(
         {
             "apps": [{"module": "examples.bot", "processes": apps}] if apps else [],
-            "discord": {"rest_url": emu.rest_url},
-            "shards": {"intents": ["guilds", "guild_messages"]},
+            "discord": discord,
+            "shards": {"intents": intents},
             "ipc": {"runtime_dir": str(root / name)},
             "restart": {"backoff_initial": 0.1, "hang_timeout": 5.0},
             "log": {"level": "warning"},
@@ -278,6 +289,45 @@ async def test_app_processes_split_the_guilds_fleet_wide_and_answer_each_ping_on
             await stack.aclose()
         async with hosts(emu, redis_server, tmp_path, ["a"], apps=2) as alone:
             await eventually(lambda: app_processes(alone) == {"a": [0, 1]}, timeout=20)
+
+
+async def test_voice_commands_sent_to_one_host_reach_the_host_that_runs_the_session(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with emulator(shards=2, max_concurrency=2) as emu:
+        assert emu.voice is not None
+        async with AsyncExitStack() as stack:
+            running = {}
+            for name in ("a", "b"):
+                config = host_config(emu, redis_server, tmp_path, name, voice=True)
+                running[name] = await stack.enter_async_context(
+                    fleet_with(config, emu, tmp_path / name)
+                )
+            a, b = running["a"], running["b"]
+            await eventually(lambda: len(a.workers) == len(b.workers) == 1, timeout=60)
+            await eventually(lambda: ready_everywhere(running, 2) and linked(running), timeout=60)
+            (shard,) = b.workers
+            guild = emu.gateway.guilds_on(shard, 2)[0]
+            pcm = tmp_path / "tone.pcm"
+            pcm.write_bytes(bytes(3840 * 10))  # 10 frames of silence, s16le stereo
+            client = Client(a.endpoints.events, a.endpoints.commands)  # host a's
+            try:
+                reply = await client.join_voice(guild, emu.world.voice_channel_id(guild))
+                assert isinstance(reply, Routed) and reply.routed == f"shard:{shard}"
+                await eventually(
+                    lambda: [v["state"] for v in b.status().to_json()["voice"]] == ["connected"],
+                    timeout=30,
+                )
+                assert a.voice == {} and guild in b.voice  # the session runs on b
+                reply = await client.play(guild, str(pcm))
+                assert isinstance(reply, Routed) and reply.routed == f"voice:{guild}"
+                await emu.voice.wait_until(
+                    lambda: any(len(r.packets) >= 5 for r in emu.voice.sessions.values())
+                )
+                await client.leave_voice(guild)
+                await eventually(lambda: b.voice == {}, timeout=10)
+            finally:
+                client.close()
 
 
 async def test_hosts_share_the_shards_identify_once_and_resume_on_the_next_start(
