@@ -39,7 +39,7 @@ from ipc.errors import EventsDropped
 from ipc.eventloop import trim_memory
 from ipc.status import SubscriberRecord
 
-__all__ = ["DEFAULT_SUBSCRIBER_BUFFER", "SUBSCRIPTION_TTL", "EventBus", "PeerAddress"]
+__all__ = ["DEFAULT_SUBSCRIBER_BUFFER", "SUBSCRIPTION_TTL", "EventBus", "PeerAddress", "dial"]
 
 log = logging.getLogger("shardline.supervisor")
 SUBSCRIPTION_TTL = 30.0  # seconds without a SUBSCRIBE before a subscriber is forgotten
@@ -71,6 +71,27 @@ class PeerAddress:
 
     endpoint: str
     server_key: str = ""  # empty: an ipc:// endpoint, no CURVE
+
+
+def dial(
+    context: Any,
+    kind: int,
+    address: PeerAddress,
+    secure: Callable[[zmq.Socket[Any], str], None],
+    hwm: int = PIPE_HWM,
+) -> Any:
+    """A ``kind`` socket of ``context`` connected to another host's ``address`` (a CURVE
+    client of its key); closed again, and the ZMQError raised, when that fails."""
+    sock = context.socket(kind)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        secure(sock, address.server_key)
+        sock.connect(address.endpoint)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
+    return sock
 
 
 @dataclass
@@ -263,14 +284,9 @@ class EventBus:
                 continue
             if known is not None:
                 self._close_link(name, "it moved")
-            sock = self.context.socket(zmq.PUSH)
             try:
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.SNDHWM, PIPE_HWM)
-                self.secure_link(sock, address.server_key)
-                sock.connect(address.endpoint)
+                sock = dial(self.context, zmq.PUSH, address, self.secure_link)
             except zmq.ZMQError as exc:
-                sock.close(linger=0)
                 log.warning(f"bus: cannot reach host {name} at {address.endpoint}: {exc}")
                 continue
             link = Subscriber(address.endpoint.encode(), f"host:{name}", (b"",), 0.0, link=sock)

@@ -16,7 +16,7 @@ import zmq.asyncio
 
 from ipc.messages import ErrorCode, ErrorReply
 from ipc.requests import RawRequest, relay_frames
-from runtime.bus import PeerAddress
+from runtime.bus import PeerAddress, dial
 
 __all__ = ["FORWARD_TIMEOUT", "PeerCommands"]
 
@@ -57,14 +57,9 @@ class PeerCommands:
         for name, address in peers.items():
             if name in self._links:
                 continue
-            sock = self.context.socket(zmq.DEALER)
             try:
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.SNDHWM, 1000)
-                self.secure(sock, address.server_key)
-                sock.connect(address.endpoint)
+                sock = dial(self.context, zmq.DEALER, address, self.secure)
             except zmq.ZMQError as exc:
-                sock.close(linger=0)
                 log.warning(f"cannot reach host {name}'s commands at {address.endpoint}: {exc}")
                 continue
             link = _Link(address, sock)

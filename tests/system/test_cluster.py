@@ -54,6 +54,7 @@ def host_config(
     name: str,
     apps: int = 0,
     voice: bool = False,
+    ipc: dict[str, Any] | None = None,
     **cluster: Any,
 ) -> Any:
     intents = ["guilds", "guild_messages"] + (["guild_voice_states"] if voice else [])
@@ -66,7 +67,7 @@ def host_config(
             "apps": [{"module": "examples.bot", "processes": apps}] if apps else [],
             "discord": discord,
             "shards": {"intents": intents},
-            "ipc": {"runtime_dir": str(root / name)},
+            "ipc": ipc or {"runtime_dir": str(root / name)},
             "restart": {"backoff_initial": 0.1, "hang_timeout": 5.0},
             "log": {"level": "warning"},
             "cluster": {
@@ -141,24 +142,33 @@ async def tcp_hosts(
     async with AsyncExitStack() as stack:
         running = {}
         for name in names:
-            config = parse_config(
-                {
-                    "discord": {"rest_url": emu.rest_url},
-                    "shards": {"intents": ["guilds", "guild_messages"]},
-                    "ipc": tcp_ipc(root, name, keys),
-                    "restart": {"backoff_initial": 0.1, "hang_timeout": 5.0},
-                    "log": {"level": "warning"},
-                    "cluster": {
-                        "redis_url": redis.url,
-                        "fleet": "bot",
-                        "host": name,
-                        "lease_ttl": 3,
-                        "peer_listen": f"tcp://127.0.0.1:{free_port()}",
-                    },
-                }
+            config = host_config(
+                emu,
+                redis,
+                root,
+                name,
+                ipc=tcp_ipc(root, name, keys),
+                peer_listen=f"tcp://127.0.0.1:{free_port()}",
             )
             running[name] = await stack.enter_async_context(fleet_with(config, emu, root / name))
         yield running
+
+
+def counting_client(
+    events: str, commands: str, keys: FleetKeys, dedupe: bool = False
+) -> tuple[Client, dict[int, int]]:
+    """An application (the test's key) that counts the MESSAGE_CREATEs it handles per shard."""
+    client = Client(
+        events, commands, dedupe=dedupe, server_key=keys.public, client_key=keys.app_secret
+    )
+    counts: dict[int, int] = {}
+
+    @client.on(MessageCreate)
+    def count(event: MessageCreate) -> None:
+        shard = (int(event.raw["guild_id"]) >> 22) % SHARDS
+        counts[shard] = counts.get(shard, 0) + 1
+
+    return client, counts
 
 
 def applications(sup: Supervisor) -> int:
@@ -183,18 +193,7 @@ async def test_an_app_on_one_host_gets_every_hosts_events_and_its_commands_reach
             await eventually(lambda: ready_everywhere(running), timeout=60)
             await eventually(lambda: linked(running), timeout=10)
             a = running["a"]
-            client = Client(
-                a.endpoints.events,
-                a.endpoints.commands,
-                server_key=keys.public,
-                client_key=keys.app_secret,
-            )
-            counts: dict[int, int] = {}
-
-            @client.on(MessageCreate)
-            def count(event: MessageCreate) -> None:
-                shard = (int(event.raw["guild_id"]) >> 22) % SHARDS
-                counts[shard] = counts.get(shard, 0) + 1
+            client, counts = counting_client(a.endpoints.events, a.endpoints.commands, keys)
 
             client.connect([b"MESSAGE_CREATE"])
             reader = asyncio.create_task(client.run())
@@ -483,19 +482,7 @@ async def test_a_killed_hosts_shards_are_resumed_by_the_others_and_an_app_loses_
     async with emulator(shards=SHARDS, max_concurrency=2) as emu:
         names = ("a", "b", "c")
         running = [HostProcess(emu, redis_server, tmp_path, n, keys=keys) for n in names]
-        client = Client(
-            running[0].events,
-            running[0].commands,
-            dedupe=True,
-            server_key=keys.public,
-            client_key=keys.app_secret,
-        )
-        handled: dict[int, int] = {}
-
-        @client.on(MessageCreate)
-        def count(event: MessageCreate) -> None:
-            shard = (int(event.raw["guild_id"]) >> 22) % SHARDS
-            handled[shard] = handled.get(shard, 0) + 1
+        client, handled = counting_client(running[0].events, running[0].commands, keys, dedupe=True)
 
         reader: asyncio.Task[None] | None = None
         try:
