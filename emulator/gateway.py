@@ -79,6 +79,7 @@ class GatewayRules:
     send_limit: int = 120  # payloads a client may send per window...
     send_window: float = 60.0  # ...of this many seconds
     max_guilds_per_shard: int = 2500  # more than this on one shard: close 4011
+    shard_multiple: int = 1  # large-bot sharding: a shard count not a multiple of this: 4010
     enabled_privileged_intents: int = sum(PRIVILEGED_INTENTS)  # what the "portal" allows
     session_start_total: int = 1000
     session_start_remaining: int = 1000
@@ -437,6 +438,11 @@ class GatewayServer:
         shard_id, shard_count = shard
         conn.identified_shard = shard_id
         conn.identified_at = time.monotonic()
+        if shard_count % self.rules.shard_multiple:
+            await self._record_identify(shard_id, shard_count, False, "4010")
+            multiple = self.rules.shard_multiple
+            await conn.close(4010, f"Shard count must be a multiple of {multiple}.")
+            return False
         guilds_needed = -(-len(self.world.guild_ids) // self.rules.max_guilds_per_shard)
         if shard_count < guilds_needed:
             await self._record_identify(shard_id, shard_count, False, "4011")
@@ -755,6 +761,22 @@ class GatewayServer:
             and not self._expired(s)
             and (shard_id is None or s.shard_id == shard_id)
         ]
+
+    async def enforce_guild_limit(self) -> list[Session]:
+        """Close with 4011 (sharding required) every connected session whose shard now holds
+        more than ``max_guilds_per_shard`` guilds, as Discord does as a bot grows; returns
+        them. The session ends (4011 is not resumable)."""
+        closed = []
+        limit = self.rules.max_guilds_per_shard
+        for session in self.live_sessions():
+            conn = session.connection
+            if conn is None:
+                continue
+            if len(self.guilds_on(session.shard_id, session.shard_count)) > limit:
+                session.invalid = True
+                await conn.close(4011)
+                closed.append(session)
+        return closed
 
     def sessions_for_guild(self, guild_id: int | None) -> list[Session]:
         """Where a guild's dispatches go; DMs (``None``) go to shard 0."""

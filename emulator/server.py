@@ -87,6 +87,7 @@ class Emulator:
             self.config.gateway_rules(), self.world, recommended_shards=recommended
         )
         self.rules = self.gateway.rules
+        self.recommend_shards(recommended)  # a large bot's multiple, from the start
         self._http = HttpServer(self._route)
         self._ws_server: Server | None = None
         self._streams: set[asyncio.Task[int]] = set()
@@ -160,6 +161,24 @@ class Emulator:
         else:
             sessions = self.gateway.sessions_for_guild(guild_id)
         return [await self.gateway.dispatch(s, t, d) for s in sessions]
+
+    def recommend_shards(self, count: int) -> int:
+        """``GET /gateway/bot`` recommends ``count`` shards from now on (rounded up to the
+        shard multiple a large bot must use); returns what it recommends."""
+        multiple = self.rules.shard_multiple
+        self.gateway.recommended_shards = max(1, -(-count // multiple) * multiple)
+        return self.gateway.recommended_shards
+
+    async def join_guilds(self, count: int) -> list[int]:
+        """The bot joins ``count`` new guilds: each one's GUILD_CREATE goes to every session
+        that holds it; then a shard holding more than ``max_guilds_per_shard`` is closed with
+        4011, as Discord does. Returns the new guild ids."""
+        added = self.world.join_guilds(count)
+        for gid in added:
+            data = self.world.guild_create(gid, large_threshold=250, presences=False)
+            await self.inject("GUILD_CREATE", data, guild_id=gid)
+        await self.gateway.enforce_guild_limit()
+        return added
 
     async def message(
         self, guild_id: int | None = None, content: str | None = None, *, size: int = 1024
@@ -556,6 +575,11 @@ class Emulator:
             return {"connections": await self.close_shard(shard, code, body.get("reason"))}
         if action == "drop":
             return {"connections": self.drop(shard)}
+        if action == "recommend_shards":
+            return {"shards": self.recommend_shards(int(body["count"]))}
+        if action == "join_guilds":
+            added = await self.join_guilds(int(body["count"]))
+            return {"guild_ids": [str(g) for g in added]}
         if action.startswith("voice_"):
             return await self._control_voice(action, body)
         return None

@@ -103,6 +103,10 @@ class World:
         }
         self._guild_cache: dict[int, dict[str, Any]] = {}
         self._message_counter = 0
+        self._rng = rng
+        # Each guild's messages are numbered, 1, 2, 3... in "shardline_guild_seq": whatever
+        # shards or sessions carry them, a consumer can see a gap or a duplicate per guild.
+        self._guild_seq: dict[int | None, int] = {}
         self.dm_channel_id = make_snowflake(_BASE_MS - 5_000_000, 2, 0, 7)
 
     # -- users and members ----------------------------------------------------------------
@@ -445,4 +449,18 @@ class World:
                 words.append(rng.choice(_WORDS))
             content = " ".join(words)
         data["content"] = content
+        seq = self._guild_seq[guild_id] = self._guild_seq.get(guild_id, 0) + 1
+        data["shardline_guild_seq"] = seq
         return data
+
+    def join_guilds(self, count: int) -> list[int]:
+        """The bot joins ``count`` new guilds (ids later than every existing one); returns
+        their ids."""
+        newest = max(self.guild_ids, default=0) >> 22
+        added = []
+        for k in range(count):
+            gid = make_snowflake(newest + DISCORD_EPOCH_MS + 1 + k, 1, 0, len(self.guild_ids))
+            self.guild_ids.append(gid)
+            self._member_counts[gid] = self._rng.randint(*self.config.small_members)
+            added.append(gid)
+        return added

@@ -70,6 +70,9 @@ class DiscordConfig:
 @dataclass(frozen=True)
 class ShardsConfig:
     count: int | None = None  # None = "auto": Discord's recommendation
+    # large-bot sharding: the count must be a multiple of this (Discord closes 4010 else);
+    # None = "auto": max_concurrency when Discord raised it above 1 (large bots), else 1
+    multiple_of: int | None = None
     ids: tuple[int, ...] | None = None  # None = all shards
     intents: int = INTENTS["guilds"] | INTENTS["guild_messages"] | INTENTS["guild_voice_states"]
     intent_names: tuple[str, ...] = ("guilds", "guild_messages", "guild_voice_states")
@@ -240,6 +243,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     names = reader.get("shards.intents", list(ShardsConfig.intent_names), _intent_list)
     shards = ShardsConfig(
         count=reader.get("shards.count", None, _shard_count),
+        multiple_of=reader.get("shards.multiple_of", None, _shard_count),
         ids=reader.get("shards.ids", None, _shard_ids),
         intents=intents_from_names(names),
         intent_names=tuple(names),

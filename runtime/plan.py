@@ -10,7 +10,19 @@ from runtime.config import Config, ConfigError
 from runtime.discord_rest import fetch_gateway_bot
 from runtime.supervisor import FleetPlan, StartupError
 
-__all__ = ["plan_fleet"]
+__all__ = ["plan_fleet", "shard_multiple"]
+
+
+def shard_multiple(configured: int | None, max_concurrency: int) -> int:
+    """What the shard count must be a multiple of: ``shards.multiple_of``, else, for a bot
+    Discord moved to large-bot sharding (its ``max_concurrency`` raised above 1), that."""
+    if configured is not None:
+        return configured
+    return max(1, max_concurrency)
+
+
+def round_up(count: int, multiple: int) -> int:
+    return -(-count // multiple) * multiple
 
 
 def plan_fleet(config: Config, token: str) -> FleetPlan:
@@ -18,7 +30,15 @@ def plan_fleet(config: Config, token: str) -> FleetPlan:
     ConfigError when a config value is the cause."""
     check_ca_file(config.discord.ca_file)
     info = fetch_gateway_bot(config.discord.rest_url, token)
-    count = config.shards.count or info.shards
+    multiple = shard_multiple(config.shards.multiple_of, info.max_concurrency)
+    count = config.shards.count or round_up(info.shards, multiple)
+    if count % multiple:
+        raise StartupError(
+            f"shards.count = {count} is not a multiple of {multiple}: a bot in large-bot "
+            f"sharding (max_concurrency {info.max_concurrency}) must run a multiple, or "
+            "Discord closes every shard with 4010. Use shards.count = "
+            f'{round_up(count, multiple)} (or "auto"), or set shards.multiple_of'
+        )
     ids = config.shards.ids if config.shards.ids is not None else tuple(range(count))
     outside = [i for i in ids if i >= count]
     if outside:

@@ -480,3 +480,31 @@ async def test_two_open_connections_of_one_shard_are_measured_as_an_overlap() ->
         await third.hello_and_ready()
         assert emu.gateway.longest_overlap(0) == closed
         await third.close(1000)
+
+
+async def test_large_bot_sharding_requires_a_multiple_and_growth_closes_4011() -> None:
+    rules = GatewayRules(max_guilds_per_shard=6, shard_multiple=2, identify_interval=0.0)
+    async with Emulator(
+        EmulatorConfig(rules=rules, world=WorldConfig(guilds=10, large_share=0.0))
+    ) as emu:
+        assert emu.recommend_shards(3) == 4  # rounded up to the multiple
+        odd = await PlainClient.open(emu.gateway_url)
+        await odd.recv()  # HELLO
+        await odd.identify(shard=(0, 3))
+        assert await odd.close_code() == 4010  # 3 is not a multiple of 2
+        clients = []
+        for shard in range(2):
+            client = await PlainClient.open(emu.gateway_url)
+            await client.hello_and_ready(shard=(shard, 2))
+            clients.append(client)
+        seqs = [emu.world.message(g)["shardline_guild_seq"] for g in emu.world.guild_ids[:1] * 3]
+        assert seqs == [1, 2, 3]  # each guild's messages numbered
+        before = {s: len(emu.gateway.guilds_on(s, 2)) for s in range(2)}
+        added = await emu.join_guilds(6)  # past 6 a shard
+        assert len(emu.world.guild_ids) == 16 and len(added) == 6
+        over = [s for s in range(2) if len(emu.gateway.guilds_on(s, 2)) > 6]
+        assert over and all(before[s] <= 6 for s in range(2))
+        for shard in over:
+            assert await clients[shard].close_code() == 4011
+            (session,) = emu.sessions(shard)
+            assert session.invalid  # the session ended: a new count must identify

@@ -688,3 +688,21 @@ async def test_an_endpoint_in_use_is_a_startup_error_naming_it(tmp_path: Path) -
                 await asyncio.wait_for(sup.run(asyncio.Event()), 10)
             assert emu.gateway.identifies == []
             assert not (tmp_path / "supervisor.pid").exists()
+
+
+async def test_a_large_bot_runs_a_multiple_of_its_concurrency(tmp_path: Path) -> None:
+    """Large-bot sharding: Discord's recommendation rounded up to a multiple of
+    max_concurrency; an explicit count that is not one is refused before anything starts."""
+    from runtime.plan import round_up, shard_multiple
+
+    assert shard_multiple(None, 16) == 16 and shard_multiple(None, 1) == 1
+    assert shard_multiple(8, 16) == 8 and round_up(40, 16) == 48 and round_up(48, 16) == 48
+    async with emulator(shards=6, max_concurrency=4) as emu:
+        plan = await asyncio.to_thread(plan_fleet, make_config(emu, tmp_path), emu.rules.token)
+        assert plan.shard_count == 8 and plan.shard_ids == tuple(range(8))
+        explicit = make_config(emu, tmp_path, count=6)
+        with pytest.raises(StartupError, match=r"shards.count = 6 is not a multiple of 4.*4010"):
+            await asyncio.to_thread(plan_fleet, explicit, emu.rules.token)
+        allowed = make_config(emu, tmp_path, count=6, multiple_of=2)
+        plan = await asyncio.to_thread(plan_fleet, allowed, emu.rules.token)
+        assert plan.shard_count == 6
