@@ -28,7 +28,7 @@ import orjson
 import zmq
 import zmq.asyncio
 
-from ipc.codec import SUBSCRIBE, CodecError, decode_bus
+from ipc.codec import DUPLICATE, SUBSCRIBE, CodecError, Envelope, decode_bus
 from ipc.errors import EventsDropped
 from ipc.fields import InvalidFieldError
 from ipc.handlers import HandlerTable
@@ -185,21 +185,16 @@ class Client:
 
     async def _dispatch(self, frames: list[bytes]) -> None:
         self.received += 1
+        if frames[0] == DUPLICATE:  # already delivered: only the session's seq moves on
+            self._advance(frames)
+            return
         try:
             envelope, event = decode_bus(frames)
         except CodecError:
             return
         if envelope.seq is not None and envelope.kind == "dispatch":
-            key = (envelope.source, envelope.session)
-            last = self._seen.get(key)
-            if last is not None:
-                if envelope.seq <= last:
-                    if self.dedupe:
-                        return
-                elif envelope.seq > last + 1 and self._count_gaps:
-                    self.gaps += envelope.seq - last - 1
-            if last is None or envelope.seq > last:
-                self._seen[key] = envelope.seq
+            if self._track(envelope) and self.dedupe:
+                return
         elif envelope.kind == "event" and isinstance(event, EventsDropped):
             self.bus_dropped += event.dropped
             if not self._count_gaps:  # filtered: seq cannot show it, so this is the count
@@ -217,6 +212,29 @@ class Client:
             result = handler(event)
             if result is not None and hasattr(result, "__await__"):
                 await result
+
+    def _advance(self, frames: list[bytes]) -> None:
+        try:
+            envelope = Envelope.decode(frames[1])
+        except (CodecError, IndexError):
+            return
+        self._track(envelope)
+
+    def _track(self, envelope: Envelope) -> bool:
+        """Follow the session's seq (counting what is missing); True when this one was
+        seen already."""
+        seq = envelope.seq
+        if type(seq) is not int:
+            return False
+        key = (envelope.source, envelope.session)
+        last = self._seen.get(key)
+        if last is not None:
+            if seq <= last:
+                return True
+            if seq > last + 1 and self._count_gaps:
+                self.gaps += seq - last - 1
+        self._seen[key] = seq
+        return False
 
     async def _report_loop(self, every: float = 2.0) -> None:
         """Tell the supervisor what this subscriber received and missed, so that losses at a

@@ -24,6 +24,7 @@ from ipc.messages import (
 )
 
 __all__ = [
+    "DUPLICATE",
     "MAX_GATEWAY_PAYLOAD",
     "SUBSCRIBE",
     "CodecError",
@@ -53,6 +54,10 @@ MAX_GATEWAY_PAYLOAD = 4096  # bytes; the gateway closes 4002 on anything larger
 # An application's subscription to the supervisor's event bus, sent (and renewed every few
 # seconds) on its events DEALER: [SUBSCRIBE, name, prefix...]; an empty prefix means all.
 SUBSCRIBE = b"SUBSCRIBE"
+# The topic of ``[DUPLICATE, envelope, b""]``: a dispatch of the session the envelope names was
+# not delivered because applications already had it (a reshard's cut-over); a consumer that
+# counts the session's seq advances it, and handles nothing.
+DUPLICATE = b"shardline.duplicate"
 
 
 class CodecError(ValueError):

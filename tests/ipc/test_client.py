@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from ipc.client import Client
-from ipc.codec import encode_bus_dispatch, encode_bus_event
+from ipc.codec import DUPLICATE, encode_bus_dispatch, encode_bus_event
 from ipc.errors import DecodeError, ErrorEvent
 from ipc.events import MessageCreate
 
@@ -73,3 +73,16 @@ async def test_a_filtered_client_counts_loss_from_the_bus_notice_not_from_seq() 
         await everything._dispatch(dispatch(seq))
     await everything._dispatch(notice)
     assert (everything.gaps, everything.bus_dropped) == (7, 7)
+
+
+async def test_a_duplicate_marker_moves_the_seq_on_and_handles_nothing() -> None:
+    """A reshard's cut-over sends [DUPLICATE, envelope, b""] for what was delivered already:
+    the session's seq stays whole (no gap counted) and no handler runs."""
+    client = Client("ipc:///nowhere", "ipc:///nowhere")
+    seen: list[str] = []
+    client.on(MessageCreate)(lambda e: seen.append(e.content))
+    await client._dispatch(dispatch(1))
+    await client._dispatch([DUPLICATE, dispatch(2)[1], b""])
+    await client._dispatch([DUPLICATE, b"not an envelope", b""])  # hostile: ignored
+    await client._dispatch(dispatch(3))
+    assert seen == ["m1", "m3"] and client.gaps == 0
