@@ -90,6 +90,7 @@ class ShardStatus(Event):
     seq = raw()
     session = optional_string()
     guilds = integer(default=0)
+    guilds_pending = integer(default=0)  # READY listed them, no GUILD_CREATE yet
     dispatch_rate = number(default=0.0)
     reconnects = integer(default=0)
     dropped = integer(default=0)  # bus messages dropped at the high-water mark

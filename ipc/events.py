@@ -19,7 +19,7 @@ from ipc.fields import (
     struct,
     struct_list,
 )
-from ipc.messages import DispatchEvent, GatewayEvent
+from ipc.messages import DispatchEvent, Event, GatewayEvent
 from ipc.objects import (
     Channel,
     DiscordMessage,
@@ -53,6 +53,7 @@ __all__ = [
     "RateLimited",
     "Ready",
     "Reconnect",
+    "Resharded",
     "Resumed",
     "TypingStart",
     "VoiceServerUpdate",
@@ -268,3 +269,14 @@ class TypingStart(DispatchEvent):
     user_id = snowflake()
     timestamp = integer()
     member = optional_struct(Member)
+
+
+class Resharded(Event):
+    """shardline's own event, once per reshard, at the switch: from this event on, the
+    applications receive the ``new_count`` generation's events (docs/resharding.md); every
+    guild's events continue with none missing or repeated."""
+
+    __slots__ = ()
+    type_name = "shardline.resharded"
+    old_count = integer()
+    new_count = integer()

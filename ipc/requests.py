@@ -53,6 +53,8 @@ __all__ = [
     "Recording",
     "ReportClientStats",
     "Request",
+    "Reshard",
+    "ReshardPlan",
     "RestartShards",
     "Restarting",
     "ResumeAudio",
@@ -75,6 +77,7 @@ __all__ = [
 CALL = b"CALL"  # first frame of a command the supervisor hands to the application serving it
 MAX_TYPE_NAME = 128
 MAX_REQUEST_ID = 64
+MAX_RESHARD_COUNT = 65_536
 MAX_SERVED_TYPES = 64
 MAX_PATH = 4096
 
@@ -104,6 +107,21 @@ class Restarting(Reply):
     __slots__ = ()
     type_name = "shardline.reply.restarting"
     restarting = raw(default=[])
+
+
+class ReshardPlan(Reply):
+    """What a reshard takes: ``current`` and ``target`` shard counts, the IDENTIFYs it
+    needs and the day's ``remaining``, ``eta`` (seconds, the identify bound), and whether it
+    ``started`` (false for a dry run or an abort)."""
+
+    __slots__ = ()
+    type_name = "shardline.reply.reshard"
+    current = integer()
+    target = integer()
+    identifies = integer()
+    remaining = integer()
+    eta = number()
+    started = boolean(default=False)
 
 
 class Recording(Routed):
@@ -154,6 +172,27 @@ class RestartShards(Request):
     def check(self) -> None:
         if (self.raw.get("shard") is None) == (self.raw.get("rolling") is not True):
             raise InvalidFieldError("shard", "or rolling: true is required, and only one")
+
+
+class Reshard(Request):
+    """Reshard to ``count`` shards with no event lost (docs/resharding.md): the new
+    generation starts beside the running one, and the applications switch to it once every
+    new shard is READY with its guilds. ``dry_run``: only check and say what it would take.
+    ``abort``: stop a reshard under way (the running generation is untouched)."""
+
+    __slots__ = ()
+    type_name = "shardline.reshard"
+    reply_class = ReshardPlan
+    count = integer(default=None)
+    dry_run = boolean(default=False)
+    abort = boolean(default=False)
+
+    def check(self) -> None:
+        count, abort = self.raw.get("count"), self.raw.get("abort") is True
+        if (count is None) != abort:
+            raise InvalidFieldError("count", "or abort: true is required, and only one")
+        if count is not None and not 1 <= count <= MAX_RESHARD_COUNT:
+            raise InvalidFieldError("count", f"must be from 1 to {MAX_RESHARD_COUNT}")
 
 
 class ReportClientStats(Request):

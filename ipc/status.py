@@ -18,6 +18,7 @@ __all__ = [
     "BusRecord",
     "FleetStatus",
     "HostRecord",
+    "ReshardRecord",
     "ShardRecord",
     "SubscriberRecord",
     "VoiceSessionRecord",
@@ -191,6 +192,19 @@ class BudgetRecord(_Record):
 
 
 @dataclass(frozen=True, slots=True)
+class ReshardRecord(_Record):
+    """A reshard under way (or just over): the target count, its shards READY so far, the
+    state (``starting``, ``switched``, ``done``, ``aborted``) and why it was aborted."""
+
+    current: int
+    target: int
+    ready: int
+    state: str
+    eta: float  # seconds until every new shard may have identified (the identify bound)
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class FleetStatus(_Record):
     bus: BusRecord
     shard_count: int
@@ -204,6 +218,7 @@ class FleetStatus(_Record):
     hosts: list[HostRecord] = field(default_factory=list)
     budget: BudgetRecord | None = None
     cluster_problem: str = ""
+    reshard: ReshardRecord | None = None  # the last reshard of this supervisor's life
 
 
 for _cls in (
@@ -214,6 +229,7 @@ for _cls in (
     BusRecord,
     HostRecord,
     BudgetRecord,
+    ReshardRecord,
     FleetStatus,
 ):
     _RECORDS[_cls.__name__] = _cls

@@ -38,6 +38,7 @@ from ipc.codec import SUBSCRIBE, encode_bus_event
 from ipc.errors import EventsDropped
 from ipc.eventloop import trim_memory
 from ipc.status import SubscriberRecord
+from runtime.cutover import CutOver
 
 __all__ = ["DEFAULT_SUBSCRIBER_BUFFER", "SUBSCRIPTION_TTL", "EventBus", "PeerAddress", "dial"]
 
@@ -136,6 +137,7 @@ class EventBus:
         secure_peer_in: Callable[[zmq.Socket[Any]], None] = lambda sock: None,
         secure_link: Callable[[zmq.Socket[Any], str], None] = lambda sock, key: None,
         host: str = "",
+        bus_in_b: str = "",
     ) -> None:
         self.context = context
         self.buffer_bytes = buffer_bytes
@@ -153,6 +155,12 @@ class EventBus:
         self._links_applied = threading.Event()
         self.peer_received = 0
         self.xsub = context.socket(zmq.XSUB)
+        # A second input for a reshard's other generation of shards (docs/resharding.md):
+        # generations alternate between "a" (bus_in) and "b" (bus_in_b).
+        self.xsub_b: zmq.Socket[Any] | None = context.socket(zmq.XSUB) if bus_in_b else None
+        self.cutover: CutOver | None = None
+        self._cutover_old = ""  # the input of the generation being replaced
+        self._actions: list[tuple[str, str, int, threading.Event]] = []
         self.router = context.socket(zmq.ROUTER)
         self.peer_in: zmq.Socket[Any] | None = None
         wake = f"inproc://bus-wake-{id(self)}"
@@ -163,6 +171,9 @@ class EventBus:
         try:
             self.xsub.bind(bus_in)
             self.xsub.send(b"\x01")  # everything: workers publish whether or not apps listen
+            if self.xsub_b is not None:
+                self.xsub_b.bind(bus_in_b)
+                self.xsub_b.send(b"\x01")
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.router.setsockopt(zmq.SNDHWM, PIPE_HWM)
             self.router.setsockopt(zmq.LINGER, 0)
@@ -180,7 +191,7 @@ class EventBus:
             raise
 
     def _close_sockets(self) -> None:
-        for sock in (self.xsub, self.router, self.peer_in, self._wake_in, self._wake):
+        for sock in (self.xsub, self.xsub_b, self.router, self.peer_in, self._wake_in, self._wake):
             if sock is not None:
                 sock.close(linger=0)
         for link in self.links.values():
@@ -234,6 +245,8 @@ class EventBus:
     def _run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.xsub, zmq.POLLIN)
+        if self.xsub_b is not None:
+            poller.register(self.xsub_b, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
         poller.register(self._wake_in, zmq.POLLIN)
         if self.peer_in is not None:
@@ -247,10 +260,13 @@ class EventBus:
                 ready = dict(poller.poll(int(_FLUSH_EVERY * 1000) if backlog else 1000))
                 if self._wake_in in ready:
                     self._apply_links()
+                    self._apply_actions()
                 if self.router in ready:
                     self._read_subscriptions()
                 if self.xsub in ready:
-                    self._read_events()
+                    self._read_events(self.xsub, "a")
+                if self.xsub_b is not None and self.xsub_b in ready:
+                    self._read_events(self.xsub_b, "b")
                 if self.peer_in is not None and self.peer_in in ready:
                     self._read_peer_events(self.peer_in)
                 if backlog:
@@ -340,18 +356,67 @@ class EventBus:
                 else:
                     log.warning(f"bus: {MAX_SUBSCRIBERS} subscribers already; {name} refused")
 
-    def _read_events(self) -> None:
+    def _read_events(self, sock: zmq.Socket[Any], name: str) -> None:
         for _ in range(1000):  # then let subscriptions and flushes have their turn
             # Copied out, as bytes: for messages of a few KB that is cheaper than zero-copy
             # frames, and a queued frame would pin ZeroMQ's whole 8 KB receive buffer.
             try:
-                frames = self.xsub.recv_multipart(flags=zmq.NOBLOCK)
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._fan_out(frames, self._fanout)
-            if self.links:
-                self._fan_out(frames, tuple(self.links.values()))
+            cutover = self.cutover
+            if cutover is None:
+                self._deliver(frames)
+            elif name == self._cutover_old:
+                if cutover.old(frames):
+                    self._deliver(frames)
+            else:
+                for out in cutover.new(frames):
+                    self._deliver(out)
             self.received += 1  # counted once handed out: a reader of it sees every drop made
+
+    def _deliver(self, frames: list[Any]) -> None:
+        """One of this host's messages: to its subscribers and the other hosts."""
+        self._fan_out(frames, self._fanout)
+        if self.links:
+            self._fan_out(frames, tuple(self.links.values()))
+
+    # -- a reshard's cut-over (the supervisor's thread asks, the bus thread does) -----------
+
+    def reshard(self, action: str, old_input: str = "", limit_bytes: int = 0) -> threading.Event:
+        """``begin`` (the generation on ``old_input`` is replaced; the other input's
+        dispatches are staged, up to ``limit_bytes``), ``switch`` (applications get the new
+        generation from now on), ``abort`` (the new generation's dispatches are dropped from
+        now on), ``finish`` (one generation again). The event is set once the bus did it."""
+        done = threading.Event()
+        with self._lock:
+            self._actions.append((action, old_input, limit_bytes, done))
+        try:
+            self._wake.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        return done
+
+    @property
+    def cutover_overflowed(self) -> bool:
+        cutover = self.cutover
+        return cutover is not None and cutover.overflowed
+
+    def _apply_actions(self) -> None:
+        with self._lock:
+            actions, self._actions = self._actions, []
+        for action, old_input, limit_bytes, done in actions:
+            if action == "begin":
+                self.cutover = CutOver(limit_bytes)
+                self._cutover_old = old_input
+            elif action == "switch" and self.cutover is not None:
+                for frames in self.cutover.switch():
+                    self._deliver(frames)
+            elif action == "abort" and self.cutover is not None:
+                self.cutover.abort()
+            elif action == "finish":
+                self.cutover = None
+            done.set()
 
     def _fan_out(self, frames: list[Any], subscribers: tuple[Subscriber, ...]) -> None:
         topic = frames[0]

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -149,6 +150,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restart.add_argument("--config", default="config/shardline.toml", help="TOML config file")
     restart.set_defaults(func=_cmd_restart)
+
+    reshard = sub.add_parser(
+        "reshard",
+        help="change the shard count with no event lost: `reshard --count M [--dry-run]`",
+        description=(
+            "Start M shards beside the running ones (on the identify schedule), switch the "
+            "applications to them once every new shard is READY with its guilds (no event "
+            "lost or delivered twice: docs/resharding.md), then close the old ones. Refused, "
+            "with the numbers, when today's identify budget cannot cover M identifies. "
+            "Prints progress until it is done; Ctrl-C calls it off (the running shards are "
+            "untouched). Exit status: 0 done, 1 refused or aborted."
+        ),
+    )
+    reshard.add_argument("--count", type=int, required=True, help="the new shard count")
+    reshard.add_argument(
+        "--dry-run", action="store_true", help="only check, and say what it would take"
+    )
+    reshard.add_argument("--config", default="config/shardline.toml", help="TOML config file")
+    reshard.set_defaults(func=_cmd_reshard)
 
     voice = sub.add_parser(
         "voice",
@@ -486,6 +506,46 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     reply = _request(args.config, command)
     print(f"shardline: restarting shards {reply.raw.get('restarting')}, each resuming")
     return 0
+
+
+def _cmd_reshard(args: argparse.Namespace) -> int:
+    from ipc.requests import GetStatus, Reshard, ReshardPlan, StatusReply
+
+    reply = _request(args.config, Reshard(count=args.count, dry_run=args.dry_run))
+    assert isinstance(reply, ReshardPlan)
+    plan = reply.raw
+    print(
+        f"shardline: {plan['current']} -> {plan['target']} shards: {plan['identifies']} "
+        f"IDENTIFYs of the {plan['remaining']} Discord allows today; identify bound "
+        f"{plan['eta']:.0f}s" + ("" if plan["started"] else " (dry run: nothing started)")
+    )
+    if not plan["started"]:
+        return 0
+    shown, started = "", time.monotonic()
+    try:
+        while True:
+            status = _request(args.config, GetStatus())
+            assert isinstance(status, StatusReply)
+            reshard = status.status.get("reshard") or {}
+            eta = max(0.0, float(plan["eta"]) - (time.monotonic() - started))
+            line = (
+                f"{reshard.get('ready', 0)} shards ready of {reshard.get('target')}, "
+                + (f"ETA {eta:.0f}s" if reshard.get("state") == "starting" else "")
+                + str(reshard.get("state") if reshard.get("state") != "starting" else "")
+            )
+            if line != shown:
+                print(f"shardline: reshard: {line}", flush=True)
+                shown = line
+            if reshard.get("state") in ("done", "aborted"):
+                if reshard["state"] == "aborted":
+                    print(f"shardline: reshard aborted: {reshard.get('problem')}", file=sys.stderr)
+                    return 1
+                return 0
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        _request(args.config, Reshard(abort=True))
+        print("shardline: reshard called off; the running shards are untouched", file=sys.stderr)
+        return 1
 
 
 def _voice_command(args: argparse.Namespace) -> Command | str:

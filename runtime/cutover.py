@@ -67,6 +67,7 @@ class CutOver:
         self.remember = remember
         self.clock = clock
         self.switched = False
+        self.aborted = False  # the new generation is being stopped: its dispatches go nowhere
         self.overflowed = False  # the staged events outgrew limit_bytes: abort the reshard
         self.staged_bytes = 0
         self.delivered_old = 0
@@ -80,10 +81,12 @@ class CutOver:
     def old(self, frames: list[Any]) -> bool:
         """An old-generation message: True to deliver it (before the switch), remembering
         its key; False after the switch (the new generation carries everything)."""
+        if not _is_dispatch(frames):
+            return True  # shardline's own events (the old shards' errors...) always go
         if self.switched:
             return False
         self.delivered_old += 1
-        key = event_key(frames[2]) if _is_dispatch(frames) else None
+        key = event_key(frames[2])
         if key is not None:
             now = self.clock()
             self._forget_old(now)
@@ -94,17 +97,29 @@ class CutOver:
     # -- the new generation ----------------------------------------------------------------
 
     def new(self, frames: list[Any]) -> list[list[Any]]:
-        """A new-generation message: what to deliver now (nothing before the switch)."""
+        """A new-generation message: what to deliver now (no dispatch before the switch;
+        shardline's own events, such as a shard's errors, at once)."""
         dispatch = _is_dispatch(frames)
-        key = event_key(frames[2]) if dispatch else None
+        if not dispatch:
+            return [frames]
+        if self.aborted:
+            return []
+        key = event_key(frames[2])
         if not self.switched:
-            start_up = dispatch and frames[0].split(b" ", 1)[0] in START_UP
+            start_up = frames[0].split(b" ", 1)[0] in START_UP
             self._staged.append(_Staged(frames, key, start_up))
             self.staged_bytes += sum(len(f) for f in frames)
             if self.staged_bytes > self.limit_bytes:
                 self.overflowed = True
             return []
         return [self._unless_delivered(frames, key)]
+
+    def abort(self) -> None:
+        """The reshard is called off: what was staged is dropped, and whatever the new
+        generation still sends before its shards are gone."""
+        self.aborted = True
+        self._staged.clear()
+        self.staged_bytes = 0
 
     def switch(self) -> list[list[Any]]:
         """From now on the new generation: its staged events not delivered already, in

@@ -8,21 +8,10 @@ import ssl
 from conn.tls import client_context
 from runtime.config import Config, ConfigError
 from runtime.discord_rest import fetch_gateway_bot
+from runtime.reshard import round_up, shard_multiple
 from runtime.supervisor import FleetPlan, StartupError
 
-__all__ = ["plan_fleet", "shard_multiple"]
-
-
-def shard_multiple(configured: int | None, max_concurrency: int) -> int:
-    """What the shard count must be a multiple of: ``shards.multiple_of``, else, for a bot
-    Discord moved to large-bot sharding (its ``max_concurrency`` raised above 1), that."""
-    if configured is not None:
-        return configured
-    return max(1, max_concurrency)
-
-
-def round_up(count: int, multiple: int) -> int:
-    return -(-count // multiple) * multiple
+__all__ = ["plan_fleet"]
 
 
 def plan_fleet(config: Config, token: str) -> FleetPlan:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import heapq
 import math
 
-__all__ = ["IdentifyScheduler", "startup_seconds"]
+__all__ = [
+    "IdentifyScheduler",
+    "ScheduleView",
+    "startup_seconds",
+]
 
 
 def startup_seconds(shards: int, max_concurrency: int, interval: float = 5.0) -> float:
@@ -104,3 +108,33 @@ class IdentifyScheduler:
     @property
     def waiting(self) -> int:
         return sum(len(b) for b in self._pending)
+
+
+class ScheduleView:
+    """One generation of shards' window on the one identify schedule (a reshard runs two
+    generations with the same shard ids): its ids are offset by a multiple of
+    ``max_concurrency`` (so each keeps its bucket), and each generation gets its own grants."""
+
+    def __init__(self, scheduler: IdentifyScheduler, generation: int, mailbox: list[int]) -> None:
+        self.scheduler = scheduler
+        self.offset = generation * scheduler.max_concurrency * GENERATION_SPAN
+        self._mailbox = mailbox  # grants polled by one view that belong to another
+
+    def request(self, shard_id: int) -> None:
+        self.scheduler.request(shard_id + self.offset)
+
+    def sent(self, shard_id: int, now: float) -> None:
+        self.scheduler.sent(shard_id + self.offset, now)
+
+    def cancel(self, shard_id: int) -> None:
+        self.scheduler.cancel(shard_id + self.offset)
+
+    def poll(self, now: float) -> list[int]:
+        self._mailbox.extend(self.scheduler.poll(now))
+        low, high = self.offset, self.offset + self.scheduler.max_concurrency * GENERATION_SPAN
+        mine = [key for key in self._mailbox if low <= key < high]
+        self._mailbox[:] = [key for key in self._mailbox if not low <= key < high]
+        return [key - self.offset for key in mine]
+
+
+GENERATION_SPAN = 1 << 20  # above any shard id (a shard count is at most 65,536)

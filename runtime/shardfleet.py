@@ -44,7 +44,7 @@ from runtime.config import Config
 from runtime.metrics import ShardTotals
 from runtime.procs import end_process
 from runtime.restartpolicy import CrashHistory, Exit, is_hung, sleep_unless
-from runtime.scheduler import IdentifyScheduler
+from runtime.scheduler import IdentifyScheduler, ScheduleView
 from runtime.sessions import SessionStore
 from runtime.spawner import ExecSpawner, Process, ZygoteSpawner
 
@@ -127,7 +127,7 @@ class ShardFleet:
         gateway_url: str,
         *,
         token: str,
-        scheduler: IdentifyScheduler,
+        scheduler: IdentifyScheduler | ScheduleView,
         sessions: SessionStore,
         spawner: ZygoteSpawner | ExecSpawner,
         send: Callable[[str, Message], None],

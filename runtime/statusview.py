@@ -52,6 +52,13 @@ def _fleet_lines(status: FleetStatus) -> list[str]:
     lines = []
     if status.cluster_problem:
         lines.append(f"fleet: {status.cluster_problem}")
+    reshard = status.reshard
+    if reshard is not None:
+        why = f": {reshard.problem}" if reshard.problem else ""
+        lines.append(
+            f"reshard: {reshard.current} -> {reshard.target} shards, {reshard.ready} ready, "
+            f"{reshard.state}{why}"
+        )
     budget = status.budget
     if budget is not None and budget.remaining is not None:
         resets = ""

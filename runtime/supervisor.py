@@ -30,12 +30,15 @@ from prometheus_client.registry import CollectorRegistry
 
 from ipc.codec import MAX_GATEWAY_PAYLOAD, CodecError, decode_control, encode_gateway_command
 from ipc.control import GatewayForward
+from ipc.events import Resharded
 from ipc.messages import Accepted, ErrorCode, ErrorReply, GatewayCommand, Reply, Routed
 from ipc.requests import (
     MAX_SERVED_TYPES,
     GetStatus,
     RawRequest,
     ReportClientStats,
+    Reshard,
+    ReshardPlan,
     Restarting,
     RestartShards,
     StatusReply,
@@ -44,7 +47,7 @@ from ipc.requests import (
     decode_request,
 )
 from ipc.states import ShardState
-from ipc.status import BudgetRecord, BusRecord, FleetStatus, HostRecord
+from ipc.status import BudgetRecord, BusRecord, FleetStatus, HostRecord, ReshardRecord
 from runtime.apps import AppFleet, AppWorker
 from runtime.cluster.appshare import app_slots, apps_running_elsewhere, my_apps
 from runtime.cluster.identify import ClusterUnavailable
@@ -57,6 +60,8 @@ from runtime.discord_rest import RestError, fetch_gateway_bot
 from runtime.metrics import FleetCollector
 from runtime.metricsserver import MetricsServer
 from runtime.peercommands import PeerCommands
+from runtime.reshard import ReshardTarget, check_reshard, ready_to_switch, shard_multiple
+from runtime.reshard import record as reshard_record
 from runtime.routing import forward_target, route_command
 from runtime.rundir import (
     AlreadyRunningError,
@@ -64,7 +69,7 @@ from runtime.rundir import (
     lock_runtime_dir,
     unlock_runtime_dir,
 )
-from runtime.scheduler import IdentifyScheduler, startup_seconds
+from runtime.scheduler import IdentifyScheduler, ScheduleView, startup_seconds
 from runtime.sessions import SessionStore
 from runtime.shardfleet import ShardFleet, ShardWorker
 from runtime.spawner import ExecSpawner, ZygoteSpawner
@@ -126,26 +131,37 @@ class Supervisor:
         self.wiring = Wiring(config, self.endpoints, runtime_dir)
         self.scheduler = IdentifyScheduler(plan.max_concurrency, plan.remaining, identify_interval)
         self.sessions = SessionStore(runtime_dir / "sessions.json")
-        spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
+        self._spawner = ZygoteSpawner if config.shards.spawn == "fork" else ExecSpawner
+        self._python = python
+        # A reshard runs two generations of shards side by side (runtime/reshard.py): each on
+        # one of two slots, "a" (control.sock, bus-in.sock) and "b" (their -2 twins), the
+        # one identify schedule shared between them.
+        self._slot = "a"  # the current generation's
+        self._grants: list[int] = []
         self.shards = ShardFleet(
             config,
             () if clustered else plan.shard_ids,
             plan.shard_count,
             plan.gateway_url,
             token=token,
-            scheduler=self.scheduler,
+            scheduler=ScheduleView(self.scheduler, 0, self._grants),
             sessions=self.sessions,
-            spawner=spawner(python, _exit_with_parent),
-            send=self.wiring.send,
+            spawner=self._spawner(python, _exit_with_parent),
+            send=lambda who, message: self.wiring.send_on(self.wiring.control, who, message),
             stop_fleet=self.request_stop,
             bus_in=self.endpoints.bus_in,
             control=self.endpoints.control,
         )
+        self._generations: dict[str, ShardFleet] = {"a": self.shards}
+        self.reshard_status: ReshardRecord | None = None
+        self._reshard_task: asyncio.Task[None] | None = None
+        self._reshard_abort = asyncio.Event()
+        self._reshard_problem = ""
         self.voices = VoiceFleet(
             config,
             runtime_dir,
             plan.shard_count,
-            shard_state=self.shards.state_of,
+            shard_state=lambda shard: self.shards.state_of(shard),
             send=self.wiring.send,
             publish=self.wiring.publish,
             control=self.endpoints.control,
@@ -244,11 +260,15 @@ class Supervisor:
                 )
             async with asyncio.TaskGroup() as tasks:
                 readers = [
-                    tasks.create_task(self._read_control(self.wiring.control)),
+                    tasks.create_task(self._read_control(self.wiring.control, "a")),
                     tasks.create_task(self._read_commands(self.wiring.commands)),
                     tasks.create_task(self._tick()),
                     tasks.create_task(self._refresh_identify_budget()),
                 ]
+                if self.wiring.control_b is not None:
+                    readers.append(
+                        tasks.create_task(self._read_control(self.wiring.control_b, "b"))
+                    )
                 for worker in self.workers.values():
                     tasks.create_task(self.shards.keep_alive(worker))
                 if self.cluster is not None:
@@ -358,6 +378,11 @@ class Supervisor:
         """Applications first (they stop sending), then every shard closes resumably and
         checkpoints, then the voice sessions end."""
         apps = asyncio.ensure_future(self.app_fleet.shutdown())
+        task = self._reshard_task
+        if task is not None and not task.done():  # a reshard under way is called off
+            self._reshard_problem = "the supervisor is stopping"
+            self._reshard_abort.set()
+            await asyncio.wait([task], timeout=30.0)
         await self.shards.shutdown()
         if self.cluster is not None:  # the final checkpoints go to Redis, then the leases
             await self.cluster.stop()
@@ -401,7 +426,9 @@ class Supervisor:
 
     # -- control: what workers tell us ----------------------------------------------------
 
-    async def _read_control(self, sock: zmq.asyncio.Socket) -> None:
+    async def _read_control(self, sock: zmq.asyncio.Socket, slot: str) -> None:
+        """What the workers behind ``sock`` say: voice processes, and the shards of the
+        generation on ``slot``."""
         while True:
             frames = await sock.recv_multipart()
             identity = frames[0].decode(errors="replace")[:64]
@@ -419,10 +446,14 @@ class Supervisor:
             if kind == "voice":
                 self.voices.on_control(int(ident), message)
             elif kind == "shard":
+                fleet = self._generations.get(slot)
+                if fleet is None:
+                    continue
                 if isinstance(message, GatewayForward):
-                    await self.voices.on_forward(message)
+                    if slot == self._slot:  # voice follows the current generation only
+                        await self.voices.on_forward(message)
                 else:
-                    self.shards.on_control(int(ident), message)
+                    fleet.on_control(int(ident), message)
 
     # -- periodic work --------------------------------------------------------------------
 
@@ -431,7 +462,8 @@ class Supervisor:
         last_save = time.monotonic()
         while True:
             now = time.monotonic()
-            self.shards.tick(now)
+            for fleet in list(self._generations.values()):
+                fleet.tick(now)
             self.voices.tick(now)
             for message in self.desk.expire():
                 await self.wiring.commands.send_multipart(message)  # type: ignore[union-attr]
@@ -614,6 +646,7 @@ class Supervisor:
         desk.handle(StopFleet, self._on_stop)
         desk.handle(RestartShards, self._on_restart)
         desk.handle(GatewayCommand, self._on_gateway_command)
+        desk.handle(Reshard, self._on_reshard)
         self.voices.register(desk)
 
     async def _on_status(self, command: GetStatus, options: Options) -> Reply:
@@ -668,6 +701,176 @@ class Supervisor:
         self.wiring.send(f"shard:{routed}", command)
         return Routed(routed=f"shard:{routed}")
 
+    # -- resharding (docs/resharding.md) ---------------------------------------------------
+
+    async def _on_reshard(self, command: Reshard, options: Options) -> Reply:
+        running = self._reshard_task is not None and not self._reshard_task.done()
+        if command.abort:
+            if not running or self.reshard_status is None:
+                return ErrorReply.of(ErrorCode.INVALID, "no reshard is under way")
+            self._reshard_problem = "aborted on request"
+            self._reshard_abort.set()
+            status = self.reshard_status
+            return ReshardPlan(
+                current=status.current,
+                target=status.target,
+                identifies=status.target,
+                remaining=self.scheduler.remaining,
+                eta=status.eta,
+                started=False,
+            )
+        busy = ""
+        if self.cluster is not None:
+            busy = "resharding a multi-host fleet ([cluster]) is not built yet"
+        elif running and self.reshard_status is not None:
+            busy = f"a reshard to {self.reshard_status.target} shards is under way"
+        elif self._stop.is_set():
+            busy = "the supervisor is stopping"
+        checked = check_reshard(
+            self.plan.shard_count,
+            command.count,
+            multiple=shard_multiple(self.config.shards.multiple_of, self.plan.max_concurrency),
+            remaining=self.scheduler.remaining,
+            max_concurrency=self.plan.max_concurrency,
+            interval=self.scheduler.interval,
+            busy=busy,
+        )
+        if isinstance(checked, str):
+            return ErrorReply.of(ErrorCode.UNAVAILABLE, checked)
+        if not command.dry_run:
+            self._reshard_abort.clear()
+            self._reshard_problem = ""
+            self.reshard_status = reshard_record(checked, 0, "starting")
+            self._reshard_task = asyncio.get_running_loop().create_task(self._reshard(checked))
+        return ReshardPlan(
+            current=checked.current,
+            target=checked.target,
+            identifies=checked.identifies,
+            remaining=checked.remaining,
+            eta=checked.eta,
+            started=not command.dry_run,
+        )
+
+    async def _reshard(self, target: ReshardTarget) -> None:
+        """Start the new generation beside the running one, switch the applications to it
+        once every new shard is READY with its guilds, then close the old one. Aborted
+        (request, a new shard failing fatally, the staging buffer full, shutdown), the new
+        generation goes and the running one is untouched."""
+        bus = self.wiring.bus
+        assert bus is not None
+        old_slot, slot = self._slot, "b" if self._slot == "a" else "a"
+        old, count = self.shards, target.target
+        control = self.wiring.control_b if slot == "b" else self.wiring.control
+        fleet = ShardFleet(
+            self.config,
+            tuple(range(count)),
+            count,
+            self.plan.gateway_url,
+            token=self.token,
+            scheduler=ScheduleView(self.scheduler, 1 if slot == "b" else 0, self._grants),
+            sessions=SessionStore(self.runtime_dir / f"sessions-{slot}.json"),
+            spawner=self._spawner(self._python, _exit_with_parent),
+            send=lambda who, message: self.wiring.send_on(control, who, message),
+            stop_fleet=self._reshard_failed,
+            bus_in=self.endpoints.bus_in_b if slot == "b" else self.endpoints.bus_in,
+            control=self.endpoints.control_b if slot == "b" else self.endpoints.control,
+        )
+        limit = self.config.bus.subscriber_buffer_bytes
+        await asyncio.to_thread(bus.reshard("begin", old_slot, limit).wait, 5.0)
+        self._generations[slot] = fleet
+        for worker in fleet.workers.values():  # owned like a restart: cancelled at shutdown
+            self._background(fleet.keep_alive(worker), f"new shard {worker.shard}")
+        self.progress(
+            f"reshard: starting {count} shards beside the {old.shard_count} running "
+            f"(identify bound {target.eta:.0f}s); the applications switch when all are READY"
+        )
+        switched = False
+        try:
+            switched = await self._until_ready(fleet, target, bus)
+            if switched:
+                await self._switch(fleet, slot, control, target, bus)
+        finally:
+            if not switched:
+                self.reshard_status = reshard_record(target, 0, "aborted", self._reshard_problem)
+                self.progress(f"reshard to {count} aborted: {self._reshard_problem}")
+                await asyncio.to_thread(bus.reshard("abort").wait, 5.0)
+                await fleet.shutdown()
+                self._generations.pop(slot, None)
+            else:
+                await old.shutdown()
+                self._generations.pop(old_slot, None)
+                self.reshard_status = reshard_record(target, count, "done")
+                self.progress(f"reshard: generation of {old.shard_count} closed")
+            await asyncio.to_thread(bus.reshard("finish").wait, 5.0)
+
+    async def _until_ready(self, fleet: ShardFleet, target: ReshardTarget, bus: Any) -> bool:
+        """Wait for every new shard READY with its guilds (progress each change); False
+        when the reshard is to be aborted."""
+        ready_since: dict[int, float] = {}
+        started, shown = time.monotonic(), -1
+        while not self._reshard_abort.is_set():
+            now = time.monotonic()
+            if bus.cutover_overflowed:
+                self._reshard_problem = (
+                    "the new generation's events outgrew bus.subscriber_buffer_bytes before "
+                    "it was ready"
+                )
+                return False
+            shards = []
+            for shard, worker in fleet.workers.items():
+                state = worker.state
+                if state is ShardState.READY:
+                    ready_since.setdefault(shard, now)
+                else:
+                    ready_since.pop(shard, None)
+                pending = worker.report.guilds_pending if worker.report is not None else 0
+                shards.append((state, pending, ready_since.get(shard)))
+            ready, every = ready_to_switch(shards, now)
+            self.reshard_status = reshard_record(target, ready, "starting")
+            eta = max(0.0, target.eta - (now - started))
+            if ready != shown:
+                self.progress(f"reshard: {ready} shards ready of {target.target}, ETA {eta:.0f}s")
+                shown = ready
+            if every:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reshard_abort.wait(), 0.25)
+        return False
+
+    async def _switch(
+        self,
+        fleet: ShardFleet,
+        slot: str,
+        control: zmq.asyncio.Socket | None,
+        target: ReshardTarget,
+        bus: Any,
+    ) -> None:
+        """The applications get the new generation from now on; it becomes the fleet."""
+        await asyncio.to_thread(bus.reshard("switch").wait, 5.0)
+        old_count = self.plan.shard_count
+        self._slot, self.shards, self.wiring.shard_control = slot, fleet, control
+        self.plan = dataclasses.replace(
+            self.plan, shard_count=target.target, shard_ids=tuple(range(target.target))
+        )
+        self.voices.shard_count = target.target
+        fleet.sessions.path = self.runtime_dir / "sessions.json"  # the next start resumes it
+        fleet.sessions.dirty = True
+        self.sessions = fleet.sessions
+        self.wiring.publish(Resharded(old_count=old_count, new_count=target.target))
+        self.reshard_status = reshard_record(target, target.target, "switched")
+        configured = self.config.shards.count
+        keep = (
+            f"; set shards.count = {target.target} in the config to keep it at the next start"
+            if configured is not None and configured != target.target
+            else ""
+        )
+        self.progress(f"reshard: switched to {target.target} shards (from {old_count}){keep}")
+
+    def _reshard_failed(self, reason: str = "") -> None:
+        """A new shard failed fatally: the reshard is called off (the fleet runs on)."""
+        self._reshard_problem = f"a new shard failed: {reason}" if reason else "a new shard failed"
+        self._reshard_abort.set()
+
     def _forget_quiet_subscribers(self) -> None:
         """Keep client_stats bounded: drop reports older than 10 s, else the oldest."""
         now = time.monotonic()
@@ -712,6 +915,7 @@ class Supervisor:
             hosts=hosts,
             budget=budget,
             cluster_problem=self.cluster.problem if self.cluster is not None else "",
+            reshard=self.reshard_status,
         )
 
 

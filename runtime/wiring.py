@@ -38,6 +38,9 @@ class Endpoints:
     control: str  # workers' DEALERs (ROUTER)
     commands: str  # applications and the CLI (ROUTER)
     peer_in: str = ""  # other hosts of a fleet push their events here (PULL); "": no fleet
+    # a reshard's other generation of shards publishes and talks here (docs/resharding.md)
+    bus_in_b: str = ""
+    control_b: str = ""
 
     @classmethod
     def in_dir(
@@ -50,10 +53,15 @@ class Endpoints:
             control=f"ipc://{runtime_dir}/control.sock",
             commands=commands or f"ipc://{runtime_dir}/commands.sock",
             peer_in="" if peer_in is None else (peer_in or f"ipc://{runtime_dir}/peers.sock"),
+            bus_in_b=f"ipc://{runtime_dir}/bus-in-2.sock",
+            control_b=f"ipc://{runtime_dir}/control-2.sock",
         )
 
     def all(self) -> tuple[str, ...]:
-        ends = (self.bus_in, self.events, self.control, self.commands, self.peer_in)
+        ends = (
+            *(self.bus_in, self.events, self.control, self.commands),
+            *(self.peer_in, self.bus_in_b, self.control_b),
+        )
         return tuple(e for e in ends if e)
 
 
@@ -67,6 +75,8 @@ class Wiring:
         self.bus: EventBus | None = None
         self.allow_list: ClientAllowList | None = None  # tcp:// endpoints: who may connect
         self.control: zmq.asyncio.Socket | None = None
+        self.control_b: zmq.asyncio.Socket | None = None  # a reshard's other generation
+        self.shard_control: zmq.asyncio.Socket | None = None  # the current generation's
         self.commands: zmq.asyncio.Socket | None = None
         self._publisher: zmq.Socket[Any] | None = None
 
@@ -96,6 +106,7 @@ class Wiring:
                 secure_peer_in=lambda sock: self._secure(sock, e.peer_in, PEER_DOMAIN),
                 secure_link=self.secure_client,
                 host=self.config.cluster.host_name() if self.config.cluster.enabled else "",
+                bus_in_b=e.bus_in_b,
             )
             self.bus.start()
             publisher = self._thread_ctx.socket(zmq.PUB)  # the supervisor's own events
@@ -107,6 +118,12 @@ class Wiring:
             opened.append(control)
             endpoint = e.control
             control.bind(endpoint)
+            control_b = None
+            if e.control_b:
+                control_b = self.ctx.socket(zmq.ROUTER)
+                opened.append(control_b)
+                endpoint = e.control_b
+                control_b.bind(endpoint)
             commands = self.ctx.socket(zmq.ROUTER)
             opened.append(commands)
             self._secure(commands, e.commands)
@@ -121,6 +138,7 @@ class Wiring:
                 f"cannot listen on {endpoint}: {exc} (is another program using it?)"
             ) from None
         self._publisher, self.control, self.commands = publisher, control, commands
+        self.control_b, self.shard_control = control_b, control
         for path in e.all():  # only we may connect to a local socket
             if path.startswith("ipc://"):
                 with contextlib.suppress(OSError):
@@ -152,10 +170,16 @@ class Wiring:
         sock.setsockopt(zmq.CURVE_SECRETKEY, ipc.curve_secret_key.encode())
 
     def send(self, identity: str, message: Message) -> None:
-        """A control message to one worker (``shard:N``, ``voice:GUILD``), never blocking."""
-        if self.control is not None:
+        """A control message to one worker (``shard:N`` of the current generation,
+        ``voice:GUILD``), never blocking."""
+        sock = self.shard_control if identity.startswith("shard:") else self.control
+        self.send_on(sock, identity, message)
+
+    def send_on(self, sock: zmq.asyncio.Socket | None, identity: str, message: Message) -> None:
+        """A control message to a worker behind ``sock`` (one generation's), never blocking."""
+        if sock is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self.control.send_multipart(control_to(identity, message), flags=zmq.NOBLOCK)
+                sock.send_multipart(control_to(identity, message), flags=zmq.NOBLOCK)
 
     def publish(self, event: Event) -> None:
         """A supervisor event on the bus, never blocking."""
@@ -173,12 +197,13 @@ class Wiring:
         return self.bus.stats() if self.bus is not None else []
 
     def close(self) -> None:
-        for sock in (self.control, self.commands):
+        for sock in (self.control, self.control_b, self.commands):
             if sock is not None:
                 sock.close(linger=0)
         if self._publisher is not None:
             self._publisher.close(linger=0)
-        self.control = self.commands = self._publisher = None
+        self.control = self.control_b = self.shard_control = None
+        self.commands = self._publisher = None
         self._close_contexts()
 
     def _close_contexts(self) -> None:

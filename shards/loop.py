@@ -385,6 +385,7 @@ class ShardRunner:
                     seq=status["seq"],
                     session=status["session"],
                     guilds=status["guilds"],
+                    guilds_pending=status["guilds_pending"],
                     dispatch_rate=status["dispatch_rate"],
                     reconnects=status["reconnects"],
                     dropped=status["dropped"],

@@ -191,6 +191,7 @@ class GatewayProtocol:
         self.seq: int | None = None
         self.user_id: str | None = None
         self.guilds: set[str] = set()
+        self.pending_guilds: set[str] = set()  # listed by READY, no GUILD_CREATE yet
         # per connection
         self.inflator: Inflator = make_inflator(settings.compression, settings.max_payload_bytes)
         self.limiter = SendLimiter(
@@ -432,7 +433,7 @@ class GatewayProtocol:
             t_bytes = match.group(1)
             entry = self.types.get(t_bytes) or self.types.add(t_bytes)
             t = entry.name
-            if t not in READ_DISPATCHES or (t == "GUILD_CREATE" and self._known_guild(raw)):
+            if t not in READ_DISPATCHES or (t == "GUILD_CREATE" and self._arrived(raw)):
                 seq = int(match.group(2))
                 self.dispatches += 1
                 entry.count += 1
@@ -665,22 +666,26 @@ class GatewayProtocol:
                 actions.append(Forward(t, raw))
         return actions
 
-    def _known_guild(self, raw: bytes) -> bool:
+    def _arrived(self, raw: bytes) -> bool:
         """Whether a GUILD_CREATE is for a guild READY listed, found without parsing it (a
-        large guild's payload is hundreds of KB). Snowflakes are unique, so the first
-        ``"id":"..."`` in it that READY listed is the guild's own (or its @everyone role's,
-        which has the guild's id). A guild joined later is parsed whole."""
+        large guild's payload is hundreds of KB); that guild is no longer pending.
+        Snowflakes are unique, so the first ``"id":"..."`` in it that READY listed is the
+        guild's own (or its @everyone role's, which has the guild's id). A guild joined
+        later is parsed whole."""
         guilds = self.guilds
         if not guilds:
             return False
         for match in _ID.finditer(raw):
-            if match.group(1).decode() in guilds:
+            guild = match.group(1).decode()
+            if guild in guilds:
+                self.pending_guilds.discard(guild)
                 return True
         return False
 
     def _track_guild(self, d: Any, add: bool) -> None:
         if isinstance(d, dict) and "id" in d:
             (self.guilds.add if add else self.guilds.discard)(str(d["id"]))
+            self.pending_guilds.discard(str(d["id"]))
 
     def _on_session_ready(self, t: str, d: Any, now: float) -> list[Action]:
         expected = ShardState.IDENTIFYING if t == "READY" else ShardState.RESUMING
@@ -733,6 +738,7 @@ class GatewayProtocol:
                 if isinstance(listed, list)
                 else set()
             )
+            self.pending_guilds = set(self.guilds)  # until each one's GUILD_CREATE
         self._set_state(ShardState.READY)
         self.silence_deadline = None
         self.ready_since = now
@@ -858,6 +864,7 @@ class GatewayProtocol:
             "seq": self.seq,
             "session": self.session_id,
             "guilds": self.guild_count,
+            "guilds_pending": len(self.pending_guilds),
             "reconnects": self.reconnects,
             "queued_commands": len(self.queue),
             "dispatches": self.dispatches,

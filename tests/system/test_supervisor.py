@@ -693,7 +693,7 @@ async def test_an_endpoint_in_use_is_a_startup_error_naming_it(tmp_path: Path) -
 async def test_a_large_bot_runs_a_multiple_of_its_concurrency(tmp_path: Path) -> None:
     """Large-bot sharding: Discord's recommendation rounded up to a multiple of
     max_concurrency; an explicit count that is not one is refused before anything starts."""
-    from runtime.plan import round_up, shard_multiple
+    from runtime.reshard import round_up, shard_multiple
 
     assert shard_multiple(None, 16) == 16 and shard_multiple(None, 1) == 1
     assert shard_multiple(8, 16) == 8 and round_up(40, 16) == 48 and round_up(48, 16) == 48
