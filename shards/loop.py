@@ -122,6 +122,7 @@ class ShardRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._next_status = 0.0
         self._reported_state: ShardState | None = None  # in the last status sent
+        self._reported_pending = 0  # guilds READY listed still to come, in the last status
         self._rate_mark = (0.0, 0)
         self.dispatch_rate = 0.0
         self._stopping = False
@@ -234,8 +235,14 @@ class ShardRunner:
         if self.inbox:
             return
         now = self.clock()
-        # Every second, and at once when the state changed (READY shows when it happens)
-        if self._next_status <= now or self.protocol.state is not self._reported_state:
+        # Every second, and at once when the state changed (READY shows when it happens) or
+        # the last guild READY listed arrived (a reshard waits for exactly that)
+        proto = self.protocol
+        if (
+            self._next_status <= now
+            or proto.state is not self._reported_state
+            or (self._reported_pending and not proto.pending_guilds)
+        ):
             self._send_status()
             self._next_status = now + self.status_interval
         await self.inbox.wait(self._next_status if until is None else min(until, self._next_status))
@@ -367,6 +374,7 @@ class ShardRunner:
                 self._dispatches_at_trim = proto.dispatches
                 trim_memory()  # a thousand idle shards must not keep their busiest minute
         self._reported_state = proto.state
+        self._reported_pending = len(proto.pending_guilds)
         status = proto.status()
         status.update(
             dispatch_rate=round(self.dispatch_rate, 1),
