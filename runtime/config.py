@@ -74,6 +74,10 @@ class ShardsConfig:
     # None = "auto": max_concurrency when Discord raised it above 1 (large bots), else 1
     multiple_of: int | None = None
     ids: tuple[int, ...] | None = None  # None = all shards
+    # reshard by itself (docs/resharding.md) when Discord recommends more shards, a shard
+    # holds 80% of 2,500 guilds, or Discord closes one with 4011; checked this often (s)
+    auto_reshard: bool = False
+    auto_reshard_interval: float = 600.0
     intents: int = INTENTS["guilds"] | INTENTS["guild_messages"] | INTENTS["guild_voice_states"]
     intent_names: tuple[str, ...] = ("guilds", "guild_messages", "guild_voice_states")
     compression: str = "zlib-stream"
@@ -244,6 +248,10 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     shards = ShardsConfig(
         count=reader.get("shards.count", None, _shard_count),
         multiple_of=reader.get("shards.multiple_of", None, _shard_count),
+        auto_reshard=reader.get("shards.auto_reshard", False, _bool),
+        auto_reshard_interval=reader.get(
+            "shards.auto_reshard_interval", 600.0, _float_range(1.0, 86_400.0)
+        ),
         ids=reader.get("shards.ids", None, _shard_ids),
         intents=intents_from_names(names),
         intent_names=tuple(names),

@@ -83,6 +83,7 @@ class ShardWorker:
     dropped: bool = False  # no longer this host's shard: its process is not respawned
     fatal: str = ""
     fatal_advice: str = ""  # the shard's FatalClose message, when it sent one
+    fatal_code: int | None = None  # and its close code
     respawn_at: float | None = None
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -382,6 +383,8 @@ class ShardFleet:
         elif isinstance(message, FatalClose):
             advice = message.raw.get("message") if isinstance(message.raw, dict) else None
             worker.fatal_advice = advice[:1000] if isinstance(advice, str) else ""
+            code = message.raw.get("code") if isinstance(message.raw, dict) else None
+            worker.fatal_code = code if type(code) is int else None
 
     def tick(self, now: float) -> None:
         """Identify permits that are due, and hung shards killed (the respawn follows)."""

@@ -60,7 +60,13 @@ from runtime.discord_rest import RestError, fetch_gateway_bot
 from runtime.metrics import FleetCollector
 from runtime.metricsserver import MetricsServer
 from runtime.peercommands import PeerCommands
-from runtime.reshard import ReshardTarget, check_reshard, ready_to_switch, shard_multiple
+from runtime.reshard import (
+    ReshardTarget,
+    check_reshard,
+    ready_to_switch,
+    round_up,
+    shard_multiple,
+)
 from runtime.reshard import record as reshard_record
 from runtime.routing import forward_target, route_command
 from runtime.rundir import (
@@ -80,6 +86,8 @@ from runtime.wiring import Endpoints, StartupError, Wiring
 __all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
 
 log = logging.getLogger("shardline.supervisor")
+SHARDING_REQUIRED = 4011
+CROWDED_SHARD = 2_000  # guilds on one shard: 80% of the 2,500 Discord allows
 MAX_PUBLISHED_VOICE = 10_000  # voice sessions a host names in its entry, at most
 
 MAX_SUBSCRIBERS = 1024  # client_stats reports kept
@@ -148,7 +156,7 @@ class Supervisor:
             sessions=self.sessions,
             spawner=self._spawner(python, _exit_with_parent),
             send=lambda who, message: self.wiring.send_on(self.wiring.control, who, message),
-            stop_fleet=self.request_stop,
+            stop_fleet=lambda reason: self._shard_fatal("a", reason),
             bus_in=self.endpoints.bus_in,
             control=self.endpoints.control,
         )
@@ -157,6 +165,8 @@ class Supervisor:
         self._reshard_task: asyncio.Task[None] | None = None
         self._reshard_abort = asyncio.Event()
         self._reshard_problem = ""
+        self._reshard_wanted = asyncio.Event()  # auto_reshard: look now (a 4011)
+        self._reshard_wanted_why = ""
         self.voices = VoiceFleet(
             config,
             runtime_dir,
@@ -273,6 +283,8 @@ class Supervisor:
                     tasks.create_task(self.shards.keep_alive(worker))
                 if self.cluster is not None:
                     tasks.create_task(self.cluster.run(self._stop))
+                elif self.config.shards.auto_reshard:
+                    readers.append(tasks.create_task(self._auto_reshard()))
                 for app in self.apps:
                     tasks.create_task(self.app_fleet.keep_alive(app))
                 waiter = tasks.create_task(_wait_either(stop, self._stop))
@@ -719,6 +731,11 @@ class Supervisor:
                 eta=status.eta,
                 started=False,
             )
+        return self._start_reshard(command.count, dry_run=command.dry_run)
+
+    def _start_reshard(self, count: int, *, dry_run: bool) -> Reply:
+        """Check a reshard to ``count``; start it unless ``dry_run``. The plan, or why not."""
+        running = self._reshard_task is not None and not self._reshard_task.done()
         busy = ""
         if self.cluster is not None:
             busy = "resharding a multi-host fleet ([cluster]) is not built yet"
@@ -728,7 +745,7 @@ class Supervisor:
             busy = "the supervisor is stopping"
         checked = check_reshard(
             self.plan.shard_count,
-            command.count,
+            count,
             multiple=shard_multiple(self.config.shards.multiple_of, self.plan.max_concurrency),
             remaining=self.scheduler.remaining,
             max_concurrency=self.plan.max_concurrency,
@@ -737,7 +754,7 @@ class Supervisor:
         )
         if isinstance(checked, str):
             return ErrorReply.of(ErrorCode.UNAVAILABLE, checked)
-        if not command.dry_run:
+        if not dry_run:
             self._reshard_abort.clear()
             self._reshard_problem = ""
             self.reshard_status = reshard_record(checked, 0, "starting")
@@ -748,7 +765,7 @@ class Supervisor:
             identifies=checked.identifies,
             remaining=checked.remaining,
             eta=checked.eta,
-            started=not command.dry_run,
+            started=not dry_run,
         )
 
     async def _reshard(self, target: ReshardTarget) -> None:
@@ -771,7 +788,7 @@ class Supervisor:
             sessions=SessionStore(self.runtime_dir / f"sessions-{slot}.json"),
             spawner=self._spawner(self._python, _exit_with_parent),
             send=lambda who, message: self.wiring.send_on(control, who, message),
-            stop_fleet=self._reshard_failed,
+            stop_fleet=lambda reason: self._shard_fatal(slot, reason),
             bus_in=self.endpoints.bus_in_b if slot == "b" else self.endpoints.bus_in,
             control=self.endpoints.control_b if slot == "b" else self.endpoints.control,
         )
@@ -866,10 +883,67 @@ class Supervisor:
         )
         self.progress(f"reshard: switched to {target.target} shards (from {old_count}){keep}")
 
-    def _reshard_failed(self, reason: str = "") -> None:
-        """A new shard failed fatally: the reshard is called off (the fleet runs on)."""
-        self._reshard_problem = f"a new shard failed: {reason}" if reason else "a new shard failed"
-        self._reshard_abort.set()
+    def _shard_fatal(self, slot: str, reason: str) -> None:
+        """A shard of the generation on ``slot`` failed fatally. A reshard's new shard: the
+        reshard is called off (the fleet runs on). A 4011 with auto_reshard: a larger count.
+        Anything else: the fleet stops with the shard's advice."""
+        if slot != self._slot:
+            self._reshard_problem = f"a new shard failed: {reason}"
+            self._reshard_abort.set()
+            return
+        fleet = self._generations.get(slot)
+        sharding = fleet is not None and any(
+            w.fatal_code == SHARDING_REQUIRED for w in fleet.workers.values()
+        )
+        if sharding and self.config.shards.auto_reshard and self.cluster is None:
+            log.warning(f"{reason}; resharding to a larger count (shards.auto_reshard)")
+            self._reshard_wanted_why = "Discord closed a shard with 4011 (sharding required)"
+            self._reshard_wanted.set()
+            return
+        self.request_stop(reason)
+
+    async def _auto_reshard(self) -> None:
+        """``shards.auto_reshard``: every ``auto_reshard_interval`` seconds (and at once
+        after a 4011), reshard when Discord recommends more shards than run (to its count),
+        or a shard holds 80% of 2,500 guilds, or a shard was closed 4011 (to twice the
+        count); a multiple of the large-bot factor either way."""
+        every = self.config.shards.auto_reshard_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reshard_wanted.wait(), every)
+            why, self._reshard_wanted_why = self._reshard_wanted_why, ""
+            self._reshard_wanted.clear()
+            if self._reshard_task is not None and not self._reshard_task.done():
+                continue
+            try:
+                info = await asyncio.to_thread(
+                    fetch_gateway_bot, self.config.discord.rest_url, self.token
+                )
+            except RestError as exc:
+                log.warning(f"auto_reshard: cannot ask GET /gateway/bot: {exc}")
+                continue
+            current = self.plan.shard_count
+            multiple = shard_multiple(self.config.shards.multiple_of, self.plan.max_concurrency)
+            target = round_up(info.shards, multiple)
+            if target > current:
+                why = why or f"Discord recommends {info.shards} shards ({current} run)"
+            busiest = max(
+                (w.report.guilds for w in self.workers.values() if w.report is not None),
+                default=0,
+            )
+            if busiest >= CROWDED_SHARD:
+                why = why or f"a shard holds {busiest} guilds (Discord allows 2,500)"
+            if why and target <= current:
+                target = round_up(current * 2, multiple)
+            if not why:
+                continue
+            reply = self._start_reshard(target, dry_run=False)
+            if isinstance(reply, ErrorReply):
+                log.error(
+                    f"auto_reshard: {why}, but resharding to {target} is refused: {reply.error}"
+                )
+            else:
+                self.progress(f"auto_reshard: {why}: resharding to {target} shards")
 
     def _forget_quiet_subscribers(self) -> None:
         """Keep client_stats bounded: drop reports older than 10 s, else the oldest."""

@@ -21,12 +21,19 @@ from tests.system.test_supervisor import INTERVAL, all_ready, emulator, fleet
 pytestmark = pytest.mark.slow
 
 
-async def chatter(emu: Emulator, stop: asyncio.Event) -> int:
-    """Messages in every guild, round and round, until ``stop`` (paced, as chat is)."""
+async def chatter(
+    emu: Emulator, stop: asyncio.Event, undeliverable: dict[str, set[int]] | None = None
+) -> int:
+    """Messages in every guild, round and round, until ``stop`` (paced, as chat is). A
+    message no session holds (its shard closed, its successor not up yet) is one Discord
+    itself would not deliver: its number goes in ``undeliverable``."""
     sent = 0
     while not stop.is_set():
-        for guild in emu.world.guild_ids:
-            await emu.message(guild, f"m{sent}")
+        for guild in list(emu.world.guild_ids):
+            data = emu.world.message(guild, f"m{sent}")
+            if not await emu.inject("MESSAGE_CREATE", data, guild_id=guild):
+                if undeliverable is not None:
+                    undeliverable.setdefault(str(guild), set()).add(data["shardline_guild_seq"])
             sent += 1
         await asyncio.sleep(0.01)
     return sent
@@ -46,12 +53,15 @@ class GuildCounter:
             int(event.raw["shardline_guild_seq"])
         )
 
-    def gaps_and_duplicates(self) -> tuple[int, int]:
+    def gaps_and_duplicates(
+        self, undeliverable: dict[str, set[int]] | None = None
+    ) -> tuple[int, int]:
+        """Missing numbers (but those no session could carry) and repeated ones."""
         gaps = duplicates = 0
-        for numbers in self.seen.values():
+        for guild, numbers in self.seen.items():
             duplicates += len(numbers) - len(set(numbers))
-            distinct = sorted(set(numbers))
-            gaps += distinct[-1] - distinct[0] + 1 - len(distinct)
+            distinct = set(numbers) | (undeliverable or {}).get(guild, set())
+            gaps += max(distinct) - min(distinct) + 1 - len(distinct)
         return gaps, duplicates
 
 
@@ -201,3 +211,59 @@ async def test_shardline_reshard_on_the_command_line(tmp_path: Path) -> None:
         finally:
             supervisor.terminate()
             await supervisor.wait()
+
+
+async def test_a_4011_with_auto_reshard_ends_in_a_larger_fleet_with_nothing_lost(
+    tmp_path: Path,
+) -> None:
+    """The bot outgrows its shards: Discord closes one with 4011. With shards.auto_reshard
+    the fleet reshards to twice the count instead of stopping, and every message a session
+    carried reaches the application once."""
+    async with emulator(shards=4, max_concurrency=2, max_guilds_per_shard=9) as emu:
+        async with fleet(emu, tmp_path, auto_reshard=True) as sup:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            client = Client(sup.endpoints.events, sup.endpoints.commands)
+            counter = GuildCounter(client)
+            client.connect()
+            reader = asyncio.create_task(client.run())
+            stop = asyncio.Event()
+            undeliverable: dict[str, set[int]] = {}
+            talk: asyncio.Task[int] | None = None
+            try:
+                await eventually(lambda: len(sup.wiring.subscribers()) == 1, timeout=10)
+                talk = asyncio.create_task(chatter(emu, stop, undeliverable))
+                await eventually(lambda: len(counter.seen) == 24, timeout=20)
+                await emu.join_guilds(12)  # 36 guilds: some shard holds more than 9
+                await eventually(
+                    lambda: sup.reshard_status is not None and sup.reshard_status.state == "done",
+                    timeout=60,
+                )
+                assert sup.plan.shard_count == 8 and all_ready(sup)
+                assert counter.resharded[0].raw == {"old_count": 4, "new_count": 8}
+                marks = {g: len(n) for g, n in counter.seen.items()}
+                await eventually(
+                    lambda: all(len(counter.seen.get(str(g), [])) > marks.get(str(g), 0) + 2
+                                for g in emu.world.guild_ids),
+                    timeout=20,
+                )  # fmt: skip
+            finally:
+                stop.set()
+                if talk is not None:
+                    await talk
+                reader.cancel()
+                client.close()
+            assert not sup.fatal_message  # the 4011 did not stop the fleet
+            assert any(s.invalid for s in emu.sessions() if s.shard_count == 4)  # it came
+            assert counter.gaps_and_duplicates(undeliverable) == (0, 0)
+
+
+async def test_auto_reshard_follows_a_risen_recommendation(tmp_path: Path) -> None:
+    async with emulator(shards=2, max_concurrency=2) as emu:
+        async with fleet(emu, tmp_path, auto_reshard=True, auto_reshard_interval=1.0) as sup:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            assert emu.recommend_shards(4) == 4
+            await eventually(
+                lambda: sup.reshard_status is not None and sup.reshard_status.state == "done",
+                timeout=60,
+            )
+            assert sup.plan.shard_count == 4 and all_ready(sup)
