@@ -453,6 +453,10 @@ class World:
         data["shardline_guild_seq"] = seq
         return data
 
+    def messages_in(self, guild_id: int | None) -> int:
+        """How many messages were generated in the guild (its last shardline_guild_seq)."""
+        return self._guild_seq.get(guild_id, 0)
+
     def join_guilds(self, count: int) -> list[int]:
         """The bot joins ``count`` new guilds (ids later than every existing one); returns
         their ids."""

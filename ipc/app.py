@@ -44,13 +44,18 @@ async def host(module_name: str, index: int, count: int) -> int:
         server_key=os.environ.get("SHARDLINE_SERVER_KEY") or None,
         partition=(index, count),
     )
-    client.connect()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    receiver = asyncio.create_task(client.run())
+    # The module's main runs first, up to its first await, so that the handlers it declares
+    # there are in place before this process subscribes: from its subscription on, nothing
+    # reaches it unhandled (a deploy stops the process it replaces at that moment).
     app = asyncio.create_task(entry(client))
+    await asyncio.sleep(0)
+    if not client.connected:
+        client.connect()
+    receiver = asyncio.create_task(client.run())
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({receiver, app, stopper}, return_when=asyncio.FIRST_COMPLETED)
     for task in (receiver, app, stopper):

@@ -135,6 +135,11 @@ class Client:
 
     # -- running --------------------------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        """Subscribed to the bus (by :meth:`connect`, or by a first command)."""
+        return self._sub is not None
+
     def connect(self, prefixes: list[bytes] | None = None) -> None:
         """Connect to the supervisor and subscribe to the event types whose names start with
         one of ``prefixes`` (all, by default)."""

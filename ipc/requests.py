@@ -43,6 +43,8 @@ __all__ = [
     "MAX_TYPE_NAME",
     "VIA",
     "CommandResult",
+    "Deploy",
+    "Deploying",
     "GetStatus",
     "JoinVoice",
     "LeaveVoice",
@@ -124,6 +126,14 @@ class ReshardPlan(Reply):
     started = boolean(default=False)
 
 
+class Deploying(Reply):
+    """``apps``: the application processes that will be replaced, in order (``module[i]``)."""
+
+    __slots__ = ()
+    type_name = "shardline.reply.deploying"
+    apps = raw(default=[])
+
+
 class Recording(Routed):
     """A recording started (``directory`` holds one WAV per member) or stopped (``""``)."""
 
@@ -193,6 +203,15 @@ class Reshard(Request):
             raise InvalidFieldError("count", "or abort: true is required, and only one")
         if count is not None and not 1 <= count <= MAX_RESHARD_COUNT:
             raise InvalidFieldError("count", f"must be from 1 to {MAX_RESHARD_COUNT}")
+
+
+class Deploy(Request):
+    """Replace every application process (``[[apps]]``) with a fresh one, one at a time, each
+    new one subscribed before its old one stops: new application code, no event lost."""
+
+    __slots__ = ()
+    type_name = "shardline.deploy"
+    reply_class = Deploying
 
 
 class ReportClientStats(Request):

@@ -36,6 +36,7 @@ class AppWorker:
     started_at: float = 0.0
     given_up: str = ""
     retired: bool = False  # another host runs this process now: never restarted here
+    deploys: int = 0  # times a deploy replaced it
 
     @property
     def slot(self) -> tuple[str, int, int]:
@@ -105,26 +106,19 @@ class AppFleet:
         """Run one app process; restart it as the restart policy says when it exits."""
         restart = self.config.restart
         while not self.stopping.is_set() and not app.retired:
-            app.proc = await asyncio.create_subprocess_exec(
-                self.python,
-                "-m",
-                "ipc.app",
-                "--module",
-                app.module,
-                "--index",
-                str(app.index),
-                "--count",
-                str(app.count),
-                env=self.env,
-                preexec_fn=self.preexec,
-                start_new_session=True,
-            )
-            app.started_at = time.monotonic()
+            if app.proc is None:
+                app.proc = await self._spawn(app)
+                app.started_at = time.monotonic()
+            proc = app.proc
             try:
-                code = await app.proc.wait()
+                code = await proc.wait()
             except asyncio.CancelledError:
-                await end_process(app.proc)
+                await end_process(proc)
+                if app.proc is not proc and app.proc is not None:
+                    await end_process(app.proc)
                 raise
+            if app.proc is not proc:
+                continue  # replaced by a deploy: the new process runs on
             app.proc = None
             now = time.monotonic()
             decision = app.history.after_exit(
@@ -148,6 +142,50 @@ class AppFleet:
                 f"restarting in {decision.delay:.1f}s"
             )
             await sleep_unless(self.stopping, decision.delay)
+
+    async def _spawn(self, app: AppWorker) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            self.python,
+            "-m",
+            "ipc.app",
+            "--module",
+            app.module,
+            "--index",
+            str(app.index),
+            "--count",
+            str(app.count),
+            env=self.env,
+            preexec_fn=self.preexec,
+            start_new_session=True,
+        )
+
+    async def replace(
+        self, app: AppWorker, subscribed: Callable[[int], bool], timeout: float = 30.0
+    ) -> str:
+        """A deploy's step: start a fresh process for ``app`` (the module imported anew),
+        wait until it is subscribed to the bus (``subscribed(pid)``), then stop the old one.
+        Make before break: no event goes unhandled. Returns "" or why it was not replaced
+        (the old process runs on)."""
+        old = app.proc
+        if old is None or app.retired or self.stopping.is_set():
+            return "it is not running"
+        new = await self._spawn(app)
+        deadline = time.monotonic() + timeout
+        while not subscribed(new.pid):
+            if new.returncode is not None or time.monotonic() > deadline:
+                await end_process(new)
+                why = (
+                    f"the new process exited ({describe(new.returncode)})"
+                    if new.returncode is not None
+                    else f"the new process did not subscribe within {timeout:.0f}s"
+                )
+                log.error(f"deploy: app {app.module}[{app.index}] not replaced: {why}")
+                return why
+            await asyncio.sleep(0.05)  # polling the bus's subscriber list
+        app.proc, app.started_at = new, time.monotonic()
+        await end_process(old)
+        app.deploys += 1
+        return ""
 
     async def shutdown(self) -> None:
         self.stopping.set()

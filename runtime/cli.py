@@ -170,6 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     reshard.add_argument("--config", default="config/shardline.toml", help="TOML config file")
     reshard.set_defaults(func=_cmd_reshard)
 
+    deploy = sub.add_parser(
+        "deploy",
+        help="replace every application process with the new code, one at a time",
+        description=(
+            "Start a fresh process for each [[apps]] process in turn (its module imported "
+            "anew: the code on disk now), wait until it is subscribed, then stop the old one: "
+            "the shards keep running and no event goes unhandled. Prints progress until every "
+            "process is replaced. Exit status: 0 all replaced, 1 otherwise."
+        ),
+    )
+    deploy.add_argument("--config", default="config/shardline.toml", help="TOML config file")
+    deploy.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait per process (default 60)"
+    )
+    deploy.set_defaults(func=_cmd_deploy)
+
     voice = sub.add_parser(
         "voice",
         help="voice sessions: join GUILD CHANNEL | leave | play GUILD FILE [--queue] | stop | "
@@ -506,6 +522,39 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     reply = _request(args.config, command)
     print(f"shardline: restarting shards {reply.raw.get('restarting')}, each resuming")
     return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from ipc.requests import Deploy, Deploying, GetStatus, StatusReply
+
+    def pids() -> dict[str, int | None]:
+        status = _request(args.config, GetStatus())
+        assert isinstance(status, StatusReply)
+        return {f"{a['module']}[{a['index']}]": a.get("pid") for a in status.status["apps"]}
+
+    before = pids()
+    reply = _request(args.config, Deploy())
+    assert isinstance(reply, Deploying)
+    apps = [str(a) for a in reply.raw.get("apps", [])]
+    print(f"shardline: deploying {len(apps)} application processes, one at a time", flush=True)
+    deadline = time.monotonic() + args.timeout * max(1, len(apps))
+    shown = -1
+    while True:
+        now = pids()
+        replaced = [a for a in apps if now.get(a) not in (None, before.get(a))]
+        if len(replaced) != shown:
+            print(f"shardline: deploy: {len(replaced)} of {len(apps)} replaced", flush=True)
+            shown = len(replaced)
+        if len(replaced) == len(apps):
+            return 0
+        if time.monotonic() > deadline:
+            left = ", ".join(a for a in apps if a not in replaced)
+            print(
+                f"shardline: deploy: not replaced in time: {left} (see the supervisor's log)",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.5)
 
 
 def _cmd_reshard(args: argparse.Namespace) -> int:

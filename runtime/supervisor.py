@@ -34,6 +34,8 @@ from ipc.events import Resharded
 from ipc.messages import Accepted, ErrorCode, ErrorReply, GatewayCommand, Reply, Routed
 from ipc.requests import (
     MAX_SERVED_TYPES,
+    Deploy,
+    Deploying,
     GetStatus,
     RawRequest,
     ReportClientStats,
@@ -165,6 +167,7 @@ class Supervisor:
         self._reshard_task: asyncio.Task[None] | None = None
         self._reshard_abort = asyncio.Event()
         self._reshard_problem = ""
+        self._deploy_task: asyncio.Task[None] | None = None
         self._reshard_wanted = asyncio.Event()  # auto_reshard: look now (a 4011)
         self._reshard_wanted_why = ""
         self.voices = VoiceFleet(
@@ -659,6 +662,7 @@ class Supervisor:
         desk.handle(RestartShards, self._on_restart)
         desk.handle(GatewayCommand, self._on_gateway_command)
         desk.handle(Reshard, self._on_reshard)
+        desk.handle(Deploy, self._on_deploy)
         self.voices.register(desk)
 
     async def _on_status(self, command: GetStatus, options: Options) -> Reply:
@@ -712,6 +716,35 @@ class Supervisor:
             )
         self.wiring.send(f"shard:{routed}", command)
         return Routed(routed=f"shard:{routed}")
+
+    # -- deploying new application code (docs/resharding.md) --------------------------------
+
+    async def _on_deploy(self, command: Deploy, options: Options) -> Reply:
+        if self._deploy_task is not None and not self._deploy_task.done():
+            return ErrorReply.of(ErrorCode.UNAVAILABLE, "a deploy is under way")
+        apps = [app for app in self.apps if app.proc is not None and not app.retired]
+        if not apps:
+            return ErrorReply.of(ErrorCode.UNAVAILABLE, "no application process runs here")
+        self._deploy_task = asyncio.get_running_loop().create_task(self._deploy(apps))
+        return Deploying(apps=[f"{app.module}[{app.index}]" for app in apps])
+
+    async def _deploy(self, apps: list[AppWorker]) -> None:
+        """One application process at a time: its replacement subscribed, then it stops."""
+
+        def subscribed(pid: int) -> bool:
+            return any(s.name.endswith(f":{pid}") for s in self.wiring.subscribers())
+
+        for n, app in enumerate(apps, 1):
+            before = app.proc.pid if app.proc is not None else None
+            why = await self.app_fleet.replace(app, subscribed)
+            after = app.proc.pid if app.proc is not None else None
+            what = f"app {app.module}[{app.index}]"
+            if why:
+                self.progress(f"deploy: {n} of {len(apps)}: {what} not replaced: {why}")
+            else:
+                self.progress(
+                    f"deploy: {n} of {len(apps)}: {what} replaced (pid {before} -> {after})"
+                )
 
     # -- resharding (docs/resharding.md) ---------------------------------------------------
 
