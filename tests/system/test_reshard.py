@@ -7,6 +7,8 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from emulator import Emulator
 from ipc.client import Client, CommandError
 from ipc.events import MessageCreate, Resharded
 from ipc.requests import Reshard, ReshardPlan
+from runtime.supervisor import Supervisor
 from tests.shards.helpers import eventually
 from tests.system.test_supervisor import INTERVAL, all_ready, emulator, fleet
 
@@ -43,6 +46,8 @@ class GuildCounter:
     """An application that records each guild's message numbers (shardline_guild_seq)."""
 
     def __init__(self, client: Client) -> None:
+        self.client = client
+        self.undeliverable: dict[str, set[int]] = {}  # see chatter
         self.seen: dict[str, list[int]] = {}
         self.resharded: list[Resharded] = []
         client.on(MessageCreate)(self.on_message)
@@ -53,31 +58,51 @@ class GuildCounter:
             int(event.raw["shardline_guild_seq"])
         )
 
-    def gaps_and_duplicates(
-        self, undeliverable: dict[str, set[int]] | None = None
-    ) -> tuple[int, int]:
+    def gaps_and_duplicates(self) -> tuple[int, int]:
         """Missing numbers (but those no session could carry) and repeated ones."""
         gaps = duplicates = 0
         for guild, numbers in self.seen.items():
             duplicates += len(numbers) - len(set(numbers))
-            distinct = set(numbers) | (undeliverable or {}).get(guild, set())
+            distinct = set(numbers) | self.undeliverable.get(guild, set())
             gaps += max(distinct) - min(distinct) + 1 - len(distinct)
         return gaps, duplicates
+
+    async def hears_every_guild(self, guilds: list[int]) -> None:
+        """Until each guild has a few more messages than now (the fleet serves them all)."""
+        marks = {str(g): len(self.seen.get(str(g), [])) for g in guilds}
+        await eventually(
+            lambda: all(len(self.seen.get(g, [])) > n + 2 for g, n in marks.items()), timeout=20
+        )
+
+
+@asynccontextmanager
+async def watching(emu: Emulator, sup: Supervisor) -> AsyncIterator[GuildCounter]:
+    """An application counting every guild's messages while chatter flows, from before
+    the block (each guild heard once) to after it."""
+    client = Client(sup.endpoints.events, sup.endpoints.commands)
+    counter = GuildCounter(client)
+    client.connect()
+    reader = asyncio.create_task(client.run())
+    stop = asyncio.Event()
+    talk: asyncio.Task[int] | None = None
+    try:
+        await eventually(lambda: len(sup.wiring.subscribers()) == 1, timeout=10)
+        talk = asyncio.create_task(chatter(emu, stop, counter.undeliverable))
+        await eventually(lambda: len(counter.seen) == len(emu.world.guild_ids), timeout=20)
+        yield counter
+    finally:
+        stop.set()
+        if talk is not None:
+            await talk
+        reader.cancel()
+        client.close()
 
 
 async def test_resharding_4_to_8_loses_and_repeats_nothing(tmp_path: Path) -> None:
     async with emulator(shards=4, max_concurrency=2) as emu, fleet(emu, tmp_path) as sup:
         await eventually(lambda: all_ready(sup), timeout=30)
-        client = Client(sup.endpoints.events, sup.endpoints.commands)
-        counter = GuildCounter(client)
-        client.connect()
-        reader = asyncio.create_task(client.run())
-        stop = asyncio.Event()
-        talk: asyncio.Task[int] | None = None
-        try:
-            await eventually(lambda: len(sup.wiring.subscribers()) == 1, timeout=10)
-            talk = asyncio.create_task(chatter(emu, stop))
-            await eventually(lambda: len(counter.seen) == len(emu.world.guild_ids), timeout=20)
+        async with watching(emu, sup) as counter:
+            client = counter.client
             dry = await client.send(Reshard(count=8, dry_run=True))
             assert isinstance(dry, ReshardPlan) and not dry.raw["started"]
             assert dry.raw["identifies"] == 8 and dry.raw["current"] == 4
@@ -93,17 +118,7 @@ async def test_resharding_4_to_8_loses_and_repeats_nothing(tmp_path: Path) -> No
             assert sup.plan.shard_count == 8 and sorted(sup.workers) == list(range(8))
             await eventually(lambda: len(counter.resharded) == 1, timeout=10)
             assert counter.resharded[0].raw == {"old_count": 4, "new_count": 8}
-            # after the switch every guild still hears from the new generation
-            marks = {g: len(n) for g, n in counter.seen.items()}
-            await eventually(
-                lambda: all(len(counter.seen[g]) > marks[g] + 2 for g in marks), timeout=20
-            )
-        finally:
-            stop.set()
-            if talk is not None:
-                await talk
-            reader.cancel()
-            client.close()
+            await counter.hears_every_guild(emu.world.guild_ids)  # from the new generation
         assert counter.gaps_and_duplicates() == (0, 0)
         new_identifies = emu.gateway.identifies[identified:]
         assert len(new_identifies) == 8 and {r.shard_count for r in new_identifies} == {8}
@@ -118,21 +133,13 @@ async def test_an_aborted_reshard_leaves_the_running_shards_untouched(tmp_path: 
         async with fleet(emu, tmp_path) as sup:
             sup.scheduler.interval = 1.0
             await eventually(lambda: all_ready(sup), timeout=60)
-            client = Client(sup.endpoints.events, sup.endpoints.commands)
-            counter = GuildCounter(client)
-            client.connect()
-            reader = asyncio.create_task(client.run())
-            stop = asyncio.Event()
-            talk: asyncio.Task[int] | None = None
-            try:
-                await eventually(lambda: len(sup.wiring.subscribers()) == 1, timeout=10)
-                talk = asyncio.create_task(chatter(emu, stop))
+            async with watching(emu, sup) as counter:
                 before = {s: w.proc.pid for s, w in sup.workers.items() if w.proc}
-                await client.send(Reshard(count=8))
+                await counter.client.send(Reshard(count=8))
                 await eventually(
                     lambda: 2 <= len([s for s in emu.sessions() if s.shard_count == 8]), 30
                 )
-                reply = await client.send(Reshard(abort=True))
+                reply = await counter.client.send(Reshard(abort=True))
                 assert isinstance(reply, ReshardPlan) and not reply.raw["started"]
                 await eventually(
                     lambda: (
@@ -145,16 +152,7 @@ async def test_an_aborted_reshard_leaves_the_running_shards_untouched(tmp_path: 
                 assert sup.plan.shard_count == 4
                 assert {s: w.proc.pid for s, w in sup.workers.items() if w.proc} == before
                 assert all_ready(sup) and counter.resharded == []
-                marks = {g: len(n) for g, n in counter.seen.items()}
-                await eventually(
-                    lambda: all(len(counter.seen[g]) > marks[g] + 2 for g in marks), timeout=20
-                )
-            finally:
-                stop.set()
-                if talk is not None:
-                    await talk
-                reader.cancel()
-                client.close()
+                await counter.hears_every_guild(emu.world.guild_ids)
             assert counter.gaps_and_duplicates() == (0, 0)
             assert not [s for s in emu.sessions() if s.shard_count == 8 and s.connection]
 
@@ -222,17 +220,7 @@ async def test_a_4011_with_auto_reshard_ends_in_a_larger_fleet_with_nothing_lost
     async with emulator(shards=4, max_concurrency=2, max_guilds_per_shard=9) as emu:
         async with fleet(emu, tmp_path, auto_reshard=True) as sup:
             await eventually(lambda: all_ready(sup), timeout=30)
-            client = Client(sup.endpoints.events, sup.endpoints.commands)
-            counter = GuildCounter(client)
-            client.connect()
-            reader = asyncio.create_task(client.run())
-            stop = asyncio.Event()
-            undeliverable: dict[str, set[int]] = {}
-            talk: asyncio.Task[int] | None = None
-            try:
-                await eventually(lambda: len(sup.wiring.subscribers()) == 1, timeout=10)
-                talk = asyncio.create_task(chatter(emu, stop, undeliverable))
-                await eventually(lambda: len(counter.seen) == 24, timeout=20)
+            async with watching(emu, sup) as counter:
                 await emu.join_guilds(12)  # 36 guilds: some shard holds more than 9
                 await eventually(
                     lambda: sup.reshard_status is not None and sup.reshard_status.state == "done",
@@ -240,21 +228,10 @@ async def test_a_4011_with_auto_reshard_ends_in_a_larger_fleet_with_nothing_lost
                 )
                 assert sup.plan.shard_count == 8 and all_ready(sup)
                 assert counter.resharded[0].raw == {"old_count": 4, "new_count": 8}
-                marks = {g: len(n) for g, n in counter.seen.items()}
-                await eventually(
-                    lambda: all(len(counter.seen.get(str(g), [])) > marks.get(str(g), 0) + 2
-                                for g in emu.world.guild_ids),
-                    timeout=20,
-                )  # fmt: skip
-            finally:
-                stop.set()
-                if talk is not None:
-                    await talk
-                reader.cancel()
-                client.close()
+                await counter.hears_every_guild(emu.world.guild_ids)
             assert not sup.fatal_message  # the 4011 did not stop the fleet
             assert any(s.invalid for s in emu.sessions() if s.shard_count == 4)  # it came
-            assert counter.gaps_and_duplicates(undeliverable) == (0, 0)
+            assert counter.gaps_and_duplicates() == (0, 0)
 
 
 async def test_auto_reshard_follows_a_risen_recommendation(tmp_path: Path) -> None:
