@@ -151,8 +151,6 @@ class EventBus:
         self.host = host
         self.secure_link = secure_link
         self.links: dict[str, Subscriber] = {}  # other hosts' buses, by host name
-        self._wanted_links: dict[str, PeerAddress] | None = None  # set_peers -> the thread
-        self._links_applied = threading.Event()
         self.peer_received = 0
         self.xsub = context.socket(zmq.XSUB)
         # A second input for a reshard's other generation of shards (docs/resharding.md):
@@ -160,7 +158,8 @@ class EventBus:
         self.xsub_b: zmq.Socket[Any] | None = context.socket(zmq.XSUB) if bus_in_b else None
         self.cutover: CutOver | None = None
         self._cutover_old = ""  # the input of the generation being replaced
-        self._actions: list[tuple[str, str, int, threading.Event]] = []
+        # What the supervisor's thread asks of the bus thread (set_peers, reshard), in order
+        self._actions: list[tuple[str, Any, threading.Event]] = []
         self.router = context.socket(zmq.ROUTER)
         self.peer_in: zmq.Socket[Any] | None = None
         wake = f"inproc://bus-wake-{id(self)}"
@@ -230,15 +229,19 @@ class EventBus:
         """Push this host's events to exactly these hosts from now on (from the supervisor's
         thread). The returned event is set once the bus has opened the links: from then on,
         whatever this host publishes reaches them (queued until each connection is up)."""
+        return self._ask("peers", dict(peers))
+
+    def _ask(self, action: str, payload: Any) -> threading.Event:
+        """Hand ``action`` to the bus thread (which owns the sockets); the event is set
+        once it is done."""
+        done = threading.Event()
         with self._lock:
-            self._wanted_links = dict(peers)
-            self._links_applied.clear()
-            applied = self._links_applied
+            self._actions.append((action, payload, done))
         try:
             self._wake.send(b"", zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # a wake-up is already waiting, or the bus is closing
-        return applied
+        return done
 
     # -- the thread -----------------------------------------------------------------------
 
@@ -259,7 +262,6 @@ class EventBus:
                 )
                 ready = dict(poller.poll(int(_FLUSH_EVERY * 1000) if backlog else 1000))
                 if self._wake_in in ready:
-                    self._apply_links()
                     self._apply_actions()
                 if self.router in ready:
                     self._read_subscriptions()
@@ -280,18 +282,8 @@ class EventBus:
         finally:
             self._close_sockets()
 
-    def _apply_links(self) -> None:
+    def _apply_links(self, wanted: dict[str, PeerAddress]) -> None:
         """Open links to the hosts the supervisor named, close those to hosts gone."""
-        while True:
-            try:
-                self._wake_in.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        with self._lock:
-            wanted, self._wanted_links = self._wanted_links, None
-            applied = self._links_applied
-        if wanted is None:
-            return
         for name in [n for n, link in self.links.items() if n not in wanted]:
             self._close_link(name, "it left the fleet")
         for name, address in wanted.items():
@@ -309,7 +301,6 @@ class EventBus:
             with self._lock:
                 self.links[name] = link
             log.info(f"bus: this host's events go to host {name} too ({address.endpoint})")
-        applied.set()
 
     def _close_link(self, name: str, why: str) -> None:
         with self._lock:
@@ -388,14 +379,7 @@ class EventBus:
         dispatches are staged, up to ``limit_bytes``), ``switch`` (applications get the new
         generation from now on), ``abort`` (the new generation's dispatches are dropped from
         now on), ``finish`` (one generation again). The event is set once the bus did it."""
-        done = threading.Event()
-        with self._lock:
-            self._actions.append((action, old_input, limit_bytes, done))
-        try:
-            self._wake.send(b"", zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-        return done
+        return self._ask(action, (old_input, limit_bytes))
 
     @property
     def cutover_overflowed(self) -> bool:
@@ -403,10 +387,18 @@ class EventBus:
         return cutover is not None and cutover.overflowed
 
     def _apply_actions(self) -> None:
+        while True:  # the wake-ups (one per ask, or fewer)
+            try:
+                self._wake_in.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
         with self._lock:
             actions, self._actions = self._actions, []
-        for action, old_input, limit_bytes, done in actions:
-            if action == "begin":
+        for action, payload, done in actions:
+            if action == "peers":
+                self._apply_links(payload)
+            elif action == "begin":
+                old_input, limit_bytes = payload
                 self.cutover = CutOver(limit_bytes)
                 self._cutover_old = old_input
             elif action == "switch" and self.cutover is not None:
