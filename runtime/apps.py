@@ -172,6 +172,9 @@ class AppFleet:
         new = await self._spawn(app)
         deadline = time.monotonic() + timeout
         while not subscribed(new.pid):
+            if self.stopping.is_set():  # the fleet stops meanwhile: the old one goes with it
+                await end_process(new)
+                return "the supervisor is stopping"
             if new.returncode is not None or time.monotonic() > deadline:
                 await end_process(new)
                 why = (
