@@ -129,6 +129,16 @@ class ScheduleView:
     def cancel(self, shard_id: int) -> None:
         self.scheduler.cancel(shard_id + self.offset)
 
+    def close(self, shard_ids: list[int]) -> None:
+        """The generation is gone: its waiting shards leave the schedule, and grants no one
+        will collect are dropped."""
+        for shard in shard_ids:
+            self.cancel(shard)
+        low, high = self.offset, self.offset + self.scheduler.max_concurrency * GENERATION_SPAN
+        kept = [key for key in self._mailbox if not low <= key < high]
+        self.scheduler.remaining += len(self._mailbox) - len(kept)  # never sent: not spent
+        self._mailbox[:] = kept
+
     def poll(self, now: float) -> list[int]:
         self._mailbox.extend(self.scheduler.poll(now))
         low, high = self.offset, self.offset + self.scheduler.max_concurrency * GENERATION_SPAN

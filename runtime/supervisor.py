@@ -811,13 +811,14 @@ class Supervisor:
         old_slot, slot = self._slot, "b" if self._slot == "a" else "a"
         old, count = self.shards, target.target
         control = self.wiring.control_b if slot == "b" else self.wiring.control
+        view = ScheduleView(self.scheduler, 1 if slot == "b" else 0, self._grants)
         fleet = ShardFleet(
             self.config,
             tuple(range(count)),
             count,
             self.plan.gateway_url,
             token=self.token,
-            scheduler=ScheduleView(self.scheduler, 1 if slot == "b" else 0, self._grants),
+            scheduler=view,
             sessions=SessionStore(self.runtime_dir / f"sessions-{slot}.json"),
             spawner=self._spawner(self._python, _exit_with_parent),
             send=lambda who, message: self.wiring.send_on(control, who, message),
@@ -846,9 +847,12 @@ class Supervisor:
                 await asyncio.to_thread(bus.reshard("abort").wait, 5.0)
                 await fleet.shutdown()
                 self._generations.pop(slot, None)
+                view.close(list(fleet.workers))
             else:
                 await old.shutdown()
                 self._generations.pop(old_slot, None)
+                if isinstance(old.scheduler, ScheduleView):
+                    old.scheduler.close(list(old.workers))
                 self.reshard_status = reshard_record(target, count, "done")
                 self.progress(f"reshard: generation of {old.shard_count} closed")
             await asyncio.to_thread(bus.reshard("finish").wait, 5.0)

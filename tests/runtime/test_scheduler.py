@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.scheduler import IdentifyScheduler, startup_seconds
+from runtime.scheduler import IdentifyScheduler, ScheduleView, startup_seconds
 
 
 def test_buckets_run_in_parallel_one_identify_per_interval() -> None:
@@ -67,3 +67,23 @@ def test_a_late_identify_pushes_its_bucket_back_from_when_it_was_sent() -> None:
     assert scheduler.poll(5.3) == [3]
     assert scheduler.poll(6.3) == []
     assert scheduler.poll(6.45) == [2]  # 1.2 + 5 + the margin
+
+
+def test_two_generations_share_the_buckets_and_each_gets_its_own_grants() -> None:
+    """A reshard: generations with the same shard ids; shard 1 of either is bucket 1, one
+    identify per bucket per interval across both, each permit to the generation that asked."""
+    scheduler = IdentifyScheduler(max_concurrency=2, remaining=100, interval=5.0)
+    mailbox: list[int] = []
+    old, new = ScheduleView(scheduler, 0, mailbox), ScheduleView(scheduler, 1, mailbox)
+    old.request(1)
+    new.request(1)
+    new.request(2)
+    assert new.poll(0.0) == [2]  # bucket 1's grant went to old: kept for it
+    assert old.poll(0.0) == [1]
+    assert new.poll(1.0) == old.poll(1.0) == []  # bucket 1 waits its interval
+    assert new.poll(6.0) == [1]
+    new.request(3)
+    old.poll(12.0)  # polled by the other generation: new's grant waits in the mailbox
+    spent = scheduler.remaining
+    new.close([3])  # the generation is gone: nothing is left for it, nor spent on it
+    assert mailbox == [] and new.poll(20.0) == [] and scheduler.remaining == spent + 1
