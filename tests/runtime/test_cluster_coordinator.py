@@ -5,8 +5,7 @@ paused host stopping what it lost without a word, and Redis going away and comin
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
@@ -15,6 +14,7 @@ import redis.asyncio as aioredis
 from ipc.checkpoint import Checkpoint
 from runtime.cluster.coordinator import Coordinator
 from tests.redisserver import RedisServer
+from tests.shards.helpers import eventually
 
 SHARDS = 6
 
@@ -80,6 +80,19 @@ def no_shard_runs_twice(*recorders: Recorder) -> None:
         seen |= set(recorder.running)
 
 
+async def turns_until(
+    coordinator: Coordinator, done: Callable[[], bool], timeout: float = 20
+) -> None:
+    """Run ``coordinator``'s turns until ``done()``: what changes between them is time (a
+    lease lapsing in Redis), which no event announces; a turn every 0.1 s, as a host's
+    would be, bounded by ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not done():
+            await coordinator.keep()
+            if not done():
+                await asyncio.sleep(0.1)
+
+
 async def test_fixed_ranges_start_their_shards_and_identify_through_the_schedule(
     server: RedisServer,
 ) -> None:
@@ -93,10 +106,7 @@ async def test_fixed_ranges_start_their_shards_and_identify_through_the_schedule
         for coordinator, shards in ((a, (0, 1, 2)), (b, (3, 4, 5))):
             for shard in shards:
                 coordinator.identify_requested(shard)
-        deadline = time.monotonic() + 20
-        while len(sa.permits) + len(sb.permits) < SHARDS:
-            assert time.monotonic() < deadline, (sa.permits, sb.permits)
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(sa.permits) + len(sb.permits) >= SHARDS, timeout=20)
         assert sorted(sa.permits + sb.permits) == list(range(SHARDS))
 
 
@@ -121,11 +131,7 @@ async def test_a_dead_hosts_shards_are_resumed_elsewhere_from_their_checkpoints(
                 await doomed.checkpoint(checkpoint(shard, 40 + shard))
             gone = sorted(lost.running)
         # the doomed host is killed: it renews nothing more
-        deadline = time.monotonic() + 20
-        while sorted(kept.running) != list(range(SHARDS)):
-            assert time.monotonic() < deadline, kept.running
-            await survivor.keep()
-            await asyncio.sleep(0.1)
+        await turns_until(survivor, lambda: sorted(kept.running) == list(range(SHARDS)))
         for shard in gone:
             assert kept.running[shard] == checkpoint(
                 shard, 40 + shard
@@ -141,11 +147,7 @@ async def test_a_paused_host_stops_what_it_lost_and_the_fleet_ends_with_one_owne
         held_by_a = sorted(sa.running)
         assert len(held_by_a) == 3
         # a is paused (SIGSTOP) past its lease: b alone keeps the fleet going
-        deadline = time.monotonic() + 20
-        while sorted(sb.running) != list(range(SHARDS)):
-            assert time.monotonic() < deadline
-            await b.keep()
-            await asyncio.sleep(0.1)
+        await turns_until(b, lambda: sorted(sb.running) == list(range(SHARDS)))
         await a.keep()  # a is continued: its leases are gone
         assert sorted(sa.killed) == held_by_a  # stopped without a word, not handed over
         for _ in range(6):
@@ -168,11 +170,7 @@ async def test_without_redis_nothing_identifies_and_running_shards_are_kept(
         await asyncio.sleep(0.3)  # the request is held, not granted, while Redis is away
         assert sa.permits == []
         server.start()  # back, empty (nothing persisted): the fleet converges
-        deadline = time.monotonic() + 20
-        while not sa.permits:
-            assert time.monotonic() < deadline
-            await a.keep()
-            await asyncio.sleep(0.1)
+        await turns_until(a, lambda: bool(sa.permits))
         assert a.problem == "" and sa.permits == [0]
         assert sa.killed == [] and list(sa.running) == [0]  # its lapsed lease was taken again
 
@@ -183,11 +181,8 @@ async def test_a_resume_goes_out_only_under_a_current_hold(server: RedisServer) 
             await a.keep()
             await a.resume_requested(0)
             assert sa.resumes == [0]  # still ours: resume
-            deadline = time.monotonic() + 20  # a is paused past its lease; b takes the shards
-            while sorted(sb.running) != [0, 1]:
-                assert time.monotonic() < deadline
-                await b.keep()
-                await asyncio.sleep(0.1)
+            # a is paused past its lease; b takes the shards
+            await turns_until(b, lambda: sorted(sb.running) == [0, 1])
             await a.resume_requested(1)  # a's shard 1 reconnects before a's next turn
             assert sa.resumes == [0] and 1 in sa.killed  # refused, and stopped without a word
             server.stop()  # without Redis there is no saying: a RESUME costs nothing, it goes
