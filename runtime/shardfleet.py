@@ -305,8 +305,13 @@ class ShardFleet:
         await self._wait_ready(worker)
 
     async def rolling_restart(self) -> None:
+        """Replace every shard process, one at a time, each resuming. The new ones run the
+        code on disk now (a new shardline version): with ``spawn = "fork"`` they fork from a
+        fresh zygote, and the old zygote ends once its last shard was replaced."""
+        await self.spawner.renew()
         for shard in sorted(self.workers):
             await self.restart_shard(shard)
+        await self.spawner.close_retired()  # (on an error, it ends with the fleet instead)
 
     async def _wait_ready(self, worker: ShardWorker, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

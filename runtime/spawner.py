@@ -82,105 +82,142 @@ class ExecSpawner:
             start_new_session=True,
         )
 
+    async def renew(self) -> None:
+        """Every spawn runs the code on disk already."""
+
+    async def close_retired(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
 
-class ZygoteSpawner:
-    def __init__(self, python: str, preexec: Callable[[], None]) -> None:
-        self.python = python
-        self.preexec = preexec
-        self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._ids = itertools.count(1)
-        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._children: dict[int, ChildHandle] = {}
-        self._early_exits: dict[int, int] = {}
-        self._lock = asyncio.Lock()
-        self._zygote_env: dict[str, str] = {}
+class _Zygote:
+    """One zygote process, the shards it forked and the spawns it has yet to answer."""
 
-    async def _ensure(self) -> asyncio.subprocess.Process:
-        if self._proc is None or self._proc.returncode is not None:
-            self._zygote_env = dict(os.environ)
-            self._proc = await asyncio.create_subprocess_exec(
-                self.python,
-                "-m",
-                "shards.zygote",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=self._zygote_env,
-                preexec_fn=self.preexec,
-                start_new_session=True,
-            )
-            self._reader = asyncio.get_running_loop().create_task(self._read(self._proc))
-        return self._proc
+    def __init__(self, proc: asyncio.subprocess.Process, env: dict[str, str]) -> None:
+        self.proc = proc
+        self.env = env  # its own environment: a spawn sends only what differs from it
+        self.children: dict[int, ChildHandle] = {}
+        self.early_exits: dict[int, int] = {}
+        self.replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.reader = asyncio.get_running_loop().create_task(self._read())
 
-    async def spawn(self, argv: list[str], env: dict[str, str]) -> Process:
-        async with self._lock:
-            proc = await self._ensure()
-            assert proc.stdin is not None
-            request_id = next(self._ids)
-            reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            self._replies[request_id] = reply
-            base = self._zygote_env  # the zygote's own: send only what differs from it
-            request = {
-                "id": request_id,
-                "argv": argv,
-                "env": {k: v for k, v in env.items() if base.get(k) != v},
-                "unset": [k for k in base if k not in env],
-            }
-            proc.stdin.write(orjson.dumps(request) + b"\n")
-            await proc.stdin.drain()
-        # The reply is awaited outside the lock, so that shards started together reach the
-        # zygote together: it prepares a batch before forking it (shards/zygote.py says why).
-        answer = await asyncio.wait_for(reply, 30)
-        if "pid" not in answer:
-            raise RuntimeError(f"the zygote could not fork a shard: {answer.get('error')}")
-        handle = ChildHandle(int(answer["pid"]))
-        self._children[handle.pid] = handle
-        early = self._early_exits.pop(handle.pid, None)
-        if early is not None:
-            handle._set_exit(early)
-        return handle
-
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while line := await proc.stdout.readline():
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
             try:
                 message = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
             if "exit" in message:
                 pid, status = int(message["exit"]), int(message["status"])
-                handle = self._children.pop(pid, None)
+                handle = self.children.pop(pid, None)
                 if handle is None:
-                    self._early_exits[pid] = status
+                    self.early_exits[pid] = status
                 else:
                     handle._set_exit(status)
             else:
-                future = self._replies.pop(message.get("id"), None)
+                future = self.replies.pop(message.get("id"), None)
                 if future is not None and not future.done():
                     future.set_result(message)
         # The zygote is gone, and its children with it (they die with their parent).
-        for handle in list(self._children.values()):
+        for handle in list(self.children.values()):
             handle._set_exit(-signal.SIGKILL)
-        self._children.clear()
-        for future in self._replies.values():
+        self.children.clear()
+        for future in self.replies.values():
             if not future.done():
                 future.set_result({"error": "the zygote exited"})
-        self._replies.clear()
+        self.replies.clear()
 
     async def close(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            proc.stdin.close()
+        """Close its stdin: it ends, and its children with it."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         try:
-            await asyncio.wait_for(proc.wait(), 5)
+            await asyncio.wait_for(self.proc.wait(), 5)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            self.proc.kill()
+            await self.proc.wait()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
+
+
+class ZygoteSpawner:
+    def __init__(self, python: str, preexec: Callable[[], None]) -> None:
+        self.python = python
+        self.preexec = preexec
+        self._zygote: _Zygote | None = None
+        self._retired: list[_Zygote] = []  # older zygotes, kept while their shards run
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> _Zygote:
+        zygote = self._zygote
+        if zygote is None or zygote.proc.returncode is not None:
+            env = dict(os.environ)
+            proc = await asyncio.create_subprocess_exec(
+                self.python,
+                "-m",
+                "shards.zygote",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+                preexec_fn=self.preexec,
+                start_new_session=True,
+            )
+            zygote = self._zygote = _Zygote(proc, env)
+        return zygote
+
+    @property
+    def zygote_pid(self) -> int | None:
+        """The zygote new shards fork from (None before the first spawn)."""
+        return self._zygote.proc.pid if self._zygote is not None else None
+
+    async def renew(self) -> None:
+        """Shards spawned from now on fork from a fresh zygote, which imports shardline's
+        code as it is on disk now (a new version: a rolling restart); the current zygote
+        stays, with the shards it forked, until :meth:`close_retired`."""
+        async with self._lock:
+            if self._zygote is not None:
+                self._retired.append(self._zygote)
+                self._zygote = None
+
+    async def close_retired(self) -> None:
+        """End the older zygotes (their shards were all replaced)."""
+        retired, self._retired = self._retired, []
+        for zygote in retired:
+            await zygote.close()
+
+    async def spawn(self, argv: list[str], env: dict[str, str]) -> Process:
+        async with self._lock:
+            zygote = await self._ensure()
+            assert zygote.proc.stdin is not None
+            request_id = next(self._ids)
+            reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            zygote.replies[request_id] = reply
+            base = zygote.env  # the zygote's own: send only what differs from it
+            request = {
+                "id": request_id,
+                "argv": argv,
+                "env": {k: v for k, v in env.items() if base.get(k) != v},
+                "unset": [k for k in base if k not in env],
+            }
+            zygote.proc.stdin.write(orjson.dumps(request) + b"\n")
+            await zygote.proc.stdin.drain()
+        # The reply is awaited outside the lock, so that shards started together reach the
+        # zygote together: it prepares a batch before forking it (shards/zygote.py says why).
+        answer = await asyncio.wait_for(reply, 30)
+        if "pid" not in answer:
+            raise RuntimeError(f"the zygote could not fork a shard: {answer.get('error')}")
+        handle = ChildHandle(int(answer["pid"]))
+        zygote.children[handle.pid] = handle
+        early = zygote.early_exits.pop(handle.pid, None)
+        if early is not None:
+            handle._set_exit(early)
+        return handle
+
+    async def close(self) -> None:
+        await self.close_retired()
+        if self._zygote is not None:
+            await self._zygote.close()

@@ -4,7 +4,10 @@ now, one at a time, while the shards run and messages flow: nothing goes unhandl
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +16,11 @@ import pytest
 
 from ipc.client import Client
 from ipc.requests import Deploy, Deploying
+from ipc.states import VoiceState
 from runtime.config import parse_config
 from tests.shards.helpers import eventually
 from tests.system.test_reshard import chatter
-from tests.system.test_supervisor import all_ready, emulator, fleet_with
+from tests.system.test_supervisor import all_ready, app, emulator, fleet_with, voice_config
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +158,72 @@ async def test_shardline_deploy_on_the_command_line(tmp_path: Path) -> None:
         finally:
             supervisor.terminate()
             await supervisor.wait()
+
+
+def tone(path: Path, seconds: float) -> Path:
+    """48 kHz stereo s16le PCM of a quiet tone (50 Opus frames a second)."""
+    frames = int(seconds * 50)
+    path.write_bytes(
+        b"".join(
+            struct.pack("<hh", v, v)
+            for v in (int(4000 * math.sin(i / 20)) for i in range(960 * frames))
+        )
+    )
+    return path
+
+
+async def test_voice_plays_on_through_a_rolling_restart_and_a_deploy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new version rolled out while a guild listens: the shards are replaced one at a time
+    (each resuming) and the application processes too, and the voice session is kept: the
+    same process, not a packet missing (docs/resharding.md states the bound)."""
+    (tmp_path / "deployapp.py").write_text(APP.format(version=1))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("DEPLOY_LOG", str(tmp_path / "handled"))
+    async with emulator(shards=2, max_concurrency=2) as emu:
+        assert emu.voice is not None
+        voice_server = emu.voice
+        config = voice_config(
+            emu,
+            tmp_path / "run",
+            ["guilds", "guild_voice_states", "guild_messages"],
+            apps=[{"module": "deployapp", "processes": 1}],
+            log={"level": "warning"},
+        )
+        async with fleet_with(config, emu, tmp_path / "run") as sup, app(sup) as client:
+            await eventually(lambda: all_ready(sup), timeout=30)
+            guild = emu.world.guild_ids[0]
+            await client.join_voice(guild, emu.world.voice_channel_id(guild))
+            await eventually(
+                lambda: (
+                    bool(sup.status().voice) and sup.status().voice[0].state is VoiceState.CONNECTED
+                ),
+                timeout=30,
+            )
+            voice_pid = sup.voice[guild].proc.pid  # type: ignore[union-attr]
+            shard_pids = {w.proc.pid for w in sup.workers.values() if w.proc}
+            app_pids = {a.proc.pid for a in sup.apps if a.proc}
+            identified = len(emu.gateway.identifies)
+            await client.play(guild, str(tone(tmp_path / "long.pcm", 60)))
+
+            def packets() -> list[int]:
+                return [p.seq for r in voice_server.sessions.values() for p in r.packets]
+
+            await voice_server.wait_until(lambda: len(packets()) >= 10)
+            deploy = await client.send(Deploy())
+            assert isinstance(deploy, Deploying)
+            await asyncio.wait_for(sup.rolling_restart(), 60)
+            await eventually(
+                lambda: all(a.deploys == 1 for a in sup.apps) and all_ready(sup), timeout=60
+            )
+            during = len(packets())
+            await voice_server.wait_until(lambda: len(packets()) >= during + 25)  # still playing
+            seqs = packets()
+            assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(seqs))
+            assert len(voice_server.sessions) == 1  # the one session, never joined again
+            assert sup.voice[guild].proc.pid == voice_pid  # type: ignore[union-attr]
+            assert sup.voice[guild].rejoins == 0
+            assert shard_pids.isdisjoint(w.proc.pid for w in sup.workers.values() if w.proc)
+            assert app_pids.isdisjoint(a.proc.pid for a in sup.apps if a.proc)
+            assert len(emu.gateway.identifies) == identified  # every shard resumed

@@ -24,6 +24,7 @@ from ipc.states import ShardState, VoiceState
 from ipc.status import FleetStatus
 from runtime.config import Config, ConfigError, parse_config
 from runtime.plan import plan_fleet
+from runtime.spawner import ZygoteSpawner
 from runtime.supervisor import StartupError, Supervisor
 from tests.shards.helpers import eventually
 
@@ -205,10 +206,26 @@ async def test_rolling_restart_resumes_each_shard(tmp_path: Path) -> None:
     async with emulator(shards=3, max_concurrency=3) as emu, fleet(emu, tmp_path) as sup:
         await eventually(lambda: all_ready(sup), timeout=30)
         pids = {w.shard: w.proc.pid for w in sup.workers.values() if w.proc}
+        spawner = sup.shards.spawner
+        assert isinstance(spawner, ZygoteSpawner) and spawner.zygote_pid is not None
+        old_zygote = spawner.zygote_pid
+        assert {parent_of(pid) for pid in pids.values()} == {old_zygote}
         await asyncio.wait_for(sup.rolling_restart(), 60)
         await eventually(lambda: all_ready(sup), timeout=30)
         assert all(w.proc and w.proc.pid != pids[w.shard] for w in sup.workers.values())
         assert len(emu.gateway.identifies) == 3  # everyone resumed
+        # The new processes fork from a fresh zygote (the code on disk now: a new version);
+        # the old zygote is gone.
+        new = {w.proc.pid for w in sup.workers.values() if w.proc}
+        assert spawner.zygote_pid not in (None, old_zygote)
+        assert {parent_of(pid) for pid in new} == {spawner.zygote_pid}
+        assert not Path(f"/proc/{old_zygote}").exists()
+
+
+def parent_of(pid: int) -> int:
+    """A process's parent pid, from /proc (the fields after the name in parentheses)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 async def test_commands_are_routed_by_guild(tmp_path: Path) -> None:
