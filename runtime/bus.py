@@ -38,7 +38,7 @@ from ipc.codec import SUBSCRIBE, encode_bus_event
 from ipc.errors import EventsDropped
 from ipc.eventloop import trim_memory
 from ipc.status import SubscriberRecord
-from runtime.cutover import CutOver
+from runtime.cutover import CutOver, is_dispatch
 
 __all__ = ["DEFAULT_SUBSCRIBER_BUFFER", "SUBSCRIPTION_TTL", "EventBus", "PeerAddress", "dial"]
 
@@ -158,6 +158,13 @@ class EventBus:
         self.xsub_b: zmq.Socket[Any] | None = context.socket(zmq.XSUB) if bus_in_b else None
         self.cutover: CutOver | None = None
         self._cutover_old = ""  # the input of the generation being replaced
+        self._cutover_new = ""  # and of the one replacing it
+        # In a fleet, which generation of shards each input carries (its key space, "" for
+        # the fleet's first): events go to other hosts tagged with it, so that each host
+        # runs its own cut-over on the whole fleet's events (docs/resharding.md).
+        self._tags = {"a": b"", "b": b""}
+        self._current = b""  # the generation the applications get, outside a cut-over
+        self.other_generation = 0  # another host's dispatches of a generation not staged here
         # What the supervisor's thread asks of the bus thread (set_peers, reshard), in order
         self._actions: list[tuple[str, Any, threading.Event]] = []
         self.router = context.socket(zmq.ROUTER)
@@ -310,17 +317,37 @@ class EventBus:
         log.info(f"bus: no more events to host {name} ({why})")
 
     def _read_peer_events(self, sock: zmq.Socket[Any]) -> None:
-        """Events another host pushed: to this host's subscribers (never to other hosts)."""
+        """Events another host pushed, ``[topic, envelope, body]`` and the generation's tag
+        when it is not the fleet's first: to this host's subscribers (never to other hosts),
+        through the cut-over when a reshard is under way."""
         for _ in range(1000):
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 3:
+            tag = b""
+            if len(frames) == 4:
+                tag = frames.pop()
+            elif len(frames) != 3:
                 log.warning(f"bus: a {len(frames)}-frame message from another host, not 3; dropped")
                 continue
             self.peer_received += 1
-            self._fan_out(frames, self._fanout)
+            cutover = self.cutover
+            if cutover is None:
+                if tag == self._current or not is_dispatch(frames):
+                    self._fan_out(frames, self._fanout)
+                else:
+                    self.other_generation += 1
+            elif tag == self._tags[self._cutover_old]:
+                if cutover.old(frames):
+                    self._fan_out(frames, self._fanout)
+            elif tag == self._tags[self._cutover_new]:
+                for out in cutover.new(frames):
+                    self._fan_out(out, self._fanout)
+            elif not is_dispatch(frames):
+                self._fan_out(frames, self._fanout)
+            else:
+                self.other_generation += 1
 
     def _read_subscriptions(self) -> None:
         while True:
@@ -355,31 +382,40 @@ class EventBus:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if self.links:  # other hosts get it as it is: each runs its own cut-over
+                tag = self._tags[name]
+                self._fan_out([*frames, tag] if tag else frames, tuple(self.links.values()))
             cutover = self.cutover
             if cutover is None:
-                self._deliver(frames)
+                self._fan_out(frames, self._fanout)
             elif name == self._cutover_old:
                 if cutover.old(frames):
-                    self._deliver(frames)
+                    self._fan_out(frames, self._fanout)
             else:
                 for out in cutover.new(frames):
-                    self._deliver(out)
+                    self._fan_out(out, self._fanout)
             self.received += 1  # counted once handed out: a reader of it sees every drop made
-
-    def _deliver(self, frames: list[Any]) -> None:
-        """One of this host's messages: to its subscribers and the other hosts."""
-        self._fan_out(frames, self._fanout)
-        if self.links:
-            self._fan_out(frames, tuple(self.links.values()))
 
     # -- a reshard's cut-over (the supervisor's thread asks, the bus thread does) -----------
 
-    def reshard(self, action: str, old_input: str = "", limit_bytes: int = 0) -> threading.Event:
+    def reshard(
+        self,
+        action: str,
+        old_input: str = "",
+        limit_bytes: int = 0,
+        tags: tuple[bytes, bytes] = (b"", b""),
+    ) -> threading.Event:
         """``begin`` (the generation on ``old_input`` is replaced; the other input's
-        dispatches are staged, up to ``limit_bytes``), ``switch`` (applications get the new
+        dispatches are staged, up to ``limit_bytes``; in a fleet, ``tags`` name the old and
+        the new generation on the wire between hosts), ``switch`` (applications get the new
         generation from now on), ``abort`` (the new generation's dispatches are dropped from
         now on), ``finish`` (one generation again). The event is set once the bus did it."""
-        return self._ask(action, (old_input, limit_bytes))
+        return self._ask(action, (old_input, limit_bytes, tags))
+
+    def set_generation(self, tag: bytes) -> threading.Event:
+        """In a fleet: the generation the shards on input "a" belong to (the fleet's first
+        is ``b""``), as this host starts."""
+        return self._ask("generation", tag)
 
     @property
     def cutover_overflowed(self) -> bool:
@@ -397,16 +433,23 @@ class EventBus:
         for action, payload, done in actions:
             if action == "peers":
                 self._apply_links(payload)
+            elif action == "generation":
+                self._tags["a"] = self._current = payload
             elif action == "begin":
-                old_input, limit_bytes = payload
+                old_input, limit_bytes, (old_tag, new_tag) = payload
                 self.cutover = CutOver(limit_bytes)
                 self._cutover_old = old_input
+                self._cutover_new = "b" if old_input == "a" else "a"
+                self._tags[old_input], self._tags[self._cutover_new] = old_tag, new_tag
+                self._current = old_tag
             elif action == "switch" and self.cutover is not None:
                 for frames in self.cutover.switch():
-                    self._deliver(frames)
+                    self._fan_out(frames, self._fanout)
             elif action == "abort" and self.cutover is not None:
                 self.cutover.abort()
-            elif action == "finish":
+            elif action == "finish" and self.cutover is not None:
+                if self.cutover.switched:
+                    self._current = self._tags[self._cutover_new]
                 self.cutover = None
             done.set()
 

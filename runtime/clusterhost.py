@@ -18,8 +18,10 @@ from ipc.messages import Message
 from ipc.status import BudgetRecord, HostRecord, ShardRecord
 from runtime.cluster.coordinator import Coordinator
 from runtime.cluster.fleet import FleetClaimError, claim_fleet, connect
+from runtime.cluster.hosts import HostRegistry
 from runtime.cluster.identify import ClusterUnavailable
 from runtime.cluster.keys import FleetKeys
+from runtime.cluster.reshard import Generation, ReshardStore
 from runtime.config import ClusterConfig, redact_url
 from runtime.shardfleet import ShardFleet
 from runtime.wiring import StartupError
@@ -64,32 +66,27 @@ class ClusterHost:
         self.redis: Any = None
         self.coordinator: Coordinator | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.generation = Generation(shard_count, 0)  # the one this host runs
+        self.next_info: dict[str, Any] | None = None  # its part in a reshard, published
+        self.after_turn: Callable[[], Awaitable[None]] | None = None  # e.g. a reshard's step
 
     # -- joining and leaving ------------------------------------------------------------
 
     async def start(self) -> None:
         """Reach Redis, claim the fleet's name, publish Discord's budget; StartupError names
         what is wrong (nothing is written when the name belongs to another bot)."""
+        keys = FleetKeys(self.config.fleet)
         try:
             self.redis = await connect(self.config)
-            await claim_fleet(self.redis, FleetKeys(self.config.fleet), self.token)
+            await claim_fleet(self.redis, keys, self.token)
+            resharded = await ReshardStore(self.redis, keys, self.where).generation()
         except (ClusterUnavailable, FleetClaimError) as exc:
             await self._close_redis()
             raise StartupError(str(exc)) from None
-        self.coordinator = Coordinator(
-            self.redis,
-            self.config.fleet,
-            self.host,
-            self.shard_count,
-            self.max_concurrency,
-            self,
-            fixed=self.config.shards,
-            lease_ttl=self.config.lease_ttl,
-            identify_interval=self.identify_interval,
-            info=self._published,
-            where=f"Redis at {redact_url(self.config.redis_url)}",
-            on_hosts=self.meet,
-        )
+        if resharded is not None:  # the fleet was resharded: its count, not the config's
+            self.generation = resharded
+            self.shard_count = resharded.count
+        self.coordinator = self._coordinator(self.generation, None)
         resets_at_ms = int(time.time() * 1000) + self.reset_after_ms
         try:
             await self.coordinator.schedule.set_budget(self.remaining, resets_at_ms)
@@ -98,12 +95,71 @@ class ClusterHost:
             raise StartupError(str(exc)) from None
         self.fleet.identify_gate = self
 
+    @property
+    def where(self) -> str:
+        return f"Redis at {redact_url(self.config.redis_url)}"
+
+    def _coordinator(self, generation: Generation, hosts: HostRegistry | None) -> Coordinator:
+        return Coordinator(
+            self.redis,
+            self.config.fleet,
+            self.host,
+            generation.count,
+            self.max_concurrency,
+            self,
+            fixed=self.config.shards,
+            lease_ttl=self.config.lease_ttl,
+            identify_interval=self.identify_interval,
+            info=self._published,
+            where=self.where,
+            on_hosts=self.meet,
+            space=generation.space,
+            generation=generation.number,
+            hosts=hosts,
+        )
+
+    def next_generation(self, fleet: ShardFleet, generation: Generation) -> ClusterHost:
+        """This host's part in a reshard's next generation: ``fleet``'s shards under their
+        own coordinator (their leases in the generation's space), beside the running one,
+        sharing Redis, the host's entry and its turns."""
+        assert self.coordinator is not None
+        upcoming = ClusterHost(
+            self.config,
+            fleet,
+            token=self.token,
+            shard_count=generation.count,
+            max_concurrency=self.max_concurrency,
+            remaining=self.remaining,
+            reset_after_ms=self.reset_after_ms,
+            identify_interval=self.identify_interval,
+            send=self.send,
+        )
+        upcoming.redis = self.redis
+        upcoming._tasks = self._tasks  # stopped with this host's
+        upcoming.generation = generation
+        upcoming.coordinator = self._coordinator(generation, self.coordinator.hosts)
+        upcoming.coordinator.shards = upcoming
+        upcoming.coordinator.fixed = None  # cluster.shards pins the first generation only
+        fleet.identify_gate = upcoming
+        return upcoming
+
+    def adopt(self, upcoming: ClusterHost) -> None:
+        """The reshard is over: the next generation is the one this host runs."""
+        assert upcoming.coordinator is not None
+        self.fleet = upcoming.fleet
+        self.coordinator = upcoming.coordinator
+        self.generation = upcoming.generation
+        self.shard_count = upcoming.shard_count
+        self.next_info = None
+
     async def run(self, stopping: asyncio.Event) -> None:
         """The coordinator's turn every third of the lease TTL, until the fleet stops."""
         assert self.coordinator is not None
         every = self.config.lease_ttl / 3
         while not stopping.is_set():
             await self.coordinator.keep()
+            if self.after_turn is not None:
+                await self.after_turn()
             try:
                 await asyncio.wait_for(stopping.wait(), every)
             except TimeoutError:
@@ -150,10 +206,14 @@ class ClusterHost:
         """What this host tells the others each turn: its shards' status records, so that
         `shardline status` on any host shows the whole fleet."""
         now = time.monotonic()
-        return {
+        published = {
             **self.about(),
+            "generation": self.generation.space,
             "shards": [record.to_json() for record in self.fleet.records(now)],
         }
+        if self.next_info is not None:
+            published["next"] = self.next_info
+        return published
 
     def view(self) -> tuple[list[HostRecord], list[ShardRecord], BudgetRecord | None]:
         """The fleet at the coordinator's last turn: every host, the other hosts' shards
@@ -211,10 +271,10 @@ class ClusterHost:
         return await self.fleet.hand_over(shard)
 
     def permit(self, shard: int) -> None:
-        self.send(f"shard:{shard}", IdentifyPermit())
+        self.fleet.send(f"shard:{shard}", IdentifyPermit())  # on its generation's socket
 
     def permit_resume(self, shard: int) -> None:
-        self.send(f"shard:{shard}", ResumePermit())
+        self.fleet.send(f"shard:{shard}", ResumePermit())
 
     # -- the shards' identifies and checkpoints, carried to the coordinator (IdentifyGate) -
 

@@ -28,7 +28,7 @@ import orjson
 
 from ipc.codec import DUPLICATE
 
-__all__ = ["CutOver", "event_key"]
+__all__ = ["CutOver", "event_key", "is_dispatch"]
 
 Key = bytes
 START_UP = (b"READY", b"GUILD_CREATE")  # the new sessions' own burst, before the switch
@@ -76,12 +76,17 @@ class CutOver:
         self._old: dict[Key, int] = {}  # key -> how many the old generation delivered
         self._old_times: deque[tuple[float, Key]] = deque()
 
+    @property
+    def staged(self) -> int:
+        """New-generation messages waiting for the switch."""
+        return len(self._staged)
+
     # -- the old generation -----------------------------------------------------------------
 
     def old(self, frames: list[Any]) -> bool:
         """An old-generation message: True to deliver it (before the switch), remembering
         its key; False after the switch (the new generation carries everything)."""
-        if not _is_dispatch(frames):
+        if not is_dispatch(frames):
             return True  # shardline's own events (the old shards' errors...) always go
         if self.switched:
             return False
@@ -99,7 +104,7 @@ class CutOver:
     def new(self, frames: list[Any]) -> list[list[Any]]:
         """A new-generation message: what to deliver now (no dispatch before the switch;
         shardline's own events, such as a shard's errors, at once)."""
-        dispatch = _is_dispatch(frames)
+        dispatch = is_dispatch(frames)
         if not dispatch:
             return [frames]
         if self.aborted:
@@ -157,7 +162,7 @@ class CutOver:
                 counts.pop(key, None)
 
 
-def _is_dispatch(frames: list[Any]) -> bool:
+def is_dispatch(frames: list[Any]) -> bool:
     return len(frames) == 3 and b'"dispatch"' in frames[1]
 
 

@@ -55,6 +55,7 @@ from runtime.cluster.appshare import app_slots, apps_running_elsewhere, my_apps
 from runtime.cluster.identify import ClusterUnavailable
 from runtime.cluster.peers import Peer, advertised, peer_info, read_peers
 from runtime.clusterhost import ClusterHost
+from runtime.clusterreshard import FleetResharding
 from runtime.commands import CommandDesk, Options
 from runtime.config import Config, parse_listen
 from runtime.curveauth import ClientAllowList
@@ -146,7 +147,7 @@ class Supervisor:
         # A reshard runs two generations of shards side by side (runtime/reshard.py): each on
         # one of two slots, "a" (control.sock, bus-in.sock) and "b" (their -2 twins), the
         # one identify schedule shared between them.
-        self._slot = "a"  # the current generation's
+        self.slot = "a"  # the current generation's
         self._grants: list[int] = []
         self.shards = ShardFleet(
             config,
@@ -162,11 +163,11 @@ class Supervisor:
             bus_in=self.endpoints.bus_in,
             control=self.endpoints.control,
         )
-        self._generations: dict[str, ShardFleet] = {"a": self.shards}
+        self.generations: dict[str, ShardFleet] = {"a": self.shards}
         self.reshard_status: ReshardRecord | None = None
         self._reshard_task: asyncio.Task[None] | None = None
-        self._reshard_abort = asyncio.Event()
-        self._reshard_problem = ""
+        self.reshard_abort = asyncio.Event()
+        self.reshard_problem = ""
         self._deploy_task: asyncio.Task[None] | None = None
         self._reshard_wanted = asyncio.Event()  # auto_reshard: look now (a 4011)
         self._reshard_wanted_why = ""
@@ -193,6 +194,7 @@ class Supervisor:
             placed=clustered,  # in a fleet, each app process runs on one host (appshare)
         )
         self.cluster: ClusterHost | None = None
+        self.fleet_resharding: FleetResharding | None = None
         self.peer_commands: PeerCommands | None = None  # requests for other hosts' shards
         self._peers: dict[str, Peer] = {}
         self._served_by: dict[str, str] = {}  # custom command type -> a host serving it
@@ -214,6 +216,8 @@ class Supervisor:
                 about=self._about_this_host,
                 meet=self._meet_hosts,
             )
+            self.fleet_resharding = FleetResharding(self, self.cluster)
+            self.cluster.after_turn = self.fleet_resharding.step
         self.desk = CommandDesk(time.monotonic)
         self._register_handlers()
         self.status_interval = status_interval
@@ -267,6 +271,7 @@ class Supervisor:
             await self._listen_for_metrics()
             if self.cluster is not None:
                 await self.cluster.start()
+                await self._join_fleet_generation(self.cluster)
                 self.progress(
                     f"joined fleet {self.config.cluster.fleet!r} as host "
                     f"{self.cluster.host!r}; shards follow the leases this host takes"
@@ -286,7 +291,7 @@ class Supervisor:
                     tasks.create_task(self.shards.keep_alive(worker))
                 if self.cluster is not None:
                     tasks.create_task(self.cluster.run(self._stop))
-                elif self.config.shards.auto_reshard:
+                if self.config.shards.auto_reshard:
                     readers.append(tasks.create_task(self._auto_reshard()))
                 for app in self.apps:
                     tasks.create_task(self.app_fleet.keep_alive(app))
@@ -395,8 +400,8 @@ class Supervisor:
         apps = asyncio.ensure_future(self.app_fleet.shutdown())
         task = self._reshard_task
         if task is not None and not task.done():  # a reshard under way is called off
-            self._reshard_problem = "the supervisor is stopping"
-            self._reshard_abort.set()
+            self.reshard_problem = "the supervisor is stopping"
+            self.reshard_abort.set()
             await asyncio.wait([task], timeout=30.0)
         await self.shards.shutdown()
         if self.cluster is not None:  # the final checkpoints go to Redis, then the leases
@@ -461,11 +466,11 @@ class Supervisor:
             if kind == "voice":
                 self.voices.on_control(int(ident), message)
             elif kind == "shard":
-                fleet = self._generations.get(slot)
+                fleet = self.generations.get(slot)
                 if fleet is None:
                     continue
                 if isinstance(message, GatewayForward):
-                    if slot == self._slot:  # voice follows the current generation only
+                    if slot == self.slot:  # voice follows the current generation only
                         await self.voices.on_forward(message)
                 else:
                     fleet.on_control(int(ident), message)
@@ -477,7 +482,7 @@ class Supervisor:
         last_save = time.monotonic()
         while True:
             now = time.monotonic()
-            for fleet in list(self._generations.values()):
+            for fleet in list(self.generations.values()):
                 fleet.tick(now)
             self.voices.tick(now)
             for message in self.desk.expire():
@@ -749,12 +754,16 @@ class Supervisor:
     # -- resharding (docs/resharding.md) ---------------------------------------------------
 
     async def _on_reshard(self, command: Reshard, options: Options) -> Reply:
+        if self.fleet_resharding is not None:  # the whole fleet, through Redis
+            if command.abort:
+                return await self.fleet_resharding.abort("aborted on request")
+            return await self.fleet_resharding.request(command.count, dry_run=command.dry_run)
         running = self._reshard_task is not None and not self._reshard_task.done()
         if command.abort:
             if not running or self.reshard_status is None:
                 return ErrorReply.of(ErrorCode.INVALID, "no reshard is under way")
-            self._reshard_problem = "aborted on request"
-            self._reshard_abort.set()
+            self.reshard_problem = "aborted on request"
+            self.reshard_abort.set()
             status = self.reshard_status
             return ReshardPlan(
                 current=status.current,
@@ -770,9 +779,7 @@ class Supervisor:
         """Check a reshard to ``count``; start it unless ``dry_run``. The plan, or why not."""
         running = self._reshard_task is not None and not self._reshard_task.done()
         busy = ""
-        if self.cluster is not None:
-            busy = "resharding a multi-host fleet ([cluster]) is not built yet"
-        elif running and self.reshard_status is not None:
+        if running and self.reshard_status is not None:
             busy = f"a reshard to {self.reshard_status.target} shards is under way"
         elif self._stop.is_set():
             busy = "the supervisor is stopping"
@@ -788,8 +795,8 @@ class Supervisor:
         if isinstance(checked, str):
             return ErrorReply.of(ErrorCode.UNAVAILABLE, checked)
         if not dry_run:
-            self._reshard_abort.clear()
-            self._reshard_problem = ""
+            self.reshard_abort.clear()
+            self.reshard_problem = ""
             self.reshard_status = reshard_record(checked, 0, "starting")
             self._reshard_task = asyncio.get_running_loop().create_task(self._reshard(checked))
         return ReshardPlan(
@@ -808,27 +815,14 @@ class Supervisor:
         generation goes and the running one is untouched."""
         bus = self.wiring.bus
         assert bus is not None
-        old_slot, slot = self._slot, "b" if self._slot == "a" else "a"
+        old_slot, slot = self.slot, self.other_slot
         old, count = self.shards, target.target
-        control = self.wiring.control_b if slot == "b" else self.wiring.control
-        view = ScheduleView(self.scheduler, 1 if slot == "b" else 0, self._grants)
-        fleet = ShardFleet(
-            self.config,
-            tuple(range(count)),
-            count,
-            self.plan.gateway_url,
-            token=self.token,
-            scheduler=view,
-            sessions=SessionStore(self.runtime_dir / f"sessions-{slot}.json"),
-            spawner=self._spawner(self._python, _exit_with_parent),
-            send=lambda who, message: self.wiring.send_on(control, who, message),
-            stop_fleet=lambda reason: self._shard_fatal(slot, reason),
-            bus_in=self.endpoints.bus_in_b if slot == "b" else self.endpoints.bus_in,
-            control=self.endpoints.control_b if slot == "b" else self.endpoints.control,
-        )
+        fleet = self.new_generation(count, tuple(range(count)))
+        view = fleet.scheduler
+        assert isinstance(view, ScheduleView)
         limit = self.config.bus.subscriber_buffer_bytes
         await asyncio.to_thread(bus.reshard("begin", old_slot, limit).wait, 5.0)
-        self._generations[slot] = fleet
+        self.generations[slot] = fleet
         for worker in fleet.workers.values():  # owned like a restart: cancelled at shutdown
             self._background(fleet.keep_alive(worker), f"new shard {worker.shard}")
         self.progress(
@@ -839,33 +833,92 @@ class Supervisor:
         try:
             switched = await self._until_ready(fleet, target, bus)
             if switched:
-                await self._switch(fleet, slot, control, target, bus)
+                await self._switch(fleet, target, bus)
         finally:
             if not switched:
-                self.reshard_status = reshard_record(target, 0, "aborted", self._reshard_problem)
-                self.progress(f"reshard to {count} aborted: {self._reshard_problem}")
+                self.reshard_status = reshard_record(target, 0, "aborted", self.reshard_problem)
+                self.progress(f"reshard to {count} aborted: {self.reshard_problem}")
                 await asyncio.to_thread(bus.reshard("abort").wait, 5.0)
                 await fleet.shutdown()
-                self._generations.pop(slot, None)
+                self.generations.pop(slot, None)
                 view.close(list(fleet.workers))
             else:
                 await old.shutdown()
-                self._generations.pop(old_slot, None)
+                self.generations.pop(old_slot, None)
                 if isinstance(old.scheduler, ScheduleView):
                     old.scheduler.close(list(old.workers))
                 self.reshard_status = reshard_record(target, count, "done")
                 self.progress(f"reshard: generation of {old.shard_count} closed")
             await asyncio.to_thread(bus.reshard("finish").wait, 5.0)
 
+    async def _join_fleet_generation(self, cluster: ClusterHost) -> None:
+        """A fleet resharded before this host joined runs the count Redis says, whatever
+        the configuration or Discord's recommendation."""
+        generation = cluster.generation
+        bus = self.wiring.bus
+        if bus is not None and generation.space:
+            await asyncio.to_thread(bus.set_generation(generation.space.encode()).wait, 5.0)
+        if generation.count == self.plan.shard_count:
+            return
+        log.warning(
+            f"fleet {self.config.cluster.fleet!r} was resharded to {generation.count} shards: "
+            f"this host runs {generation.count}, not {self.plan.shard_count}"
+        )
+        self.plan = dataclasses.replace(
+            self.plan, shard_count=generation.count, shard_ids=tuple(range(generation.count))
+        )
+        self.shards.shard_count = generation.count
+        self.voices.shard_count = generation.count
+
+    @property
+    def other_slot(self) -> str:
+        """The slot a reshard's next generation runs on (the current one's other)."""
+        return "b" if self.slot == "a" else "a"
+
+    def new_generation(self, count: int, shard_ids: tuple[int, ...]) -> ShardFleet:
+        """A reshard's next generation of ``count`` shards on the other slot (its own
+        control socket and bus input, the identify schedule shared): ``shard_ids`` to start
+        (none in a fleet: they come with the leases)."""
+        slot = self.other_slot
+        control = self.wiring.control_b if slot == "b" else self.wiring.control
+        return ShardFleet(
+            self.config,
+            shard_ids,
+            count,
+            self.plan.gateway_url,
+            token=self.token,
+            scheduler=ScheduleView(self.scheduler, 1 if slot == "b" else 0, self._grants),
+            sessions=SessionStore(self.runtime_dir / f"sessions-{slot}.json"),
+            spawner=self._spawner(self._python, _exit_with_parent),
+            send=lambda who, message: self.wiring.send_on(control, who, message),
+            stop_fleet=lambda reason: self._shard_fatal(slot, reason),
+            bus_in=self.endpoints.bus_in_b if slot == "b" else self.endpoints.bus_in,
+            control=self.endpoints.control_b if slot == "b" else self.endpoints.control,
+        )
+
+    def adopt_generation(self, fleet: ShardFleet, count: int) -> int:
+        """``fleet`` (on the other slot) is the fleet's generation from now on; returns the
+        count it replaces."""
+        slot = self.other_slot
+        old_count = self.plan.shard_count
+        self.slot, self.shards = slot, fleet
+        self.wiring.shard_control = self.wiring.control_b if slot == "b" else self.wiring.control
+        self.plan = dataclasses.replace(self.plan, shard_count=count, shard_ids=tuple(range(count)))
+        self.voices.shard_count = count
+        fleet.sessions.path = self.runtime_dir / "sessions.json"  # the next start resumes it
+        fleet.sessions.dirty = True
+        self.sessions = fleet.sessions
+        return old_count
+
     async def _until_ready(self, fleet: ShardFleet, target: ReshardTarget, bus: Any) -> bool:
         """Wait for every new shard READY with its guilds (progress each change); False
         when the reshard is to be aborted."""
         ready_since: dict[int, float] = {}
         started, shown = time.monotonic(), -1
-        while not self._reshard_abort.is_set():
+        while not self.reshard_abort.is_set():
             now = time.monotonic()
             if bus.cutover_overflowed:
-                self._reshard_problem = (
+                self.reshard_problem = (
                     "the new generation's events outgrew bus.subscriber_buffer_bytes before "
                     "it was ready"
                 )
@@ -888,28 +941,13 @@ class Supervisor:
             if every:
                 return True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reshard_abort.wait(), 0.25)
+                await asyncio.wait_for(self.reshard_abort.wait(), 0.25)
         return False
 
-    async def _switch(
-        self,
-        fleet: ShardFleet,
-        slot: str,
-        control: zmq.asyncio.Socket | None,
-        target: ReshardTarget,
-        bus: Any,
-    ) -> None:
+    async def _switch(self, fleet: ShardFleet, target: ReshardTarget, bus: Any) -> None:
         """The applications get the new generation from now on; it becomes the fleet."""
         await asyncio.to_thread(bus.reshard("switch").wait, 5.0)
-        old_count = self.plan.shard_count
-        self._slot, self.shards, self.wiring.shard_control = slot, fleet, control
-        self.plan = dataclasses.replace(
-            self.plan, shard_count=target.target, shard_ids=tuple(range(target.target))
-        )
-        self.voices.shard_count = target.target
-        fleet.sessions.path = self.runtime_dir / "sessions.json"  # the next start resumes it
-        fleet.sessions.dirty = True
-        self.sessions = fleet.sessions
+        old_count = self.adopt_generation(fleet, target.target)
         self.wiring.publish(Resharded(old_count=old_count, new_count=target.target))
         self.reshard_status = reshard_record(target, target.target, "switched")
         configured = self.config.shards.count
@@ -924,15 +962,15 @@ class Supervisor:
         """A shard of the generation on ``slot`` failed fatally. A reshard's new shard: the
         reshard is called off (the fleet runs on). A 4011 with auto_reshard: a larger count.
         Anything else: the fleet stops with the shard's advice."""
-        if slot != self._slot:
-            self._reshard_problem = f"a new shard failed: {reason}"
-            self._reshard_abort.set()
+        if slot != self.slot:
+            self.reshard_problem = f"a new shard failed: {reason}"
+            self.reshard_abort.set()
             return
-        fleet = self._generations.get(slot)
+        fleet = self.generations.get(slot)
         sharding = fleet is not None and any(
             w.fatal_code == SHARDING_REQUIRED for w in fleet.workers.values()
         )
-        if sharding and self.config.shards.auto_reshard and self.cluster is None:
+        if sharding and self.config.shards.auto_reshard:
             log.warning(f"{reason}; resharding to a larger count (shards.auto_reshard)")
             self._reshard_wanted_why = "Discord closed a shard with 4011 (sharding required)"
             self._reshard_wanted.set()
@@ -974,7 +1012,10 @@ class Supervisor:
                 target = round_up(current * 2, multiple)
             if not why:
                 continue
-            reply = self._start_reshard(target, dry_run=False)
+            if self.fleet_resharding is not None:  # the whole fleet (any host may start it)
+                reply = await self.fleet_resharding.request(target, dry_run=False)
+            else:
+                reply = self._start_reshard(target, dry_run=False)
             if isinstance(reply, ErrorReply):
                 log.error(
                     f"auto_reshard: {why}, but resharding to {target} is refused: {reply.error}"

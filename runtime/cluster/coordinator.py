@@ -72,8 +72,12 @@ class Coordinator:
         info: Callable[[], dict[str, Any]] = dict,
         where: str = "Redis",
         on_hosts: Callable[[dict[str, dict[str, Any]]], Awaitable[None]] | None = None,
+        space: str = "",
+        generation: int = 0,
+        hosts: HostRegistry | None = None,
     ) -> None:
-        keys = FleetKeys(fleet)
+        keys = FleetKeys(fleet, space)
+        self.space = space  # the generation of shards this coordinator keeps (FleetKeys)
         self.host = host
         self.shard_count = shard_count
         self.shards = shards
@@ -82,9 +86,14 @@ class Coordinator:
         self.info = info
         self.on_hosts = on_hosts  # told the live hosts each turn, before shards move
         self.leases = LeaseTable(redis, keys, host, lease_ttl, where=where)
-        self.hosts = HostRegistry(redis, keys, host, lease_ttl, where=where)
+        self.hosts = hosts or HostRegistry(redis, keys, host, lease_ttl, where=where)
         self.schedule = FleetIdentifySchedule(
-            redis, keys, max_concurrency, interval=identify_interval, where=where
+            redis,
+            keys,
+            max_concurrency,
+            interval=identify_interval,
+            where=where,
+            generation=generation,
         )
         self.owned: dict[int, _Owned] = {}
         self.live_hosts: dict[str, dict[str, Any]] = {}
@@ -101,11 +110,22 @@ class Coordinator:
     # -- the periodic turn --------------------------------------------------------------
 
     async def keep(self) -> None:
-        """One turn: renew, drop what was lost, hand over and take toward the share."""
+        """One turn: say this host lives, then renew, drop what was lost, hand over and
+        take toward the share."""
         try:
             self.live_hosts = await self.hosts.beat(self.info())
             if self.on_hosts is not None:  # e.g. the bus reaches every host before a take
                 await self.on_hosts(self.live_hosts)
+        except ClusterUnavailable as exc:
+            self._unavailable(exc)
+            return
+        await self.turn(self.live_hosts)
+
+    async def turn(self, live_hosts: dict[str, dict[str, Any]]) -> None:
+        """The leases' part of a turn, among ``live_hosts`` (as the last beat saw them): a
+        reshard's next generation takes its turn this way beside the running one's."""
+        self.live_hosts = live_hosts
+        try:
             holds = [o.hold for o in self.owned.values()]
             for lost, owner in await self.leases.renew(holds):
                 await self._lost(lost, owner)
@@ -118,10 +138,13 @@ class Coordinator:
                 log.info(f"cluster: Redis answers again; coordinating ({self.problem})")
             self.problem = ""
         except ClusterUnavailable as exc:
-            if not self.problem:
-                log.warning(f"cluster: {exc}")
-            self.problem = str(exc)
-            self._recovering = True
+            self._unavailable(exc)
+
+    def _unavailable(self, exc: ClusterUnavailable) -> None:
+        if not self.problem:
+            log.warning(f"cluster: {exc}")
+        self.problem = str(exc)
+        self._recovering = True
 
     async def _lost(self, lost: Hold, owner: str) -> None:
         """A hold that renewing found gone. Lapsed with nobody else on it (Redis, or this
@@ -176,10 +199,15 @@ class Coordinator:
             self.shards.start_shard(shard, checkpoint)
 
     def _published_elsewhere(self) -> dict[int, str]:
-        """Shards other live hosts say they run (their entry's status records)."""
+        """Shards of this generation other live hosts say they run (their entry's status
+        records: ``shards`` for the generation it runs, ``next.shards`` for the one a
+        reshard starts)."""
         running: dict[int, str] = {}
         for name, entry in self.live_hosts.items():
-            records = entry.get("shards")
+            records = entry.get("shards") if entry.get("generation", "") == self.space else None
+            upcoming = entry.get("next")
+            if isinstance(upcoming, dict) and upcoming.get("space") == self.space:
+                records = upcoming.get("shards")
             if name == self.host or not isinstance(records, list):
                 continue
             for record in records[: self.shard_count]:
@@ -279,12 +307,18 @@ class Coordinator:
 
     async def leave(self) -> None:
         """A clean stop (after the shards closed and checkpointed): let everything go."""
+        await self.release_all(also_host=True)
+
+    async def release_all(self, *, also_host: bool = False) -> None:
+        """Let every lease of this generation go (its shards are closed); with
+        ``also_host``, this host's entry too (it leaves the fleet)."""
         for task in list(self._identifying.values()):
             task.cancel()
         try:
             for owned in list(self.owned.values()):
                 await self.leases.release(owned.hold)
-            await self.hosts.leave()
+            if also_host:
+                await self.hosts.leave()
         except ClusterUnavailable as exc:
             log.warning(f"cluster: leaving without Redis ({exc}); the leases will expire")
         self.owned.clear()

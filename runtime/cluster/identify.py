@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from runtime.cluster.keys import FleetKeys
+from runtime.scheduler import GENERATION_SPAN
 
 __all__ = [
     "MARK_SENT",
@@ -146,11 +147,16 @@ class FleetIdentifySchedule:
         margin: float = 0.25,
         place_ttl: float = 5.0,
         where: str = "Redis",
+        generation: int = 0,
     ) -> None:
         self.redis = redis
         self.where = where  # how errors name the server (a redacted URL)
         self.keys = keys
         self.max_concurrency = max(1, max_concurrency)
+        # While the fleet reshards, two generations share the buckets: a shard's place in a
+        # queue is its id offset by a multiple of max_concurrency per generation, which
+        # keeps its bucket and tells it apart from the other generation's shard of that id.
+        self.offset = generation * self.max_concurrency * GENERATION_SPAN
         self.interval_ms = int((interval + margin) * 1000)
         self.place_ttl_ms = int(place_ttl * 1000)
         self._try = redis.register_script(TRY_GRANT)
@@ -163,7 +169,7 @@ class FleetIdentifySchedule:
         return await answer(call, self.where, consequence)
 
     def _bucket_keys(self, shard: int) -> list[str]:
-        bucket = shard % self.max_concurrency
+        bucket = shard % self.max_concurrency  # the same with the offset (a multiple)
         k = self.keys
         return [k.identify_queue(bucket), k.identify_alive(bucket), k.identify_next(bucket)]
 
@@ -171,7 +177,7 @@ class FleetIdentifySchedule:
         """Put ``shards`` in their buckets' queues before any of them asks (see JOIN)."""
         by_bucket: dict[int, list[int]] = {}
         for shard in shards:
-            by_bucket.setdefault(shard % self.max_concurrency, []).append(shard)
+            by_bucket.setdefault(shard % self.max_concurrency, []).append(shard + self.offset)
         for bucket, members in by_bucket.items():
             k = self.keys
             await self._call(
@@ -186,7 +192,7 @@ class FleetIdentifySchedule:
         outcome, wait_ms, budget = await self._call(
             self._try(
                 keys=[*self._bucket_keys(shard), self.keys.budget],
-                args=[str(shard), self.interval_ms, self.place_ttl_ms],
+                args=[str(shard + self.offset), self.interval_ms, self.place_ttl_ms],
             )
         )
         budget_left = None if int(budget) < 0 else int(budget)
@@ -202,7 +208,9 @@ class FleetIdentifySchedule:
 
     async def leave(self, shard: int) -> None:
         """The shard stopped waiting (it went away, or identifies elsewhere)."""
-        await self._call(self._leave(keys=self._bucket_keys(shard)[:2], args=[str(shard)]))
+        await self._call(
+            self._leave(keys=self._bucket_keys(shard)[:2], args=[str(shard + self.offset)])
+        )
 
     async def set_budget(self, remaining: int, resets_at_ms: int) -> None:
         """Discord's ``session_start_limit`` as fetched: the fleet's counter takes it."""

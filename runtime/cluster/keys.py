@@ -12,6 +12,9 @@ __all__ = ["FleetKeys"]
 @dataclass(frozen=True)
 class FleetKeys:
     fleet: str
+    # The generation of shards the shard keys belong to: "" for the fleet's first, "g{n}:"
+    # for the n-th reshard's (two generations run side by side while the fleet reshards).
+    space: str = ""
 
     @property
     def prefix(self) -> str:
@@ -42,11 +45,11 @@ class FleetKeys:
     def lease(self, shard: int) -> str:
         """String ``host|fence`` with a TTL: the host that owns the shard, and the fencing
         token of its hold (expires unless renewed)."""
-        return f"{self.prefix}shard:{shard}:lease"
+        return f"{self.prefix}{self.space}shard:{shard}:lease"
 
     def session(self, shard: int) -> str:
         """String: the shard's checkpoint (JSON, ipc.checkpoint), written only by its owner."""
-        return f"{self.prefix}shard:{shard}:session"
+        return f"{self.prefix}{self.space}shard:{shard}:session"
 
     @property
     def hosts(self) -> str:
@@ -57,6 +60,22 @@ class FleetKeys:
     def fence(self) -> str:
         """String: the fleet's fencing counter; every new hold on a shard takes the next."""
         return f"{self.prefix}fence"
+
+    @property
+    def generation(self) -> str:
+        """String: JSON {count, space, number}: the generation the fleet runs since its last
+        reshard (absent: the first, its count from the configuration or Discord)."""
+        return f"{self.prefix}generation"
+
+    @property
+    def generations(self) -> str:
+        """String: a counter; each reshard's generation takes the next number."""
+        return f"{self.prefix}generations"
+
+    @property
+    def reshard(self) -> str:
+        """String: JSON of the reshard under way (runtime/cluster/reshard.py), if any."""
+        return f"{self.prefix}reshard"
 
     @property
     def owner_token(self) -> str:

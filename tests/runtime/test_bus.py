@@ -11,7 +11,7 @@ from typing import Any
 
 import zmq
 
-from ipc.codec import SUBSCRIBE
+from ipc.codec import DUPLICATE, SUBSCRIBE
 from runtime.bus import EventBus, PeerAddress
 
 
@@ -201,6 +201,83 @@ def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
         publisher.send_multipart(message(b"MESSAGE_CREATE ", 100))
         assert receive(subs["a"])[1] == b"envelope-100"
         assert not subs["c"].poll(300)
+    finally:
+        for sock in list(_open):
+            sock.close(linger=0)
+        _open.clear()
+        ctx.term()
+        for bus in buses.values():
+            bus.join()
+
+
+def dispatch(n: int) -> list[bytes]:
+    """A gateway dispatch as a shard publishes it (the same message in either generation)."""
+    body = b'{"op":0,"t":"MESSAGE_CREATE","s":1,"d":{"id":"%d"}}' % n
+    return [b"MESSAGE_CREATE shard", b'{"kind":"dispatch","n":%d}' % n, body]
+
+
+def test_during_a_fleet_reshard_each_host_cuts_over_on_every_hosts_events(
+    tmp_path: Path,
+) -> None:
+    """Two buses as two hosts resharding: each pushes both generations' events to the other
+    tagged with their generation, and each host's own cut-over gives its application every
+    message once; a dispatch of a generation a host does not stage is not delivered."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    buses = {}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        buses[name] = EventBus(
+            ctx,
+            f"ipc://{tmp_path}/{name}/in.sock",
+            f"ipc://{tmp_path}/{name}/ev.sock",
+            peer_in=f"ipc://{tmp_path}/{name}/peers.sock",
+            host=name,
+            bus_in_b=f"ipc://{tmp_path}/{name}/in-b.sock",
+        )
+        buses[name].start()
+    try:
+        for name, bus in buses.items():
+            other = "b" if name == "a" else "a"
+            assert bus.set_peers({other: PeerAddress(f"ipc://{tmp_path}/{other}/peers.sock")}).wait(
+                5
+            )
+        app = socket(ctx, zmq.DEALER)
+        app.connect(f"ipc://{tmp_path}/a/ev.sock")
+        app.send_multipart([SUBSCRIBE, b"app", b""])
+        until(lambda: len(buses["a"].stats()) == 2)
+        old_on_a = socket(ctx, zmq.PUB)  # host a's running generation
+        old_on_a.connect(f"ipc://{tmp_path}/a/in.sock")
+        new_on_b = socket(ctx, zmq.PUB)  # host b's share of the next generation
+        new_on_b.connect(f"ipc://{tmp_path}/b/in-b.sock")
+        until(lambda: (old_on_a.send_multipart(message(b"PROBE", 0)), buses["a"].received)[1])
+        until(lambda: (new_on_b.send_multipart(message(b"PROBE", 0)), buses["b"].received)[1])
+        while app.poll(200):
+            app.recv_multipart()  # the probes
+        # Host b stages generation g1 first: its dispatches do not reach a's app before a does
+        assert buses["b"].reshard("begin", "a", 1 << 20, (b"", b"g1:")).wait(5)
+        new_on_b.send_multipart(dispatch(0))
+        until(lambda: buses["a"].other_generation == 1)
+        assert buses["a"].reshard("begin", "a", 1 << 20, (b"", b"g1:")).wait(5)
+        for n in (1, 2):  # both generations carry messages 1 and 2; only the new one has 3
+            old_on_a.send_multipart(dispatch(n))
+            new_on_b.send_multipart(dispatch(n))
+        new_on_b.send_multipart(dispatch(3))
+        got = [receive(app)[1] for _ in range(2)]
+        assert got == [b'{"kind":"dispatch","n":1}', b'{"kind":"dispatch","n":2}']
+        cutover = buses["a"].cutover
+        assert cutover is not None
+        until(lambda: cutover.staged == 3)
+        assert buses["a"].reshard("switch").wait(5)
+        after = [receive(app) for _ in range(3)]
+        assert [f[0] for f in after[:2]] == [DUPLICATE, DUPLICATE]  # 1 and 2, delivered already
+        assert after[2][1] == b'{"kind":"dispatch","n":3}'
+        old_on_a.send_multipart(dispatch(4))  # the old generation after the switch: not again
+        new_on_b.send_multipart(dispatch(4))
+        assert receive(app)[1] == b'{"kind":"dispatch","n":4}'
+        assert not app.poll(300)
+        assert buses["a"].reshard("finish").wait(5)
+        new_on_b.send_multipart(dispatch(5))  # g1 is host a's generation now
+        assert receive(app)[1] == b'{"kind":"dispatch","n":5}'
     finally:
         for sock in list(_open):
             sock.close(linger=0)

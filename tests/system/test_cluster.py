@@ -55,6 +55,7 @@ def host_config(
     apps: int = 0,
     voice: bool = False,
     ipc: dict[str, Any] | None = None,
+    shards: dict[str, Any] | None = None,
     **cluster: Any,
 ) -> Any:
     intents = ["guilds", "guild_messages"] + (["guild_voice_states"] if voice else [])
@@ -66,7 +67,7 @@ def host_config(
         {
             "apps": [{"module": "examples.bot", "processes": apps}] if apps else [],
             "discord": discord,
-            "shards": {"intents": intents},
+            "shards": {"intents": intents, **(shards or {})},
             "ipc": ipc or {"runtime_dir": str(root / name)},
             "restart": {"backoff_initial": 0.1, "hang_timeout": 5.0},
             "log": {"level": "warning"},
@@ -83,12 +84,17 @@ def host_config(
 
 @asynccontextmanager
 async def hosts(
-    emu: Emulator, redis: RedisServer, root: Path, names: list[str], apps: int = 0
+    emu: Emulator,
+    redis: RedisServer,
+    root: Path,
+    names: list[str],
+    apps: int = 0,
+    **shards: Any,
 ) -> AsyncIterator[dict[str, Supervisor]]:
     async with AsyncExitStack() as stack:
         running = {}
         for name in names:
-            config = host_config(emu, redis, root, name, apps)
+            config = host_config(emu, redis, root, name, apps, shards=shards)
             running[name] = await stack.enter_async_context(fleet_with(config, emu, root / name))
         yield running
 

@@ -1,0 +1,149 @@
+"""Resharding a fleet of two hosts through a real redis-server (docs/resharding.md): the
+new generation spread over both hosts, every host's applications switched with each guild's
+events once, the old generation closed everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from emulator import Emulator
+from ipc.client import CommandError
+from ipc.requests import Reshard, ReshardPlan
+from runtime.supervisor import Supervisor
+from tests.redisserver import RedisServer
+from tests.shards.helpers import eventually
+from tests.system.test_cluster import hosts, ready_everywhere, redis_server
+from tests.system.test_reshard import watching
+from tests.system.test_supervisor import emulator
+
+pytestmark = pytest.mark.slow
+
+__all__ = ["redis_server"]  # the fixture, used by name
+
+
+def resharded(running: dict[str, Supervisor], count: int) -> bool:
+    """Every host runs generation ``count`` and no other, the reshard over."""
+    return all(
+        sup.plan.shard_count == count
+        and sup.reshard_status is not None
+        and sup.reshard_status.state == "done"
+        and len(sup.generations) == 1
+        for sup in running.values()
+    )
+
+
+def old_sessions_open(emu: Emulator, count: int) -> int:
+    return len([s for s in emu.sessions() if s.shard_count == count and s.connection])
+
+
+async def test_two_hosts_reshard_8_to_16_and_an_app_misses_and_repeats_nothing(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with (
+        emulator(shards=8, max_concurrency=8) as emu,
+        hosts(emu, redis_server, tmp_path, ["a", "b"]) as running,
+    ):
+        await eventually(lambda: ready_everywhere(running, 8), timeout=60)
+        async with watching(emu, running["a"]) as counter:
+            dry = await counter.client.send(Reshard(count=16, dry_run=True))
+            assert isinstance(dry, ReshardPlan) and not dry.raw["started"]
+            identified = len(emu.gateway.identifies)
+            plan = await counter.client.send(Reshard(count=16))
+            assert isinstance(plan, ReshardPlan) and plan.raw["started"]
+            with pytest.raises(CommandError, match="under way"):
+                await counter.client.send(Reshard(count=24))
+            await eventually(lambda: resharded(running, 16), timeout=90)
+            assert ready_everywhere(running, 16)
+            held = {name: sorted(sup.workers) for name, sup in running.items()}
+            assert all(held.values()), f"the new shards are spread over both hosts: {held}"
+            await eventually(lambda: len(counter.resharded) == 1, timeout=10)
+            assert counter.resharded[0].raw == {"old_count": 8, "new_count": 16}
+            await counter.hears_every_guild(emu.world.guild_ids)  # from the new generation
+        assert counter.gaps_and_duplicates() == (0, 0)
+        new_identifies = emu.gateway.identifies[identified:]
+        assert len(new_identifies) == 16 and {r.shard_count for r in new_identifies} == {16}
+        assert all(r.outcome == "ready" for r in new_identifies)  # no 4011, no 4010
+        assert old_sessions_open(emu, 8) == 0  # generation 8 closed on both hosts
+
+
+async def test_a_fleet_reshard_aborted_half_way_leaves_both_hosts_shards_running(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # one bucket: the 16 new shards identify one after another, so an abort lands half-way
+    async with (
+        emulator(shards=8, max_concurrency=1) as emu,
+        hosts(emu, redis_server, tmp_path, ["a", "b"]) as running,
+    ):
+        await eventually(lambda: ready_everywhere(running, 8), timeout=60)
+        async with watching(emu, running["a"]) as counter:
+            before = {
+                name: {s: w.proc.pid for s, w in sup.workers.items() if w.proc}
+                for name, sup in running.items()
+            }
+            await counter.client.send(Reshard(count=16))
+            await eventually(lambda: 2 <= len([s for s in emu.sessions() if s.shard_count == 16]))
+            reply = await counter.client.send(Reshard(abort=True))
+            assert isinstance(reply, ReshardPlan) and not reply.raw["started"]
+            await eventually(
+                lambda: all(
+                    sup.reshard_status is not None
+                    and sup.reshard_status.state == "aborted"
+                    and len(sup.generations) == 1
+                    for sup in running.values()
+                ),
+                timeout=30,
+            )
+            assert {s.reshard_status.problem for s in running.values() if s.reshard_status} == {
+                "aborted on request"
+            }
+            after = {
+                name: {s: w.proc.pid for s, w in sup.workers.items() if w.proc}
+                for name, sup in running.items()
+            }
+            assert after == before  # the 8 shards' processes untouched
+            assert all(sup.plan.shard_count == 8 for sup in running.values())
+            assert ready_everywhere(running, 8) and counter.resharded == []
+            await counter.hears_every_guild(emu.world.guild_ids)
+        assert counter.gaps_and_duplicates() == (0, 0)
+        assert old_sessions_open(emu, 16) == 0
+
+
+async def test_a_4011_with_auto_reshard_grows_the_fleet_on_both_hosts_with_nothing_lost(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with (
+        emulator(shards=4, max_concurrency=2, max_guilds_per_shard=9) as emu,
+        hosts(emu, redis_server, tmp_path, ["a", "b"], auto_reshard=True) as running,
+    ):
+        await eventually(lambda: ready_everywhere(running, 4), timeout=60)
+        async with watching(emu, running["b"]) as counter:
+            await emu.join_guilds(12)  # 36 guilds: some shard holds more than 9
+            await eventually(lambda: resharded(running, 8), timeout=90)
+            assert ready_everywhere(running, 8)
+            await eventually(lambda: len(counter.resharded) == 1, timeout=10)
+            assert counter.resharded[0].raw == {"old_count": 4, "new_count": 8}
+            await counter.hears_every_guild(emu.world.guild_ids)
+        assert not any(sup.fatal_message for sup in running.values())  # nobody stopped
+        assert any(s.invalid for s in emu.sessions() if s.shard_count == 4)  # the 4011 came
+        assert counter.gaps_and_duplicates() == (0, 0)
+
+
+async def test_a_fleet_reshard_the_budget_cannot_cover_is_refused_with_the_numbers(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with (
+        emulator(shards=8, max_concurrency=8, session_start_remaining=12) as emu,
+        hosts(emu, redis_server, tmp_path, ["a", "b"]) as running,
+    ):
+        await eventually(lambda: ready_everywhere(running, 8), timeout=60)
+        async with watching(emu, running["a"]) as counter:
+            with pytest.raises(
+                CommandError, match=r"needs 16 IDENTIFYs and Discord allows \d+ more"
+            ):
+                await counter.client.send(Reshard(count=16))
+            with pytest.raises(CommandError, match="not a multiple of 8"):
+                await counter.client.send(Reshard(count=12))
+        assert all(sup.reshard_status is None for sup in running.values())
+        assert len(emu.gateway.identifies) == 8
