@@ -9,13 +9,18 @@ every guild the whole time, one subscriber reading the bus; then `shardline.resh
   and the latency from the shard's receipt to the subscriber (p50, p99, max) before, during
   and after the switch.
 
+With ``--hosts N`` (N > 1) the fleet is N `shardline run` processes, one real redis-server
+(``[cluster]``, lease_ttl 3 s), the subscriber on the first host, the reshard asked of it.
+
     .venv/bin/python bench/reshard.py [--from 4] [--to 8] [--concurrency 2] [--interval 5]
+                                      [--hosts 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -37,6 +42,8 @@ from ipc.client import request_sync  # noqa: E402
 from ipc.codec import DUPLICATE, SUBSCRIBE, Envelope  # noqa: E402
 from ipc.requests import GetStatus, Reshard, StatusReply  # noqa: E402
 from runtime.scheduler import startup_seconds  # noqa: E402
+from tests.redisserver import RedisServer  # noqa: E402
+from tests.system.test_cluster import HostProcess  # noqa: E402
 
 
 def tree_rss_mb(root: int) -> float:
@@ -135,22 +142,36 @@ async def main_async(args: argparse.Namespace) -> None:
         rules=rules,
         world=WorldConfig(guilds=args.guilds, large_share=0.0),
     )
-    with tempfile.TemporaryDirectory(prefix="shardline-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="shardline-bench-"))
+        redis = stack.enter_context(RedisServer()) if args.hosts > 1 else None
         run = Path(tmp) / "run"
         async with Emulator(config) as emu:
-            path = Path(tmp) / "shardline.toml"
-            path.write_text(
-                f'[discord]\nrest_url = "{emu.rest_url}"\n'
-                '[shards]\nintents = ["guilds", "guild_messages"]\n'
-                f'[ipc]\nruntime_dir = "{run}"\n[log]\nlevel = "warning"\n'
-            )
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "runtime.cli", "run", "--config", str(path),
-                 "--identify-interval", str(args.interval)],
-                env={**os.environ, "DISCORD_TOKEN": emu.rules.token},
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            hosts: list[HostProcess] = []
+            if redis is not None:
+                hosts = [
+                    HostProcess(emu, redis, Path(tmp), f"h{n}", args.interval)
+                    for n in range(args.hosts)
+                ]
+                procs = [h.proc for h in hosts]
+                run = hosts[0].runtime_dir
+            else:
+                path = Path(tmp) / "shardline.toml"
+                path.write_text(
+                    f'[discord]\nrest_url = "{emu.rest_url}"\n'
+                    '[shards]\nintents = ["guilds", "guild_messages"]\n'
+                    f'[ipc]\nruntime_dir = "{run}"\n[log]\nlevel = "warning"\n'
+                )
+                procs = [subprocess.Popen(
+                    [sys.executable, "-m", "runtime.cli", "run", "--config", str(path),
+                     "--identify-interval", str(args.interval)],
+                    env={**os.environ, "DISCORD_TOKEN": emu.rules.token},
+                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )]  # fmt: skip
             commands = f"ipc://{run}/commands.sock"
+
+            def rss() -> float:
+                return sum(tree_rss_mb(proc.pid) for proc in procs)
 
             def status() -> dict[str, Any]:
                 try:
@@ -163,30 +184,32 @@ async def main_async(args: argparse.Namespace) -> None:
             stop = asyncio.Event()
             talk: asyncio.Task[int] | None = None
             try:
-                while not (s := await asyncio.to_thread(status)) or not all(
-                    x["state"] == "ready" for x in s["shards"]
+                while (
+                    not (s := await asyncio.to_thread(status))
+                    or not all(x["state"] == "ready" for x in s["shards"])
+                    or len(s["shards"]) < args.source
                 ):
                     await asyncio.sleep(0.2)
                 subscriber = Subscriber(f"ipc://{run}/events.sock")
                 subscriber.start()
                 talk = asyncio.create_task(chatter(emu, stop, args.rate))
                 await asyncio.sleep(3.0)  # a steady state to compare with
-                before = tree_rss_mb(proc.pid)
+                before = rss()
                 asked = time.monotonic()
                 reply = await asyncio.to_thread(request_sync, commands, Reshard(count=args.target))
                 if not reply.raw.get("started"):
                     raise SystemExit(f"refused: {reply.raw}")
                 peak, switched_at, state = before, 0.0, ""
                 while state not in ("done", "aborted"):
-                    peak = max(peak, tree_rss_mb(proc.pid))
+                    peak = max(peak, rss())
                     state = ((await asyncio.to_thread(status)).get("reshard") or {}).get(
                         "state", ""
                     )
-                    if state in ("switched", "done") and not switched_at:
+                    if state in ("switched", "switching", "done") and not switched_at:
                         switched_at = time.monotonic()
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(3.0)
-                after = tree_rss_mb(proc.pid)
+                after = rss()
                 stop.set()
                 sent = await talk
                 talk = None
@@ -197,22 +220,26 @@ async def main_async(args: argparse.Namespace) -> None:
                 if subscriber is not None:
                     subscriber.stop.set()
                     subscriber.join(5)
-                proc.terminate()
-                proc.wait(60)
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.wait(60)
             assert subscriber is not None
             bound = startup_seconds(args.target, args.concurrency, args.interval)
             took = switched_at - asked
             gaps, duplicates = subscriber.gaps_and_duplicates()
             lat = subscriber.latencies
+            where = "one host" if redis is None else f"{args.hosts} hosts through Redis"
             print(
-                f"reshard {args.source} -> {args.target} (max_concurrency {args.concurrency}, "
+                f"reshard {args.source} -> {args.target} on {where} "
+                f"(max_concurrency {args.concurrency}, "
                 f"identify every {args.interval:g} s, {args.guilds} guilds, chatter "
                 f"{args.rate:g}/s): state {state}; request to switch {took:.2f} s against an "
                 f"identify bound of {bound:.2f} s for {args.target} shards "
                 f"(+{took - bound:.2f} s: the first round's start, READY and guilds)"
             )
             print(
-                f"memory (supervisor + shard processes, RSS): {before:.0f} MB before, "
+                f"memory (supervisors + shard processes, RSS): {before:.0f} MB before, "
                 f"peak {peak:.0f} MB during the overlap (+{peak - before:.0f} MB), "
                 f"{after:.0f} MB after"
             )
@@ -240,6 +267,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="identify interval (s)")
     parser.add_argument("--guilds", type=int, default=64)
     parser.add_argument("--rate", type=float, default=200.0, help="chatter, messages/s")
+    parser.add_argument("--hosts", type=int, default=1, help="hosts (>1: a [cluster] fleet)")
     args = parser.parse_args()
     if min(args.source, args.target, args.concurrency, args.guilds) < 1 or args.rate <= 0:
         parser.error("counts must be positive")
