@@ -139,6 +139,7 @@ class AppRecord(_Record):
     state: str  # running, restarting
     restarts: int
     pid: int | None
+    host: str = ""  # in a multi-host fleet: the host that runs it ("" on a single host)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Any
 from ipc.checkpoint import Checkpoint
 from ipc.control import IdentifyPermit, ResumePermit
 from ipc.messages import Message
-from ipc.status import BudgetRecord, HostRecord, ShardRecord
+from ipc.status import AppRecord, BudgetRecord, HostRecord, ShardRecord
 from runtime.cluster.coordinator import Coordinator
 from runtime.cluster.fleet import FleetClaimError, claim_fleet, connect
 from runtime.cluster.hosts import HostRegistry
@@ -29,6 +29,7 @@ from runtime.wiring import StartupError
 __all__ = ["ClusterHost"]
 
 log = logging.getLogger("shardline.supervisor")
+MAX_PUBLISHED_APPS = 256  # application processes read from another host's entry
 
 
 class ClusterHost:
@@ -252,6 +253,24 @@ class ClusterHost:
             else coordinator.budget_resets_at_ms / 1000,
         )
         return hosts, remote, budget
+
+    def remote_apps(self) -> list[AppRecord]:
+        """The other hosts' application processes, as they published them at the last turn."""
+        coordinator = self.coordinator
+        if coordinator is None:
+            return []
+        out: list[AppRecord] = []
+        for name, entry in coordinator.live_hosts.items():
+            records = entry.get("app_records")
+            if name == self.host or not isinstance(records, list):
+                continue
+            for raw in records[:MAX_PUBLISHED_APPS]:
+                try:
+                    record = AppRecord.from_json(raw)
+                except (ValueError, TypeError):
+                    continue  # another host's report is outside input: a bad one is left out
+                out.append(dataclasses.replace(record, host=name))
+        return out
 
     # -- the coordinator's decisions, carried to the shard processes (ShardHost) ----------
 

@@ -34,6 +34,7 @@ from ipc.events import Resharded
 from ipc.messages import Accepted, ErrorCode, ErrorReply, GatewayCommand, Reply, Routed
 from ipc.requests import (
     MAX_SERVED_TYPES,
+    VIA,
     Deploy,
     Deploying,
     GetStatus,
@@ -625,6 +626,7 @@ class Supervisor:
             ),
             "serves": self.desk.served_types()[:MAX_SERVED_TYPES],
             "apps": [list(app.slot) for app in self.apps if not app.retired],
+            "app_records": [record.to_json() for record in self.app_fleet.records()],
             "voice": sorted(self.voices.sessions)[:MAX_PUBLISHED_VOICE],
         }
 
@@ -725,13 +727,37 @@ class Supervisor:
     # -- deploying new application code (docs/resharding.md) --------------------------------
 
     async def _on_deploy(self, command: Deploy, options: Options) -> Reply:
+        """This host's application processes, and in a fleet every other host's too (the
+        request goes on to each, once): each host replaces its own, one at a time."""
         if self._deploy_task is not None and not self._deploy_task.done():
             return ErrorReply.of(ErrorCode.UNAVAILABLE, "a deploy is under way")
         apps = [app for app in self.apps if app.proc is not None and not app.retired]
-        if not apps:
+        names = [f"{app.module}[{app.index}]" for app in apps]
+        if self.peer_commands is not None and VIA not in options:
+            names += await self._deploy_elsewhere()
+        if not names:
             return ErrorReply.of(ErrorCode.UNAVAILABLE, "no application process runs here")
-        self._deploy_task = asyncio.get_running_loop().create_task(self._deploy(apps))
-        return Deploying(apps=[f"{app.module}[{app.index}]" for app in apps])
+        if apps:
+            self._deploy_task = asyncio.get_running_loop().create_task(self._deploy(apps))
+        return Deploying(apps=names)
+
+    async def _deploy_elsewhere(self) -> list[str]:
+        """``shardline.deploy`` handed to every other live host; the processes they replace
+        (a host that cannot is logged, and its processes are left as they are)."""
+        assert self.peer_commands is not None
+        request = RawRequest(b"", Deploy.type_name, {}, {}, b"{}")
+        hosts = sorted(self._peers)
+        bodies = await asyncio.gather(
+            *(self.peer_commands.forward(h, request, f"host {h} runs apps") for h in hosts)
+        )
+        names: list[str] = []
+        for host, body in zip(hosts, bodies, strict=True):
+            reply = Reply.decode(body, Deploying)
+            if isinstance(reply, Deploying):
+                names += [str(a) for a in reply.raw.get("apps", [])][:MAX_SUBSCRIBERS]
+            elif "no application process" not in str(reply.raw.get("message", "")):
+                log.warning(f"deploy: host {host} does not deploy: {reply.raw}")
+        return names
 
     async def _deploy(self, apps: list[AppWorker]) -> None:
         """One application process at a time: its replacement subscribed, then it stops."""
@@ -1041,10 +1067,13 @@ class Supervisor:
         hosts: list[HostRecord] = []
         budget: BudgetRecord | None = None
         remaining = self.scheduler.remaining
+        apps = self.app_fleet.records()
         if self.cluster is not None:
             hosts, remote, budget = self.cluster.view()
             local = [dataclasses.replace(r, host=self.cluster.host) for r in shards]
             shards = sorted([*local, *remote], key=lambda r: r.id)
+            mine = [dataclasses.replace(r, host=self.cluster.host) for r in apps]
+            apps = sorted([*mine, *self.cluster.remote_apps()], key=lambda r: r.index)
             if budget is not None and budget.remaining is not None:
                 remaining = budget.remaining
         live = {k: v for k, v in self.subscribers.items() if now - v["at"] < 10}
@@ -1062,7 +1091,7 @@ class Supervisor:
             identifies_remaining=remaining,
             uptime=round(now - self.started, 1),
             shards=shards,
-            apps=self.app_fleet.records(),
+            apps=apps,
             voice=self.voices.records(),
             hosts=hosts,
             budget=budget,

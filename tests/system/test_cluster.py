@@ -56,6 +56,7 @@ def host_config(
     voice: bool = False,
     ipc: dict[str, Any] | None = None,
     shards: dict[str, Any] | None = None,
+    app_module: str = "examples.bot",
     **cluster: Any,
 ) -> Any:
     intents = ["guilds", "guild_messages"] + (["guild_voice_states"] if voice else [])
@@ -65,7 +66,7 @@ def host_config(
         discord["ca_file"] = emu.voice.ca_file  # the emulator's voice certificate
     return parse_config(
         {
-            "apps": [{"module": "examples.bot", "processes": apps}] if apps else [],
+            "apps": [{"module": app_module, "processes": apps}] if apps else [],
             "discord": discord,
             "shards": {"intents": intents, **(shards or {})},
             "ipc": ipc or {"runtime_dir": str(root / name)},
@@ -89,12 +90,13 @@ async def hosts(
     root: Path,
     names: list[str],
     apps: int = 0,
+    app_module: str = "examples.bot",
     **shards: Any,
 ) -> AsyncIterator[dict[str, Supervisor]]:
     async with AsyncExitStack() as stack:
         running = {}
         for name in names:
-            config = host_config(emu, redis, root, name, apps, shards=shards)
+            config = host_config(emu, redis, root, name, apps, shards=shards, app_module=app_module)
             running[name] = await stack.enter_async_context(fleet_with(config, emu, root / name))
         yield running
 

@@ -1,21 +1,25 @@
-"""Resharding a fleet of two hosts through a real redis-server (docs/resharding.md): the
-new generation spread over both hosts, every host's applications switched with each guild's
-events once, the old generation closed everywhere."""
+"""Resharding and deploying a fleet of two hosts through a real redis-server
+(docs/resharding.md): the new generation spread over both hosts, every host's applications
+switched with each guild's events once, the old generation closed everywhere; a deploy asked
+of one host replaces every host's application processes."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
 from emulator import Emulator
-from ipc.client import CommandError
-from ipc.requests import Reshard, ReshardPlan
+from ipc.client import Client, CommandError
+from ipc.requests import Deploy, Deploying, Reshard, ReshardPlan
 from runtime.supervisor import Supervisor
 from tests.redisserver import RedisServer
 from tests.shards.helpers import eventually
 from tests.system.test_cluster import hosts, ready_everywhere, redis_server
-from tests.system.test_reshard import watching
+from tests.system.test_deploy_apps import APP, handled
+from tests.system.test_reshard import chatter, watching
 from tests.system.test_supervisor import emulator
 
 pytestmark = pytest.mark.slow
@@ -147,3 +151,76 @@ async def test_a_fleet_reshard_the_budget_cannot_cover_is_refused_with_the_numbe
                 await counter.client.send(Reshard(count=12))
         assert all(sup.reshard_status is None for sup in running.values())
         assert len(emu.gateway.identifies) == 8
+
+
+async def test_a_deploy_asked_of_one_host_replaces_every_hosts_app_processes(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`shardline deploy` on host a: the fleet's two application processes (one per host)
+    are both replaced by the code on disk now while messages flow, and every message of
+    every guild is handled by one of them."""
+    (tmp_path / "deployapp.py").write_text(APP.format(version=1))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("DEPLOY_LOG", str(tmp_path / "handled"))
+    async with (
+        emulator(shards=4, max_concurrency=4) as emu,
+        hosts(emu, redis_server, tmp_path, ["a", "b"], apps=2, app_module="deployapp") as running,
+    ):
+        await eventually(lambda: ready_everywhere(running, 4), timeout=60)
+
+        def app_pids() -> dict[str, set[int]]:
+            return {
+                name: {a.proc.pid for a in sup.apps if a.proc and not a.retired}
+                for name, sup in running.items()
+            }
+
+        await eventually(lambda: all(len(p) == 1 for p in app_pids().values()), timeout=60)
+        first = app_pids()
+        running_now = set().union(*first.values())  # (a host alone at first ran both)
+        await eventually(lambda: set(handled(tmp_path)) >= running_now, timeout=30)
+        stop = asyncio.Event()
+        talk = asyncio.create_task(chatter(emu, stop))
+        client = Client(running["a"].endpoints.events, running["a"].endpoints.commands)
+        try:
+            (tmp_path / "deployapp.py").write_text(APP.format(version=2))  # the new code
+            reply = await client.send(Deploy())
+            assert isinstance(reply, Deploying)
+            assert sorted(reply.raw["apps"]) == ["deployapp[0]", "deployapp[1]"]
+            await eventually(
+                lambda: all(
+                    len(now) == 1 and not now & first[name] for name, now in app_pids().items()
+                ),
+                timeout=60,
+            )
+            new = set().union(*app_pids().values())
+            await eventually(
+                lambda: all(handled(tmp_path).get(pid, (set(), {}))[0] == {2} for pid in new),
+                timeout=30,
+            )
+            await eventually(  # status on any host shows the fleet's, each with its host
+                lambda: (
+                    {(a["host"], a["pid"]) for a in running["a"].status().to_json()["apps"]}
+                    == {(name, pid) for name, pids in app_pids().items() for pid in pids}
+                ),
+                timeout=10,
+            )
+        finally:
+            stop.set()
+            await talk
+            client.close()
+
+        def union() -> dict[str, set[int]]:
+            together: dict[str, set[int]] = {}
+            for _, guilds in handled(tmp_path).values():
+                for guild, numbers in guilds.items():
+                    together.setdefault(guild, set()).update(numbers)
+            return together
+
+        await eventually(
+            lambda: all(
+                union().get(str(g), set()) == set(range(1, emu.world.messages_in(g) + 1))
+                for g in emu.world.guild_ids
+            ),
+            timeout=30,
+        )
+        assert all(a.restarts == 0 for sup in running.values() for a in sup.apps)
