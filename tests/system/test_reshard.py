@@ -98,46 +98,46 @@ async def watching(emu: Emulator, sup: Supervisor) -> AsyncIterator[GuildCounter
         client.close()
 
 
-async def test_resharding_4_to_8_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    async with emulator(shards=4, max_concurrency=2) as emu, fleet(emu, tmp_path) as sup:
+async def test_resharding_8_to_16_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    async with emulator(shards=8, max_concurrency=8) as emu, fleet(emu, tmp_path) as sup:
         await eventually(lambda: all_ready(sup), timeout=30)
         async with watching(emu, sup) as counter:
             client = counter.client
-            dry = await client.send(Reshard(count=8, dry_run=True))
+            dry = await client.send(Reshard(count=16, dry_run=True))
             assert isinstance(dry, ReshardPlan) and not dry.raw["started"]
-            assert dry.raw["identifies"] == 8 and dry.raw["current"] == 4
+            assert dry.raw["identifies"] == 16 and dry.raw["current"] == 8
             identified = len(emu.gateway.identifies)
-            plan = await client.send(Reshard(count=8))
+            plan = await client.send(Reshard(count=16))
             assert isinstance(plan, ReshardPlan) and plan.raw["started"]
             with pytest.raises(CommandError, match="under way"):
-                await client.send(Reshard(count=16))
+                await client.send(Reshard(count=24))
             await eventually(
                 lambda: sup.reshard_status is not None and sup.reshard_status.state == "done",
                 timeout=60,
             )
-            assert sup.plan.shard_count == 8 and sorted(sup.workers) == list(range(8))
+            assert sup.plan.shard_count == 16 and sorted(sup.workers) == list(range(16))
             await eventually(lambda: len(counter.resharded) == 1, timeout=10)
-            assert counter.resharded[0].raw == {"old_count": 4, "new_count": 8}
+            assert counter.resharded[0].raw == {"old_count": 8, "new_count": 16}
             await counter.hears_every_guild(emu.world.guild_ids)  # from the new generation
         assert counter.gaps_and_duplicates() == (0, 0)
         new_identifies = emu.gateway.identifies[identified:]
-        assert len(new_identifies) == 8 and {r.shard_count for r in new_identifies} == {8}
-        assert all(r.outcome == "ready" for r in new_identifies)
-        assert not [s for s in emu.sessions() if s.shard_count == 4 and s.connection]  # closed
+        assert len(new_identifies) == 16 and {r.shard_count for r in new_identifies} == {16}
+        assert all(r.outcome == "ready" for r in new_identifies)  # no 4011, no 4010
+        assert not [s for s in emu.sessions() if s.shard_count == 8 and s.connection]  # closed
         assert sup.status().to_json()["reshard"]["state"] == "done"
 
 
 async def test_an_aborted_reshard_leaves_the_running_shards_untouched(tmp_path: Path) -> None:
-    # the new shards identify one a second per bucket: an abort lands half-way
-    async with emulator(shards=4, max_concurrency=1, identify_interval=1.0) as emu:
+    # the new shards identify one every half second: an abort lands half-way
+    async with emulator(shards=8, max_concurrency=1, identify_interval=0.5) as emu:
         async with fleet(emu, tmp_path) as sup:
-            sup.scheduler.interval = 1.0
+            sup.scheduler.interval = 0.5
             await eventually(lambda: all_ready(sup), timeout=60)
             async with watching(emu, sup) as counter:
                 before = {s: w.proc.pid for s, w in sup.workers.items() if w.proc}
-                await counter.client.send(Reshard(count=8))
+                await counter.client.send(Reshard(count=16))
                 await eventually(
-                    lambda: 2 <= len([s for s in emu.sessions() if s.shard_count == 8]), 30
+                    lambda: 2 <= len([s for s in emu.sessions() if s.shard_count == 16]), 30
                 )
                 reply = await counter.client.send(Reshard(abort=True))
                 assert isinstance(reply, ReshardPlan) and not reply.raw["started"]
@@ -149,12 +149,12 @@ async def test_an_aborted_reshard_leaves_the_running_shards_untouched(tmp_path: 
                 )
                 assert sup.reshard_status is not None
                 assert sup.reshard_status.problem == "aborted on request"
-                assert sup.plan.shard_count == 4
+                assert sup.plan.shard_count == 8
                 assert {s: w.proc.pid for s, w in sup.workers.items() if w.proc} == before
                 assert all_ready(sup) and counter.resharded == []
                 await counter.hears_every_guild(emu.world.guild_ids)
             assert counter.gaps_and_duplicates() == (0, 0)
-            assert not [s for s in emu.sessions() if s.shard_count == 8 and s.connection]
+            assert not [s for s in emu.sessions() if s.shard_count == 16 and s.connection]
 
 
 async def test_a_reshard_the_budget_cannot_cover_is_refused_with_the_numbers(
