@@ -169,14 +169,18 @@ class ClusterHost:
     async def stop(self) -> None:
         """After the shards closed resumably: their checkpoints written, the leases and this
         host's entry released, Redis closed."""
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=5.0)
+        await self.settle()
         for task in list(self._tasks):
             task.cancel()
         if self.coordinator is not None:
             await self.coordinator.leave()
         await self._close_redis()
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait (a while) for what is under way with Redis: the last checkpoints written."""
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     async def close(self) -> None:
         """The supervisor is ending on an error: close Redis (the leases expire by

@@ -324,6 +324,18 @@ class FleetResharding:
         sup.reshard_status = record(_target(taking.record), taking.record.target, "done")
         sup.progress(f"reshard: generation of {old_count} closed on this host")
 
+    async def shutdown(self) -> None:
+        """The supervisor stops during a reshard: this host's new shards close resumably
+        (their checkpoints in Redis) and their leases go, so that the other hosts take and
+        resume them; the reshard goes on without this host."""
+        taking, self.taking = self.taking, None
+        if taking is None:
+            return
+        assert taking.host.coordinator is not None
+        await taking.fleet.shutdown()
+        await taking.host.settle()  # their final checkpoints written under the leases
+        await taking.host.coordinator.release_all()
+
     # -- the driver ---------------------------------------------------------------------------
 
     async def _drive(self, under_way: FleetReshard, step: Step) -> None:

@@ -328,11 +328,12 @@ class ShardFleet:
         """Every shard closes resumably and checkpoints (``Shutdown``), then whatever is
         left after the grace period is ended."""
         self.stopping.set()
-        for worker in self.workers.values():
+        workers = list(self.workers.values())  # (a lease taken meanwhile starts nothing)
+        for worker in workers:
             worker.stopping = True
             self.send(f"shard:{worker.shard}", Shutdown())
         deadline = time.monotonic() + SHUTDOWN_GRACE
-        for worker in self.workers.values():
+        for worker in workers:
             proc = worker.proc
             if proc is None:
                 continue

@@ -405,6 +405,8 @@ class Supervisor:
             self.reshard_abort.set()
             await asyncio.wait([task], timeout=30.0)
         await self.shards.shutdown()
+        if self.fleet_resharding is not None:  # this host's new shards, for others to resume
+            await self.fleet_resharding.shutdown()
         if self.cluster is not None:  # the final checkpoints go to Redis, then the leases
             await self.cluster.stop()
         await apps

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,10 @@ from ipc.requests import Deploy, Deploying, Reshard, ReshardPlan
 from runtime.supervisor import Supervisor
 from tests.redisserver import RedisServer
 from tests.shards.helpers import eventually
-from tests.system.test_cluster import hosts, ready_everywhere, redis_server
+from tests.system.test_cluster import host_config, hosts, ready_everywhere, redis_server
 from tests.system.test_deploy_apps import APP, handled
 from tests.system.test_reshard import chatter, watching
-from tests.system.test_supervisor import emulator
+from tests.system.test_supervisor import emulator, fleet_with
 
 pytestmark = pytest.mark.slow
 
@@ -224,3 +225,42 @@ async def test_a_deploy_asked_of_one_host_replaces_every_hosts_app_processes(
             timeout=30,
         )
         assert all(a.restarts == 0 for sup in running.values() for a in sup.apps)
+
+
+async def test_a_host_that_stops_during_a_reshard_leaves_its_new_shards_to_the_other(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Host b stops while the new generation identifies: its new shards close resumably and
+    host a resumes them; the reshard ends on host a alone, nothing lost or doubled."""
+    async with emulator(shards=8, max_concurrency=1) as emu:
+        config_a = host_config(emu, redis_server, tmp_path, "a")
+        config_b = host_config(emu, redis_server, tmp_path, "b")
+        async with fleet_with(config_a, emu, tmp_path / "a") as host_a:
+            running = {"a": host_a}
+            async with AsyncExitStack() as stack:
+                running["b"] = await stack.enter_async_context(
+                    fleet_with(config_b, emu, tmp_path / "b")
+                )
+                await eventually(lambda: ready_everywhere(running, 8), timeout=60)
+                # b's shards are taken over: what they replay is dropped by seq (dedupe)
+                async with watching(emu, host_a, dedupe=True) as counter:
+                    await counter.client.send(Reshard(count=16))
+                    fleet_b = running["b"].fleet_resharding
+                    assert fleet_b is not None
+                    await eventually(
+                        lambda: (
+                            fleet_b.taking is not None
+                            and any(
+                                w.state.value == "ready"
+                                for w in fleet_b.taking.fleet.workers.values()
+                            )
+                        ),
+                        timeout=60,
+                    )
+                    await stack.aclose()  # host b stops, half-way
+                    del running["b"]
+                    await eventually(lambda: resharded(running, 16), timeout=120)
+                    assert sorted(host_a.workers) == list(range(16))
+                    await counter.hears_every_guild(emu.world.guild_ids)
+            assert counter.gaps_and_duplicates() == (0, 0)
+            assert old_sessions_open(emu, 8) == 0

@@ -76,10 +76,13 @@ class GuildCounter:
 
 
 @asynccontextmanager
-async def watching(emu: Emulator, sup: Supervisor) -> AsyncIterator[GuildCounter]:
+async def watching(
+    emu: Emulator, sup: Supervisor, dedupe: bool = False
+) -> AsyncIterator[GuildCounter]:
     """An application counting every guild's messages while chatter flows, from before
-    the block (each guild heard once) to after it."""
-    client = Client(sup.endpoints.events, sup.endpoints.commands)
+    the block (each guild heard once) to after it (``dedupe``: dropping what a session
+    replays after a takeover, by seq, as an application of a fleet does)."""
+    client = Client(sup.endpoints.events, sup.endpoints.commands, dedupe=dedupe)
     counter = GuildCounter(client)
     client.connect()
     reader = asyncio.create_task(client.run())
