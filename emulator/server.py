@@ -181,9 +181,10 @@ class Emulator:
         return added
 
     async def message(
-        self, guild_id: int | None = None, content: str | None = None, *, size: int = 1024
+        self, guild_id: int | None = None, content: str | None = None, *, size: int | None = None
     ) -> list[int]:
-        """Inject a realistic MESSAGE_CREATE in ``guild_id`` (None: a DM)."""
+        """Inject a MESSAGE_CREATE in ``guild_id`` (None: a DM), shaped like Discord's
+        (emulator/feed.py; ``size``: plain text padded to that many bytes instead)."""
         data = self.world.message(guild_id, content, size=size)
         return await self.inject("MESSAGE_CREATE", data, guild_id=guild_id)
 
@@ -194,7 +195,7 @@ class Emulator:
         rate: float,
         count: int,
         t: str = "MESSAGE_CREATE",
-        size: int = 1024,
+        size: int | None = None,
     ) -> asyncio.Task[int]:
         """Send ``count`` dispatches to ``shard`` at ``rate`` per second (absolute schedule,
         so rate holds on average). The task's result is how many were sent."""
@@ -203,7 +204,7 @@ class Emulator:
         task.add_done_callback(self._streams.discard)
         return task
 
-    async def _stream(self, shard: int, rate: float, count: int, t: str, size: int) -> int:
+    async def _stream(self, shard: int, rate: float, count: int, t: str, size: int | None) -> int:
         sessions = self.gateway.live_sessions(shard)
         if not sessions:
             raise LookupError(f"no live session for shard {shard}")
@@ -508,14 +509,20 @@ class Emulator:
         return json_response(200, result)
 
     async def _control_blast(self, shard: int, body: dict[str, Any]) -> dict[str, Any]:
-        """``{"shard", "count", "kind": "message"|"guild", "size"?}``: benchmark feed."""
+        """``{"shard", "count", "kind": "message"|"guild", "feed"?, "size"?}``: benchmark
+        feed. Messages are shaped like Discord's (``feed: "discord"``, the default), or
+        plain text padded to ``size`` bytes (``feed: "padded"``, the old uniform feed)."""
         count = int(body["count"])
         kind = body.get("kind", "message")
+        feed = body.get("feed", "discord")
+        if feed not in ("discord", "padded"):
+            raise ValueError(f"feed must be 'discord' or 'padded', not {feed!r}")
+        size = int(body.get("size", 1024)) if feed == "padded" else None
         if kind == "message":
-            gid = self.world.guild_ids[0]
+            guilds = self.world.guild_ids
             pool = [
-                orjson.dumps(self.world.message(gid, size=int(body.get("size", 1024))))
-                for _ in range(min(count, 500))
+                orjson.dumps(self.world.message(guilds[i % len(guilds)], size=size))
+                for i in range(min(count, 2000))
             ]
             t = "MESSAGE_CREATE"
         elif kind == "guild":

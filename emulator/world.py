@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import random
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from emulator.feed import avatar_hash, shape_message
 
 __all__ = [
     "DEFAULT_BOT_ID",
@@ -107,6 +110,7 @@ class World:
         # Each guild's messages are numbered, 1, 2, 3... in "shardline_guild_seq": whatever
         # shards or sessions carry them, a consumer can see a gap or a duplicate per guild.
         self._guild_seq: dict[int | None, int] = {}
+        self._recent: dict[int | None, deque[dict[str, Any]]] = {}  # for replies
         self.dm_channel_id = make_snowflake(_BASE_MS - 5_000_000, 2, 0, 7)
 
     # -- users and members ----------------------------------------------------------------
@@ -148,13 +152,16 @@ class World:
             "username": name,
             "discriminator": "0",
             "global_name": name.title(),
-            "avatar": None,
+            "avatar": avatar_hash(user_id),
             "bot": False,
             "system": False,
             "banner": None,
             "accent_color": None,
             "public_flags": 0,
             "avatar_decoration_data": None,
+            "clan": None,
+            "primary_guild": None,
+            "collectibles": None,
         }
 
     def member(self, guild_id: int, user: dict[str, Any], roles: list[str]) -> dict[str, Any]:
@@ -405,9 +412,12 @@ class World:
         *,
         author_index: int = 1,
         channel_id: int | None = None,
-        size: int = 1024,
+        size: int | None = None,
     ) -> dict[str, Any]:
-        """A MESSAGE_CREATE ``d``; without ``content`` its text pads the payload to ~``size``."""
+        """A MESSAGE_CREATE ``d``. Without ``content``: shaped like Discord's traffic
+        (emulator/feed.py: chat of varied length, a fifth with replies, mentions,
+        attachments, embeds...); with ``size``, plain text padded to ~``size`` bytes instead
+        (the old uniform feed, for comparison)."""
         self._message_counter += 1
         now_ms = _BASE_MS + 500_000_000 + self._message_counter
         message_id = make_snowflake(now_ms, 4, 0, self._message_counter)
@@ -441,17 +451,57 @@ class World:
             member = self.member(guild_id, author, [str(self._role_id(guild_id, 1))])
             del member["user"]
             data["member"] = member
-        if content is None:
+        data["channel_type"] = 1 if guild_id is None else 0
+        if content is None and size is not None:
             rng = random.Random(message_id)
             words: list[str] = []
             base = len(orjson.dumps(data))
             while base + sum(len(w) + 1 for w in words) < size:
                 words.append(rng.choice(_WORDS))
-            content = " ".join(words)
-        data["content"] = content
+            data["content"] = " ".join(words)
+        elif content is None:
+            gid = guild_id
+            shape_message(
+                random.Random(message_id),
+                data,
+                member_of=lambda index: self._member_of(gid, index),
+                earlier=lambda: self._earlier(gid, data),
+                next_id=lambda: make_snowflake(now_ms, 5, 0, self._next_counter()),
+            )
+        else:
+            data["content"] = content
+        self._remember(guild_id, data)
         seq = self._guild_seq[guild_id] = self._guild_seq.get(guild_id, 0) + 1
         data["shardline_guild_seq"] = seq
         return data
+
+    def _next_counter(self) -> int:
+        self._message_counter += 1
+        return self._message_counter
+
+    def _member_of(self, guild_id: int | None, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A member of the guild (its user, its member object), for mentions."""
+        assert guild_id is not None
+        user = self.user(self.user_id(guild_id, index % self._member_counts[guild_id]))
+        return user, self.member(guild_id, user, [str(self._role_id(guild_id, 1))])
+
+    def _earlier(self, guild_id: int | None, message: dict[str, Any]) -> dict[str, Any]:
+        """A recent message of the guild to reply to (as ``referenced_message`` carries it:
+        no member, no guild id), else one made up in the same channel."""
+        recent = self._recent.get(guild_id)
+        if recent:
+            return recent[len(recent) // 2]
+        made = {k: v for k, v in message.items() if k not in ("member", "guild_id")}
+        return {**made, "id": str(int(message["id"]) - 1_000_000), "content": "hi"}
+
+    def _remember(self, guild_id: int | None, message: dict[str, Any]) -> None:
+        recent = self._recent.setdefault(guild_id, deque(maxlen=20))
+        kept = {
+            k: v
+            for k, v in message.items()
+            if k not in ("member", "guild_id", "referenced_message", "shardline_guild_seq")
+        }
+        recent.append(kept)
 
     def messages_in(self, guild_id: int | None) -> int:
         """How many messages were generated in the guild (its last shardline_guild_seq)."""

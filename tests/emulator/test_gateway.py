@@ -397,7 +397,8 @@ async def test_stream_sends_count_dispatches() -> None:
         got = [await client.recv() for _ in range(200)]
         assert sent == 200
         assert [p["s"] for p in got] == list(range(2, 202))
-        assert all(900 <= len(orjson.dumps(p["d"])) <= 1200 for p in got)
+        sizes = [len(orjson.dumps(p["d"])) for p in got]  # Discord-shaped: ~1.3 KB
+        assert 900 <= sum(sizes) / len(sizes) <= 1700 and max(sizes) > 1500
 
 
 @pytest.mark.parametrize("compress", ["", "zstd-stream"])
