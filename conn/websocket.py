@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import ssl
@@ -323,6 +324,16 @@ class WebSocketTransport(asyncio.Protocol):
             and self.transport is not None
             and not self.transport.is_closing()
         )
+
+    def pause_reading(self) -> None:
+        """Read nothing more until :meth:`resume_reading` (the peer's data waits in TCP)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            with contextlib.suppress(RuntimeError):  # not paused: nothing to do
+                self.transport.resume_reading()
 
     def send(self, data: bytes, *, binary: bool = False) -> None:
         """Send one text (or binary) message. Raises ConnectionError when the socket is

@@ -27,6 +27,10 @@ __all__ = ["ControlLink", "EventPublisher", "NullPublisher"]
 
 _ctx: zmq.Context[Any] | None = None
 _MORE = int(zmq.SNDMORE)
+# Dispatches ZeroMQ may queue toward the bus before a shard holds the rest and pauses its
+# reading (shards/loop.py): a few MB of messages, so a burst the bus cannot take at once
+# waits in Discord's TCP stream, not in the shard's memory.
+PUBLISH_HWM = 1000
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 try:  # pyzmq's Cython send, without the Python wrapper: a third of the cost of a publish
@@ -65,8 +69,9 @@ class NullPublisher:
     async def wait_subscribed(self, timeout: float) -> bool:
         return True
 
-    def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> None:
+    def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> bool:
         self.published += 1
+        return True
 
     def event(self, event: Event) -> None:
         self.published += 1
@@ -80,7 +85,7 @@ class NullPublisher:
 class EventPublisher(NullPublisher):
     """XPUB connected to the bus's XSUB (or a test's SUB)."""
 
-    def __init__(self, endpoint: str, source: str, *, hwm: int = 100_000) -> None:
+    def __init__(self, endpoint: str, source: str, *, hwm: int = PUBLISH_HWM) -> None:
         super().__init__(source)
         sock = context().socket(zmq.XPUB)
         sock.setsockopt(zmq.SNDHWM, hwm)
@@ -105,7 +110,9 @@ class EventPublisher(NullPublisher):
             await asyncio.sleep(0.01)
         return False
 
-    def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> None:
+    def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> bool:
+        """Publish one dispatch; False (nothing sent) when ZeroMQ's queue to the bus is
+        full: the caller holds it and tries again (shards/loop.py)."""
         topic = self._topics.get(t)
         if topic is None:
             topic = self._topics[t] = topic_for(t, self.source)
@@ -125,11 +132,11 @@ class EventPublisher(NullPublisher):
         try:
             send(sock, topic, _MORE_NOBLOCK)
         except zmq.Again:
-            self.dropped += 1
-            return
+            return False
         send(sock, envelope, _MORE)  # the first part was queued: the rest of it goes too
         send(sock, raw, 0)
         self.published += 1
+        return True
 
     def event(self, event: Event) -> None:
         try:

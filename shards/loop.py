@@ -14,6 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,13 @@ __all__ = ["LocalIdentifyBucket", "ShardRunner"]
 log = logging.getLogger("shardline.shard")
 
 IDENTIFY_INTERVAL = 5.0  # seconds between identifies of one bucket (Discord's rule)
+# When the bus does not take a dispatch (its queue is full), the shard holds it and what
+# follows, in order, and stops reading the gateway: the burst waits in Discord's TCP stream,
+# not in memory. It retries every HOLD_RETRY seconds; after HOLD_LIMIT it drops what it holds
+# (counted, as before) and reads on, so that heartbeat ACKs keep arriving and a stuck bus
+# never costs the session.
+HOLD_RETRY = 0.001
+HOLD_LIMIT = 2.0
 
 
 class _ResumePermit:
@@ -131,6 +139,10 @@ class ShardRunner:
         self._dispatches_at_trim = 0
         self._quiet_ticks = 0
         self.errors: list[ErrorEvent] = []  # recent error events, for tests and status
+        # Dispatches (and the checkpoints after them) the bus did not take yet, in order,
+        # and since when: the gateway is not read meanwhile (HOLD_LIMIT above).
+        self._held: deque[Publish | Checkpoint] = deque()
+        self._held_since = 0.0
         self.on_status: Callable[[dict[str, Any]], None] | None = None
 
     # -- the inbox: everything enters here ------------------------------------------------
@@ -185,10 +197,15 @@ class ShardRunner:
         while True:
             now = self.clock()
             if proto.state in (ShardState.FATAL, ShardState.STOPPED):
+                if self._held:  # what the bus has yet to take, the final checkpoint with it
+                    self._flush_held()
                 # Let a closing connection finish its close handshake, briefly.
-                if self.ws is None or now >= self._stop_deadline:
+                if (self.ws is None and not self._held) or now >= self._stop_deadline:
                     return
-                await self._wait(self._stop_deadline)
+                wake = self._stop_deadline
+                if self._held:
+                    wake = min(wake, now + HOLD_RETRY)
+                await self._wait(wake)
                 self._drain_inbox()
                 continue
             if self.ws is None and not self._stopping:
@@ -200,7 +217,12 @@ class ShardRunner:
                 await self._open()
                 continue
             deadline = proto.next_deadline()
+            if self._held:  # retry the bus soon
+                retry = now + HOLD_RETRY
+                deadline = retry if deadline is None else min(deadline, retry)
             await self._wait(deadline)
+            if self._held:
+                self._flush_held()
             self._drain_inbox()
             if self.ws is not None:
                 self._execute(proto.poll(self.clock()))
@@ -225,6 +247,8 @@ class ShardRunner:
             self._execute(proto.on_connect_failed(self.clock(), str(exc)))
             return
         self.ws = ws
+        if self._held:  # the bus is still behind: this connection waits too
+            ws.pause_reading()
         proto.on_connected(self.clock())
 
     def _on_transport_closed(self, transport: WebSocketTransport, info: ClosedInfo) -> None:
@@ -290,7 +314,15 @@ class ShardRunner:
             # on a union costs more than the rest of the publish. (mypy cannot narrow on it.)
             cls = action.__class__
             if cls is Publish:
-                self.publisher.dispatch(action.t, action.raw, action.seq, self.protocol.session_id)  # type: ignore[union-attr]
+                if self._held or not self.publisher.dispatch(
+                    action.t,  # type: ignore[union-attr]
+                    action.raw,  # type: ignore[union-attr]
+                    action.seq,  # type: ignore[union-attr]
+                    self.protocol.session_id,
+                ):
+                    self._hold(action)  # type: ignore[arg-type]
+            elif cls is Checkpoint and self._held:
+                self._held.append(action)  # type: ignore[arg-type]  # after what it covers
             elif cls is Send:
                 self._send(action)  # type: ignore[arg-type]
             elif cls is Emit:
@@ -309,6 +341,40 @@ class ShardRunner:
                     self.grant_resume()
             elif cls is Forward:
                 self._forward(action)  # type: ignore[arg-type]
+
+    def _hold(self, action: Publish) -> None:
+        """The bus is full: keep ``action`` (and what follows) and stop reading the gateway."""
+        if not self._held:
+            self._held_since = self.clock()
+            if self.ws is not None:
+                self.ws.pause_reading()
+        self._held.append(action)
+
+    def _flush_held(self) -> None:
+        """Publish what is held, in order, as the bus takes it; read again once it all went.
+        Held past HOLD_LIMIT: drop the rest (counted) rather than starve the heartbeat."""
+        held, publisher, session = self._held, self.publisher, self.protocol.session_id
+        while held:
+            action = held[0]
+            if action.__class__ is Checkpoint:
+                self._checkpoint(action)
+            elif not publisher.dispatch(action.t, action.raw, action.seq, session):  # type: ignore[union-attr]
+                break
+            held.popleft()
+        if held and self.clock() - self._held_since >= HOLD_LIMIT:
+            dropped = [a for a in held if a.__class__ is Publish]
+            publisher.dropped += len(dropped)
+            log.warning(
+                f"the bus took no event for {HOLD_LIMIT:.0f}s: {len(dropped)} dropped (counted); "
+                "reading the gateway again",
+                extra={"fields": {"dropped": len(dropped)}},
+            )
+            for action in held:
+                if action.__class__ is Checkpoint:
+                    self._checkpoint(action)
+            held.clear()
+        if not held and self.ws is not None:
+            self.ws.resume_reading()
 
     def _send(self, action: Send) -> None:
         ws = self.ws

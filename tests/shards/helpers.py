@@ -23,11 +23,15 @@ class RecordingPublisher(NullPublisher):
         super().__init__("shard:0")
         self.dispatches: list[tuple[str, int | None, str | None]] = []
         self.events: list[Event] = []
+        self.full = False
         self._changed = asyncio.Condition()
 
-    def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> None:
+    def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> bool:
+        if self.full:  # a bus that takes nothing now (its queue is full)
+            return False
         self.dispatches.append((t, seq, session))
         self._poke()
+        return True
 
     def event(self, event: Event) -> None:
         self.events.append(event)

@@ -295,3 +295,43 @@ async def test_commands_during_forced_reconnects_are_sent_once_in_order() -> Non
 
 def test_sharding_formula_sanity() -> None:
     assert shard_for(175928847299117063, 4) == (175928847299117063 >> 22) % 4
+
+
+async def test_a_full_bus_holds_the_dispatches_in_order_and_stops_reading() -> None:
+    """The bus takes nothing for a while: the shard keeps what comes, in order, stops
+    reading the gateway (the rest waits in TCP, not in memory), and publishes it all once
+    the bus takes events again; nothing is dropped."""
+    async with emulator(guilds=2) as emu, running_shard(emu) as (runner, bus):
+        await until_ready(bus)
+        await bus.wait_until(lambda: len(bus.seqs("GUILD_CREATE")) == 2)
+        bus.full = True
+        gid = emu.world.guild_ids[0]
+        for n in range(30):
+            await emu.message(gid, f"m{n}")
+        await eventually(lambda: runner.ws is not None and not runner.ws.transport.is_reading())
+        assert not bus.seqs("MESSAGE_CREATE")
+        bus.full = False
+        await bus.wait_until(lambda: len(bus.seqs("MESSAGE_CREATE")) == 30)
+        seqs = bus.seqs()
+        assert seqs == list(range(1, len(seqs) + 1))  # every dispatch, in order
+        assert bus.dropped == 0
+        assert runner.ws is not None and runner.ws.transport.is_reading()
+
+
+async def test_a_bus_full_past_the_limit_costs_counted_drops_not_the_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("shards.loop.HOLD_LIMIT", 0.2)
+    async with emulator(guilds=2) as emu, running_shard(emu) as (runner, bus):
+        await until_ready(bus)
+        await bus.wait_until(lambda: len(bus.seqs("GUILD_CREATE")) == 2)
+        bus.full = True
+        gid = emu.world.guild_ids[0]
+        for n in range(10):
+            await emu.message(gid, f"m{n}")
+        await eventually(lambda: bus.dropped == 10)  # held 0.2 s, then dropped and counted
+        assert runner.ws is not None and runner.ws.transport.is_reading()
+        bus.full = False
+        await emu.message(gid, "after")
+        await bus.wait_until(lambda: len(bus.seqs("MESSAGE_CREATE")) == 1)
+        assert runner.protocol.state is ShardState.READY  # the session went on
