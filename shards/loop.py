@@ -57,9 +57,9 @@ log = logging.getLogger("shardline.shard")
 IDENTIFY_INTERVAL = 5.0  # seconds between identifies of one bucket (Discord's rule)
 # When the bus does not take a dispatch (its queue is full), the shard holds it and what
 # follows, in order, and stops reading the gateway: the burst waits in Discord's TCP stream,
-# not in memory. It retries every HOLD_RETRY seconds; after HOLD_LIMIT it drops what it holds
-# (counted, as before) and reads on, so that heartbeat ACKs keep arriving and a stuck bus
-# never costs the session.
+# not in memory. It retries every HOLD_RETRY seconds; when the bus took none for HOLD_LIMIT
+# it drops what it holds (counted, as before) and reads on, so that heartbeat ACKs keep
+# arriving and a stuck bus never costs the session.
 HOLD_RETRY = 0.001
 HOLD_LIMIT = 2.0
 
@@ -352,8 +352,10 @@ class ShardRunner:
 
     def _flush_held(self) -> None:
         """Publish what is held, in order, as the bus takes it; read again once it all went.
-        Held past HOLD_LIMIT: drop the rest (counted) rather than starve the heartbeat."""
+        When the bus took none for HOLD_LIMIT: drop the rest (counted) rather than starve
+        the heartbeat."""
         held, publisher, session = self._held, self.publisher, self.protocol.session_id
+        before = len(held)
         while held:
             action = held[0]
             if action.__class__ is Checkpoint:
@@ -361,7 +363,10 @@ class ShardRunner:
             elif not publisher.dispatch(action.t, action.raw, action.seq, session):  # type: ignore[union-attr]
                 break
             held.popleft()
-        if held and self.clock() - self._held_since >= HOLD_LIMIT:
+        now = self.clock()
+        if len(held) < before:
+            self._held_since = now  # the bus takes them: the limit counts from its last take
+        elif held and now - self._held_since >= HOLD_LIMIT:
             dropped = [a for a in held if a.__class__ is Publish]
             publisher.dropped += len(dropped)
             log.warning(
