@@ -35,20 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness import EmulatorProcess, SupervisorProcess, cpu_seconds  # noqa: E402
+from harness import EmulatorProcess, SupervisorProcess, cpu_seconds, rss_mb  # noqa: E402
 from shard_throughput import read_result  # noqa: E402
 
 GUILDS = 20
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class PeakRss(threading.Thread):

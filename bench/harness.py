@@ -25,6 +25,19 @@ from ipc.requests import GetStatus, StatusReply  # noqa: E402
 __all__ = ["ROOT", "EmulatorProcess", "SupervisorProcess", "cpu_seconds"]
 
 
+def rss_mb(pid: int | None) -> float:
+    """A process's resident memory now (MB); 0 once it is gone."""
+    if not pid:
+        return 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system, all threads) a process has used so far; 0 once it is gone."""
     try:

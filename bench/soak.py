@@ -22,22 +22,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from harness import ROOT, EmulatorProcess, SupervisorProcess
-
-
-def rss_mb(pid: int | None) -> float:
-    if not pid:
-        return 0.0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+from harness import ROOT, EmulatorProcess, SupervisorProcess, rss_mb
 
 
 class App:

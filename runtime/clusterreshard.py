@@ -29,7 +29,7 @@ from runtime.cluster.reshard import (
 )
 from runtime.clusterhost import ClusterHost
 from runtime.config import Config
-from runtime.reshard import ReshardTarget, check_reshard, record, shard_multiple
+from runtime.reshard import ReshardTarget, check_reshard, plan_reply, record, shard_multiple
 from runtime.scheduler import IdentifyScheduler, ScheduleView
 from runtime.shardfleet import ShardFleet
 from runtime.wiring import Wiring
@@ -134,14 +134,7 @@ class FleetResharding:
                 f"reshard: the fleet's {checked.current} shards to {checked.target}; every host "
                 f"starts its share of the new ones (identify bound {checked.eta:.0f}s)"
             )
-        return ReshardPlan(
-            current=checked.current,
-            target=checked.target,
-            identifies=checked.identifies,
-            remaining=checked.remaining,
-            eta=checked.eta,
-            started=not dry_run,
-        )
+        return plan_reply(checked, started=not dry_run)
 
     async def abort(self, why: str) -> Reply:
         """Call the fleet's reshard off (only before the switch)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ipc.requests import ReshardPlan
 from ipc.states import ShardState
 from ipc.status import ReshardRecord
 from runtime.scheduler import startup_seconds
@@ -15,6 +16,7 @@ __all__ = [
     "GUILDS_WAIT",
     "ReshardTarget",
     "check_reshard",
+    "plan_reply",
     "ready_to_switch",
     "record",
     "round_up",
@@ -94,3 +96,15 @@ def ready_to_switch(
 
 def record(target: ReshardTarget, ready: int, state: str, problem: str = "") -> ReshardRecord:
     return ReshardRecord(target.current, target.target, ready, state, target.eta, problem)
+
+
+def plan_reply(target: ReshardTarget, *, started: bool) -> ReshardPlan:
+    """The reply to ``shardline.reshard``: what resharding to ``target`` takes."""
+    return ReshardPlan(
+        current=target.current,
+        target=target.target,
+        identifies=target.identifies,
+        remaining=target.remaining,
+        eta=target.eta,
+        started=started,
+    )

@@ -67,6 +67,7 @@ from runtime.peercommands import PeerCommands
 from runtime.reshard import (
     ReshardTarget,
     check_reshard,
+    plan_reply,
     ready_to_switch,
     round_up,
     shard_multiple,
@@ -827,14 +828,7 @@ class Supervisor:
             self.reshard_problem = ""
             self.reshard_status = reshard_record(checked, 0, "starting")
             self._reshard_task = asyncio.get_running_loop().create_task(self._reshard(checked))
-        return ReshardPlan(
-            current=checked.current,
-            target=checked.target,
-            identifies=checked.identifies,
-            remaining=checked.remaining,
-            eta=checked.eta,
-            started=not dry_run,
-        )
+        return plan_reply(checked, started=not dry_run)
 
     async def _reshard(self, target: ReshardTarget) -> None:
         """Start the new generation beside the running one, switch the applications to it

@@ -19,7 +19,7 @@ from runtime.supervisor import Supervisor
 from tests.redisserver import RedisServer
 from tests.shards.helpers import eventually
 from tests.system.test_cluster import host_config, hosts, ready_everywhere, redis_server
-from tests.system.test_deploy_apps import APP, handled
+from tests.system.test_deploy_apps import APP, every_message_handled, handled
 from tests.system.test_reshard import chatter, watching
 from tests.system.test_supervisor import emulator, fleet_with
 
@@ -210,20 +210,7 @@ async def test_a_deploy_asked_of_one_host_replaces_every_hosts_app_processes(
             await talk
             client.close()
 
-        def union() -> dict[str, set[int]]:
-            together: dict[str, set[int]] = {}
-            for _, guilds in handled(tmp_path).values():
-                for guild, numbers in guilds.items():
-                    together.setdefault(guild, set()).update(numbers)
-            return together
-
-        await eventually(
-            lambda: all(
-                union().get(str(g), set()) == set(range(1, emu.world.messages_in(g) + 1))
-                for g in emu.world.guild_ids
-            ),
-            timeout=30,
-        )
+        await eventually(lambda: every_message_handled(tmp_path, emu), timeout=30)
         assert all(a.restarts == 0 for sup in running.values() for a in sup.apps)
 
 

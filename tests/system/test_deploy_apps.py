@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from emulator import Emulator
 from ipc.client import Client
 from ipc.requests import Deploy, Deploying
 from ipc.states import VoiceState
@@ -55,6 +56,19 @@ def handled(root: Path) -> dict[int, tuple[set[int], dict[str, set[int]]]]:
             guilds.setdefault(guild, set()).add(int(number))
         out[int(path.suffix[1:])] = (versions, guilds)
     return out
+
+
+def every_message_handled(root: Path, emu: Emulator) -> bool:
+    """Each guild's messages, every number the emulator generated, handled by some process
+    (old or new)."""
+    together: dict[str, set[int]] = {}
+    for _, guilds in handled(root).values():
+        for guild, numbers in guilds.items():
+            together.setdefault(guild, set()).update(numbers)
+    return all(
+        together.get(str(g), set()) == set(range(1, emu.world.messages_in(g) + 1))
+        for g in emu.world.guild_ids
+    )
 
 
 async def test_a_deploy_replaces_every_app_process_and_loses_no_message(
@@ -108,21 +122,7 @@ async def test_a_deploy_replaces_every_app_process_and_loses_no_message(
                 await talk
                 client.close()
             # every message, in every guild, handled by some process (old or new)
-
-            def union() -> dict[str, set[int]]:
-                together: dict[str, set[int]] = {}
-                for _, guilds in handled(tmp_path).values():
-                    for guild, numbers in guilds.items():
-                        together.setdefault(guild, set()).update(numbers)
-                return together
-
-            await eventually(
-                lambda: all(
-                    union().get(str(g), set()) == set(range(1, emu.world.messages_in(g) + 1))
-                    for g in emu.world.guild_ids
-                ),
-                timeout=20,
-            )
+            await eventually(lambda: every_message_handled(tmp_path, emu), timeout=20)
             assert {a.restarts for a in sup.apps} == {0}  # replaced, never crashed
             assert set(first.values()).isdisjoint(new_pids)
 
