@@ -14,7 +14,6 @@ from typing import Any
 
 from ipc.checkpoint import Checkpoint
 from ipc.control import IdentifyPermit, ResumePermit
-from ipc.messages import Message
 from ipc.status import AppRecord, BudgetRecord, HostRecord, ShardRecord
 from runtime.cluster.coordinator import Coordinator
 from runtime.cluster.fleet import FleetClaimError, claim_fleet, connect
@@ -44,7 +43,6 @@ class ClusterHost:
         remaining: int,
         reset_after_ms: int,
         identify_interval: float,
-        send: Callable[[str, Message], None],
         about: Callable[[], dict[str, Any]] = dict,
         meet: Callable[[dict[str, dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> None:
@@ -56,7 +54,6 @@ class ClusterHost:
         self.remaining = remaining
         self.reset_after_ms = reset_after_ms
         self.identify_interval = identify_interval
-        self.send = send
         self.about = about  # what other hosts need to reach this one, published each turn
         self.meet = meet  # told the live hosts each turn, before any shard moves
         # Each shard's latest checkpoint, held back one report: Redis gets the one before,
@@ -133,7 +130,6 @@ class ClusterHost:
             remaining=self.remaining,
             reset_after_ms=self.reset_after_ms,
             identify_interval=self.identify_interval,
-            send=self.send,
         )
         upcoming.redis = self.redis
         upcoming._tasks = self._tasks  # stopped with this host's

@@ -214,7 +214,6 @@ class Supervisor:
                 remaining=plan.remaining,
                 reset_after_ms=plan.reset_after_ms,
                 identify_interval=identify_interval,
-                send=self.wiring.send,
                 about=self._about_this_host,
                 meet=self._meet_hosts,
             )

@@ -42,7 +42,6 @@ async def test_redis_gets_each_checkpoint_one_report_late_within_a_session() -> 
         remaining=1000,
         reset_after_ms=0,
         identify_interval=5.0,
-        send=lambda who, message: None,
     )
     recorder = Recorder()
     host.coordinator = recorder  # type: ignore[assignment]
