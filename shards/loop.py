@@ -62,6 +62,10 @@ IDENTIFY_INTERVAL = 5.0  # seconds between identifies of one bucket (Discord's r
 # arriving and a stuck bus never costs the session.
 HOLD_RETRY = 0.001
 HOLD_LIMIT = 2.0
+# Gateway bytes read but not yet handled, past which reading pauses until the loop has
+# handled them: the event loop may read many times before the shard's turn (libuv reads
+# while data keeps coming), and a burst would otherwise pile up here.
+INBOX_LIMIT = 1 << 20
 
 
 class _ResumePermit:
@@ -143,6 +147,8 @@ class ShardRunner:
         # and since when: the gateway is not read meanwhile (HOLD_LIMIT above).
         self._held: deque[Publish | Checkpoint] = deque()
         self._held_since = 0.0
+        self._unread = 0  # bytes of gateway messages in the inbox (INBOX_LIMIT)
+        self._reading_paused = False
         self.on_status: Callable[[dict[str, Any]], None] | None = None
 
     # -- the inbox: everything enters here ------------------------------------------------
@@ -171,6 +177,10 @@ class ShardRunner:
 
     def _on_message(self, message: bytes | str) -> None:
         self.inbox.put(message)
+        self._unread += len(message)
+        if self._unread > INBOX_LIMIT and not self._reading_paused and self.ws is not None:
+            self._reading_paused = True
+            self.ws.pause_reading()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -277,6 +287,7 @@ class ShardRunner:
         while inbox:
             item = inbox.take()
             if item.__class__ is bytes or item.__class__ is str:
+                self._unread -= len(item)
                 if self.ws is not None:
                     self._execute(proto.receive(item, self.clock()))
             elif isinstance(item, GatewayCommand):
@@ -297,6 +308,11 @@ class ShardRunner:
                 self._execute(proto.on_resume_permit(self.clock()))
             elif isinstance(item, _Stop):
                 self._begin_stop()
+        if self._reading_paused:
+            self._reading_paused = False
+            self._unread = 0  # (a closed connection's frames are not counted on)
+            if self.ws is not None and not self._held:  # a full bus keeps it paused
+                self.ws.resume_reading()
 
     def _begin_stop(self) -> None:
         if self._stopping:

@@ -335,3 +335,20 @@ async def test_a_bus_full_past_the_limit_costs_counted_drops_not_the_session(
         await emu.message(gid, "after")
         await bus.wait_until(lambda: len(bus.seqs("MESSAGE_CREATE")) == 1)
         assert runner.protocol.state is ShardState.READY  # the session went on
+
+
+async def test_reading_pauses_while_the_inbox_holds_too_much_and_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past INBOX_LIMIT unread bytes the shard stops reading until it has handled them: with
+    a limit of one message every message still arrives, in order, and reading goes on."""
+    monkeypatch.setattr("shards.loop.INBOX_LIMIT", 1)
+    async with emulator(guilds=2) as emu, running_shard(emu) as (runner, bus):
+        await until_ready(bus)
+        gid = emu.world.guild_ids[0]
+        for n in range(40):
+            await emu.message(gid, f"m{n}")
+        await bus.wait_until(lambda: len(bus.seqs("MESSAGE_CREATE")) == 40)
+        seqs = bus.seqs()
+        assert seqs == list(range(1, len(seqs) + 1)) and bus.dropped == 0
+        assert runner.ws is not None and runner.ws.transport.is_reading()
