@@ -148,13 +148,13 @@ def test_a_filtered_subscriber_is_told_exactly_what_it_lost(tmp_path: Path) -> N
         assert len(typing_events) - 1 + dropped == 2000  # nothing lost without a word
 
 
-def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
-    tmp_path: Path,
-) -> None:
-    """Three buses as three hosts: what one publishes reaches every host's subscribers
-    once; what a host receives from another is never passed on to a third."""
+@contextmanager
+def host_buses(
+    tmp_path: Path, names: tuple[str, ...], *, second_input: bool = False
+) -> Iterator[tuple[zmq.Context[Any], dict[str, EventBus]]]:
+    """One bus per host name, each pushing its events to every other (as a fleet's
+    supervisors do), each its own directory under ``tmp_path``; all closed at the end."""
     ctx: zmq.Context[Any] = zmq.Context()
-    names = ("a", "b", "c")
     buses = {}
     for name in names:
         (tmp_path / name).mkdir()
@@ -164,19 +164,33 @@ def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
             f"ipc://{tmp_path}/{name}/ev.sock",
             peer_in=f"ipc://{tmp_path}/{name}/peers.sock",
             host=name,
+            bus_in_b=f"ipc://{tmp_path}/{name}/in-b.sock" if second_input else "",
         )
         buses[name].start()
     try:
         for name, bus in buses.items():
-            applied = bus.set_peers(
-                {
-                    other: PeerAddress(f"ipc://{tmp_path}/{other}/peers.sock")
-                    for other in names
-                    if other != name
-                }
-            )
-            assert applied.wait(5)
-            assert set(bus.links) == set(names) - {name}
+            others = {
+                o: PeerAddress(f"ipc://{tmp_path}/{o}/peers.sock") for o in names if o != name
+            }
+            assert bus.set_peers(others).wait(5)
+            assert set(bus.links) == set(others)
+        yield ctx, buses
+    finally:
+        for sock in list(_open):
+            sock.close(linger=0)
+        _open.clear()
+        ctx.term()
+        for bus in buses.values():
+            bus.join()
+
+
+def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
+    tmp_path: Path,
+) -> None:
+    """Three buses as three hosts: what one publishes reaches every host's subscribers
+    once; what a host receives from another is never passed on to a third."""
+    names = ("a", "b", "c")
+    with host_buses(tmp_path, names) as (ctx, buses):
         subs = {}
         for name in names:
             sock = socket(ctx, zmq.DEALER)
@@ -201,13 +215,6 @@ def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
         publisher.send_multipart(message(b"MESSAGE_CREATE ", 100))
         assert receive(subs["a"])[1] == b"envelope-100"
         assert not subs["c"].poll(300)
-    finally:
-        for sock in list(_open):
-            sock.close(linger=0)
-        _open.clear()
-        ctx.term()
-        for bus in buses.values():
-            bus.join()
 
 
 def dispatch(n: int) -> list[bytes]:
@@ -222,25 +229,7 @@ def test_during_a_fleet_reshard_each_host_cuts_over_on_every_hosts_events(
     """Two buses as two hosts resharding: each pushes both generations' events to the other
     tagged with their generation, and each host's own cut-over gives its application every
     message once; a dispatch of a generation a host does not stage is not delivered."""
-    ctx: zmq.Context[Any] = zmq.Context()
-    buses = {}
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        buses[name] = EventBus(
-            ctx,
-            f"ipc://{tmp_path}/{name}/in.sock",
-            f"ipc://{tmp_path}/{name}/ev.sock",
-            peer_in=f"ipc://{tmp_path}/{name}/peers.sock",
-            host=name,
-            bus_in_b=f"ipc://{tmp_path}/{name}/in-b.sock",
-        )
-        buses[name].start()
-    try:
-        for name, bus in buses.items():
-            other = "b" if name == "a" else "a"
-            assert bus.set_peers({other: PeerAddress(f"ipc://{tmp_path}/{other}/peers.sock")}).wait(
-                5
-            )
+    with host_buses(tmp_path, ("a", "b"), second_input=True) as (ctx, buses):
         app = socket(ctx, zmq.DEALER)
         app.connect(f"ipc://{tmp_path}/a/ev.sock")
         app.send_multipart([SUBSCRIBE, b"app", b""])
@@ -278,10 +267,3 @@ def test_during_a_fleet_reshard_each_host_cuts_over_on_every_hosts_events(
         assert buses["a"].reshard("finish").wait(5)
         new_on_b.send_multipart(dispatch(5))  # g1 is host a's generation now
         assert receive(app)[1] == b'{"kind":"dispatch","n":5}'
-    finally:
-        for sock in list(_open):
-            sock.close(linger=0)
-        _open.clear()
-        ctx.term()
-        for bus in buses.values():
-            bus.join()
