@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import ROOT, EmulatorProcess
 
+from ipc.codec import bus_messages
 from ipc.workerargs import ShardArgs
 
 INTENTS = (1 << 0) | (1 << 8) | (1 << 9) | (1 << 15)  # guilds, presences, messages, content
@@ -216,16 +217,17 @@ class BusCounter(threading.Thread):
     def run(self) -> None:
         while True:
             try:
-                topic, _envelope, body = self.sock.recv_multipart()
+                messages = bus_messages(self.sock.recv_multipart())  # a batch, or one
             except Exception:
                 return
-            t = topic.split(b" ", 1)[0].decode()
             now = time.perf_counter()
-            with self.lock:
-                self.first.setdefault(t, now)
-                self.last[t] = now
-                self.counts[t] = self.counts.get(t, 0) + 1
-                self.bytes[t] = self.bytes.get(t, 0) + len(body)
+            for topic, _envelope, body in messages:
+                t = topic.split(b" ", 1)[0].decode()
+                with self.lock:
+                    self.first.setdefault(t, now)
+                    self.last[t] = now
+                    self.counts[t] = self.counts.get(t, 0) + 1
+                    self.bytes[t] = self.bytes.get(t, 0) + len(body)
 
     def reset(self, t: str) -> None:
         with self.lock:

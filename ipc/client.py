@@ -28,7 +28,15 @@ import orjson
 import zmq
 import zmq.asyncio
 
-from ipc.codec import DUPLICATE, SUBSCRIBE, CodecError, Envelope, decode_bus
+from ipc.codec import (
+    BATCH,
+    DUPLICATE,
+    SUBSCRIBE_BATCHED,
+    CodecError,
+    Envelope,
+    bus_messages,
+    decode_bus,
+)
 from ipc.errors import EventsDropped
 from ipc.fields import InvalidFieldError
 from ipc.handlers import HandlerTable
@@ -148,11 +156,12 @@ class Client:
         sub = self.ctx.socket(zmq.DEALER)
         # Little waits here: the supervisor keeps each subscriber's backlog, bounded in bytes
         # (bus.subscriber_buffer_bytes), and counts what it drops.
-        sub.setsockopt(zmq.RCVHWM, 1000)
+        sub.setsockopt(zmq.RCVHWM, 50)
         sub.setsockopt(zmq.LINGER, 0)
         secure(sub, self.server_key, self.client_key)
         sub.connect(self.events_endpoint)
-        self._subscription = [SUBSCRIBE, self.name.encode()[:128], *(prefixes or [b""])]
+        # Batched: a burst arrives as a few messages of many events (docs/wire.md).
+        self._subscription = [SUBSCRIBE_BATCHED, self.name.encode()[:128], *(prefixes or [b""])]
         zmq.Socket.shadow(sub.underlying).send_multipart(self._subscription, zmq.NOBLOCK)
         self._sub = sub
         dealer = self.ctx.socket(zmq.DEALER)
@@ -179,14 +188,27 @@ class Client:
 
     async def _receive(self, sub: zmq.asyncio.Socket, sync: zmq.Socket[Any], noblock: int) -> None:
         while True:
-            frames = await sub.recv_multipart()
-            await self._dispatch(list(frames))
-            for _ in range(1000):
+            await self._take(await sub.recv_multipart())
+            for _ in range(100):  # then the next await lets the loop's other tasks run
                 try:
                     frames = sync.recv_multipart(noblock)
                 except zmq.Again:
                     break
-                await self._dispatch(frames)
+                await self._take(frames)
+
+    async def _take(self, frames: list[bytes]) -> None:
+        """One message from the bus: a batch, or one event."""
+        if frames[0] != BATCH:
+            await self._dispatch(frames)
+            return
+        try:
+            messages = bus_messages(frames)
+        except CodecError:
+            self.received += 1  # counted, like any message that does not decode
+            return
+        dispatch = self._dispatch
+        for message in messages:
+            await dispatch(message)
 
     async def _dispatch(self, frames: list[bytes]) -> None:
         self.received += 1

@@ -7,6 +7,7 @@ a dispatch is the gateway payload exactly as Discord sent it, never re-encoded.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +25,19 @@ from ipc.messages import (
 )
 
 __all__ = [
+    "BATCH",
     "DUPLICATE",
+    "MAX_BATCH",
     "MAX_GATEWAY_PAYLOAD",
     "SUBSCRIBE",
+    "SUBSCRIBE_BATCHED",
     "CodecError",
     "Envelope",
     "GatewayPayload",
     "UnknownMessageError",
+    "batch_count",
+    "batch_topics",
+    "bus_messages",
     "control_to",
     "decode_bus",
     "decode_command",
@@ -44,8 +51,10 @@ __all__ = [
     "encode_control",
     "encode_gateway_command",
     "event_from_payload",
+    "pack_batch",
     "topic_for",
     "topic_prefix",
+    "unpack_batch",
 ]
 
 MAX_GATEWAY_PAYLOAD = 4096  # bytes; the gateway closes 4002 on anything larger
@@ -54,6 +63,16 @@ MAX_GATEWAY_PAYLOAD = 4096  # bytes; the gateway closes 4002 on anything larger
 # An application's subscription to the supervisor's event bus, sent (and renewed every few
 # seconds) on its events DEALER: [SUBSCRIBE, name, prefix...]; an empty prefix means all.
 SUBSCRIBE = b"SUBSCRIBE"
+# The same, asking for batches: the bus may then send ``[BATCH, packed]`` (below) as well as
+# single three-frame messages.
+SUBSCRIBE_BATCHED = b"SUBSCRIBE_BATCHED"
+# The first frame of a batch of bus messages, ``[BATCH, packed]``: several three-frame
+# messages in one ZeroMQ message, so that a burst costs one send and one receive per batch
+# instead of three frames per event in every process. ``packed`` is a little-endian u32
+# count N, then 3N u32 lengths (topic, envelope, body of each message, in order), then the
+# 3N frames' bytes one after the other (docs/wire.md).
+BATCH = b"shardline.batch"
+MAX_BATCH = 65536  # messages in one batch, at most
 # The topic of ``[DUPLICATE, envelope, b""]``: a dispatch of the session the envelope names was
 # not delivered because applications already had it (a reshard's cut-over); a consumer that
 # counts the session's seq advances it, and handles nothing.
@@ -212,6 +231,71 @@ def decode_bus(frames: list[bytes]) -> tuple[Envelope, Event]:
         return envelope, decode_gateway_event(body)
     type_name = topic.split(b" ", 1)[0].decode()
     return envelope, decode_event(type_name, body)
+
+
+_COUNT = struct.Struct("<I")
+
+
+def pack_batch(frames: list[bytes]) -> bytes:
+    """``frames``: the topic, envelope and body of each message in turn -> a batch's
+    ``packed`` frame."""
+    count = len(frames) // 3
+    header = struct.pack(f"<{len(frames) + 1}I", count, *map(len, frames))
+    return b"".join((header, *frames))
+
+
+def _batch_index(packed: bytes) -> tuple[int, tuple[int, ...]]:
+    """Where a batch's frames start and their lengths, checked against its size."""
+    size = len(packed)
+    if size < 4:
+        raise CodecError(f"a batch of {size} bytes has no count")
+    (count,) = _COUNT.unpack_from(packed)
+    start = 4 + 12 * count
+    if not 0 < count <= MAX_BATCH or start > size:
+        raise CodecError(f"a batch of {size} bytes cannot hold the {count} messages it counts")
+    lengths = struct.unpack_from(f"<{3 * count}I", packed, 4)
+    if start + sum(lengths) != size:
+        raise CodecError(f"a batch's lengths do not add up to its {size} bytes")
+    return start, lengths
+
+
+def batch_count(packed: bytes) -> int:
+    """How many messages a batch holds (after checking it)."""
+    return len(_batch_index(packed)[1]) // 3
+
+
+def batch_topics(packed: bytes) -> list[bytes]:
+    """The topic of each message of a batch, in order."""
+    at, lengths = _batch_index(packed)
+    topics = []
+    for n in range(0, len(lengths), 3):
+        topics.append(packed[at : at + lengths[n]])
+        at += lengths[n] + lengths[n + 1] + lengths[n + 2]
+    return topics
+
+
+def unpack_batch(packed: bytes) -> list[list[bytes]]:
+    """A batch's messages, each ``[topic, envelope, body]``. Raises CodecError when the
+    batch is not one (a count or lengths that do not fit its size)."""
+    at, lengths = _batch_index(packed)
+    messages = []
+    for n in range(0, len(lengths), 3):
+        envelope_at = at + lengths[n]
+        body_at = envelope_at + lengths[n + 1]
+        end = body_at + lengths[n + 2]
+        messages.append([packed[at:envelope_at], packed[envelope_at:body_at], packed[body_at:end]])
+        at = end
+    return messages
+
+
+def bus_messages(frames: list[bytes]) -> list[list[bytes]]:
+    """The ``[topic, envelope, body]`` messages in what came from the bus or a worker: a
+    batch's, in order, or the one. Raises CodecError for a broken batch."""
+    if frames and frames[0] == BATCH:
+        if len(frames) != 2:
+            raise CodecError(f"a batch has {len(frames)} frames, not 2")
+        return unpack_batch(frames[1])
+    return [frames]
 
 
 def _decode_body(body: bytes) -> Any:

@@ -4,8 +4,11 @@ the voice process use them; they live in ``ipc/`` with the rest of the wire (the
 skeleton in ``conn/`` knows nothing of ZeroMQ).
 
 The publisher is an XPUB that connects to the bus; it waits for the bus to subscribe before
-the shard connects to Discord, so nothing is published into the void at start-up. Sends are
-non-blocking: at the high-water mark a message is dropped and counted, never waited for.
+the shard connects to Discord, so nothing is published into the void at start-up. Dispatches
+are batched: :meth:`EventPublisher.dispatch` adds one to the batch, :meth:`~EventPublisher.flush`
+sends it (the shard flushes after each read of the gateway, so a quiet shard sends each
+dispatch alone and a burst goes in batches of up to ``BATCH_BYTES``). Sends are non-blocking:
+at the high-water mark the batch is refused, never waited for (the shard holds it).
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from typing import Any
 
 import zmq
 
-from ipc.codec import Envelope, decode_command, encode_bus_event, encode_control, topic_for
+from ipc.codec import (
+    BATCH,
+    Envelope,
+    decode_command,
+    encode_bus_event,
+    encode_control,
+    pack_batch,
+    topic_for,
+)
 from ipc.control import WorkerHello
 from ipc.messages import Command, Event
 
@@ -27,10 +38,12 @@ __all__ = ["ControlLink", "EventPublisher", "NullPublisher"]
 
 _ctx: zmq.Context[Any] | None = None
 _MORE = int(zmq.SNDMORE)
-# Dispatches ZeroMQ may queue toward the bus before a shard holds the rest and pauses its
-# reading (shards/loop.py): a few MB of messages, so a burst the bus cannot take at once
-# waits in Discord's TCP stream, not in the shard's memory.
-PUBLISH_HWM = 1000
+# Messages (batches, or dispatches sent alone) ZeroMQ may queue toward the bus before a shard
+# holds the rest and pauses its reading (shards/loop.py): a few MB at most, so a burst the
+# bus cannot take at once waits in Discord's TCP stream, not in the shard's memory.
+PUBLISH_HWM = 20
+# A batch is sent once it holds this many bytes (or at the end of a read of the gateway).
+BATCH_BYTES = 32 * 1024
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 try:  # pyzmq's Cython send, without the Python wrapper: a third of the cost of a publish
@@ -69,9 +82,22 @@ class NullPublisher:
     async def wait_subscribed(self, timeout: float) -> bool:
         return True
 
+    @property
+    def pending(self) -> int:
+        """Dispatches taken but not yet handed to ZeroMQ (see :meth:`flush`)."""
+        return 0
+
     def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> bool:
         self.published += 1
         return True
+
+    def flush(self) -> bool:
+        """Hand the pending dispatches to ZeroMQ; False when it takes none now (full)."""
+        return True
+
+    def discard(self) -> int:
+        """Drop the pending dispatches (counted in ``dropped``); how many."""
+        return 0
 
     def event(self, event: Event) -> None:
         self.published += 1
@@ -95,6 +121,8 @@ class EventPublisher(NullPublisher):
         self.sock = sock
         self._topics: dict[str, bytes] = {}
         self._envelopes: dict[str | None, bytes] = {}
+        self._batch: list[bytes] = []  # topic, envelope, body of each pending dispatch
+        self._batch_bytes = 0
 
     async def wait_subscribed(self, timeout: float) -> bool:
         """Wait until a subscriber has subscribed (the bus, or a test). False on timeout."""
@@ -110,9 +138,15 @@ class EventPublisher(NullPublisher):
             await asyncio.sleep(0.01)
         return False
 
+    @property
+    def pending(self) -> int:
+        return len(self._batch) // 3
+
     def dispatch(self, t: str, raw: bytes, seq: int | None, session: str | None) -> bool:
-        """Publish one dispatch; False (nothing sent) when ZeroMQ's queue to the bus is
-        full: the caller holds it and tries again (shards/loop.py)."""
+        """Add one dispatch to the batch; False (nothing taken) when the batch is full and
+        ZeroMQ's queue to the bus too: the caller holds it and tries again (shards/loop.py)."""
+        if self._batch_bytes >= BATCH_BYTES and not self.flush():
+            return False
         topic = self._topics.get(t)
         if topic is None:
             topic = self._topics[t] = topic_for(t, self.source)
@@ -127,18 +161,47 @@ class EventPublisher(NullPublisher):
             b"null" if seq is None else b"%d" % seq,
             time.time_ns(),
         )
-        send = _raw_send
-        sock = self.sock
-        try:
-            send(sock, topic, _MORE_NOBLOCK)
-        except zmq.Again:
-            return False
-        send(sock, envelope, _MORE)  # the first part was queued: the rest of it goes too
-        send(sock, raw, 0)
-        self.published += 1
+        batch = self._batch
+        batch.append(topic)
+        batch.append(envelope)
+        batch.append(raw)
+        self._batch_bytes += len(raw) + 200
         return True
 
+    def flush(self) -> bool:
+        """Send the batch: alone, a dispatch as its three frames; several, as one
+        ``[BATCH, packed]`` message (docs/wire.md). False when ZeroMQ's queue is full."""
+        batch = self._batch
+        if not batch:
+            return True
+        send = _raw_send
+        sock = self.sock
+        try:  # the first frame decides: once it is queued, the rest of the message goes too
+            if len(batch) == 3:
+                send(sock, batch[0], _MORE_NOBLOCK)
+                send(sock, batch[1], _MORE)
+                send(sock, batch[2], 0)
+            else:
+                send(sock, BATCH, _MORE_NOBLOCK)
+                send(sock, pack_batch(batch), 0)
+        except zmq.Again:
+            return False
+        self.published += len(batch) // 3
+        self._batch = []
+        self._batch_bytes = 0
+        return True
+
+    def discard(self) -> int:
+        count = len(self._batch) // 3
+        self.dropped += count
+        self._batch = []
+        self._batch_bytes = 0
+        return count
+
     def event(self, event: Event) -> None:
+        """Publish a shardline event, after the pending dispatches (dropped and counted when
+        ZeroMQ's queue is full; the shard sends checkpoints only once the batch went)."""
+        self.flush()
         try:
             self.sock.send_multipart(
                 encode_bus_event(event, self.source, time.time_ns()), flags=zmq.NOBLOCK
@@ -150,6 +213,7 @@ class EventPublisher(NullPublisher):
             self.on_event(event)
 
     def close(self, linger: float = 1.0) -> None:
+        self.flush()
         self.sock.close(linger=int(linger * 1000))
 
 

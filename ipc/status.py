@@ -172,6 +172,8 @@ class BusRecord(_Record):
     shard_drops: int
     subscriber_drops: int
     subscribers: list[SubscriberRecord] = field(default_factory=list)
+    # The bus is not reading from the shards now: every subscriber is behind (docs/wire.md).
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

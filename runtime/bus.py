@@ -4,16 +4,25 @@ Workers' publishers connect to an XSUB (``bus-in.sock``). Applications connect a
 the events endpoint (a ROUTER) and send ``[b"SUBSCRIBE", name, prefix...]`` (again every few
 seconds: that keeps the subscription alive, and renews it after a supervisor restart); every
 bus message whose topic starts with one of the prefixes reaches them as the same three
-frames as before, ``[topic, envelope, body]``.
+frames as before, ``[topic, envelope, body]``. Shards publish a burst in batches
+(``[BATCH, packed]``, ipc/codec.py); a subscriber that sends ``SUBSCRIBE_BATCHED`` instead
+gets them as batches (of the messages it subscribed to), the others one message at a time.
 
 Each subscriber has a queue bounded in **bytes** (``bus.subscriber_buffer_bytes``), behind at
 most ``PIPE_HWM`` messages ZeroMQ holds on their way out. The
-policy for one that falls behind: the bus never waits for it (a shard's loop must never
-wait on IPC, and one slow application must not slow the others); once its queue is full,
-its newest messages are dropped and counted (``dropped``, ``dropped_bytes`` per subscriber in
-``shardline status``), and it sees the gap in each session's seq. The queue drains as the
-subscriber reads; the bus says once per episode when a subscriber starts and stops losing.
-A subscriber silent for ``SUBSCRIPTION_TTL`` seconds, or gone, is forgotten.
+policy for one that falls behind: the bus never waits for it (one slow application must not
+slow the others); once its queue is full, its newest messages are dropped and counted
+(``dropped``, ``dropped_bytes`` per subscriber in ``shardline status``), and it sees the gap
+in each session's seq. The queue drains as the subscriber reads; the bus says once per
+episode when a subscriber starts and stops losing. A subscriber silent for
+``SUBSCRIPTION_TTL`` seconds, or gone, is forgotten.
+
+A burst that **every** subscriber is behind on is another matter: nobody would gain from the
+bus reading on, so while each has ``PAUSE_BYTES`` queued and one of them took a message in
+the last ``PAUSE_LIMIT`` seconds, the bus stops reading its inputs. The shards' queues to it
+fill, they hold and stop reading the gateway, and the burst waits in Discord's TCP stream
+instead of in the supervisor's memory. (A subscriber that takes nothing for ``PAUSE_LIMIT``
+does not hold the others back: the bus reads on, and drops for it as above.)
 
 In a multi-host fleet (``[cluster]``) the bus also carries events between hosts: every
 event published on this host is pushed to every other live host (a PUSH socket per host,
@@ -34,7 +43,17 @@ from typing import Any
 
 import zmq
 
-from ipc.codec import SUBSCRIBE, encode_bus_event
+from ipc.codec import (
+    BATCH,
+    SUBSCRIBE,
+    SUBSCRIBE_BATCHED,
+    CodecError,
+    batch_count,
+    batch_topics,
+    encode_bus_event,
+    pack_batch,
+    unpack_batch,
+)
 from ipc.errors import EventsDropped
 from ipc.eventloop import trim_memory
 from ipc.status import SubscriberRecord
@@ -48,12 +67,19 @@ DEFAULT_SUBSCRIBER_BUFFER = 64 * 1024 * 1024
 MAX_SUBSCRIBERS = 1024
 MAX_PREFIXES = 64
 # Messages ZeroMQ itself may hold per subscriber on its way out, beyond the byte-counted
-# queue: enough to keep a reading subscriber fed while the bus reads its input.
-PIPE_HWM = 1000
+# queue: enough to keep a reading subscriber fed while the bus reads its input (a batch is
+# up to ~32 KB, so a few MB).
+PIPE_HWM = 50
+_EVERYTHING = (b"",)
 # What a queued message costs beyond its bytes (its list and bytes objects), counted in the
 # budget so that it bounds memory, not just payload.
 MESSAGE_OVERHEAD = 200
 TRIM_AFTER_BACKLOG = 1 << 20  # a drained backlog this large is handed back to the system
+PAUSE_BYTES = 1 << 20  # queued for every subscriber: the bus stops reading its inputs...
+PAUSE_LIMIT = 1.0  # ...while one of them took something within this many seconds
+# Messages (batches of up to ~32 KB, or single events) ZeroMQ may hold on their way in from
+# the workers while the bus reads or pauses: a few MB.
+INPUT_HWM = 20
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
@@ -63,7 +89,7 @@ try:  # pyzmq's Cython send without the Python wrapper (as the shard's publisher
     _raw_send: Any = _BackendSocket.send
 except ImportError:  # another pyzmq backend: the public method
     _raw_send = zmq.Socket.send
-_FLUSH_EVERY = 0.005  # with a backlog, how often a stalled subscriber is retried (s)
+_FLUSH_EVERY = 0.001  # with a backlog, how often a stalled subscriber is retried (s)
 
 
 @dataclass(frozen=True)
@@ -102,7 +128,9 @@ class Subscriber:
     prefixes: tuple[bytes, ...]
     seen_at: float
     link: zmq.Socket[Any] | None = None  # another host's bus (PUSH); else via the ROUTER
-    queue: deque[list[Any]] = field(default_factory=deque)
+    batched: bool = False  # takes batches ([BATCH, packed]) as well as single messages
+    # messages waiting for ZeroMQ to take them, each with how many events it carries
+    queue: deque[tuple[list[Any], int]] = field(default_factory=deque)
     queued_bytes: int = 0
     delivered: int = 0
     dropped: int = 0
@@ -146,6 +174,8 @@ class EventBus:
         self._fanout: tuple[Subscriber, ...] = ()  # the same, as the hot path iterates it
         self._trimmed_at = -10.0
         self.received = 0
+        self.paused = False  # not reading the inputs: every subscriber is behind
+        self._took_at = -PAUSE_LIMIT  # when a subscriber last took a message
         self._lock = threading.Lock()  # guards the stats the supervisor reads
         self._thread: threading.Thread | None = None
         self.host = host
@@ -175,9 +205,11 @@ class EventBus:
         self._wake = context.socket(zmq.PUSH)  # the supervisor's thread pokes the bus with it
         self._wake.connect(wake)
         try:
+            self.xsub.setsockopt(zmq.RCVHWM, INPUT_HWM)
             self.xsub.bind(bus_in)
             self.xsub.send(b"\x01")  # everything: workers publish whether or not apps listen
             if self.xsub_b is not None:
+                self.xsub_b.setsockopt(zmq.RCVHWM, INPUT_HWM)
                 self.xsub_b.bind(bus_in_b)
                 self.xsub_b.send(b"\x01")
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -188,6 +220,7 @@ class EventBus:
             if peer_in:
                 self.peer_in = context.socket(zmq.PULL)
                 self.peer_in.setsockopt(zmq.LINGER, 0)
+                self.peer_in.setsockopt(zmq.RCVHWM, INPUT_HWM)
                 secure_peer_in(self.peer_in)
                 self.peer_in.bind(peer_in)
         except zmq.ZMQError as exc:
@@ -254,19 +287,22 @@ class EventBus:
 
     def _run(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.xsub, zmq.POLLIN)
-        if self.xsub_b is not None:
-            poller.register(self.xsub_b, zmq.POLLIN)
+        inputs = [sock for sock in (self.xsub, self.xsub_b, self.peer_in) if sock is not None]
+        for sock in inputs:
+            poller.register(sock, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
         poller.register(self._wake_in, zmq.POLLIN)
-        if self.peer_in is not None:
-            poller.register(self.peer_in, zmq.POLLIN)
         next_sweep = self.clock() + SUBSCRIPTION_TTL
         try:
             while True:
                 backlog = any(s.queue for s in self._fanout) or any(
                     s.queue for s in self.links.values()
                 )
+                paused = backlog and self._everyone_behind()
+                if paused != self.paused:
+                    self.paused = paused
+                    for sock in inputs:
+                        poller.register(sock, 0 if paused else zmq.POLLIN)
                 ready = dict(poller.poll(int(_FLUSH_EVERY * 1000) if backlog else 1000))
                 if self._wake_in in ready:
                     self._apply_actions()
@@ -289,6 +325,16 @@ class EventBus:
         finally:
             self._close_sockets()
 
+    def _everyone_behind(self) -> bool:
+        """Every subscriber (and link to another host) has PAUSE_BYTES queued, and one of
+        them took something lately: reading on would only grow the queues."""
+        subscribers = (*self._fanout, *self.links.values())
+        return (
+            bool(subscribers)
+            and self.clock() - self._took_at < PAUSE_LIMIT
+            and all(sub.queued_bytes >= PAUSE_BYTES for sub in subscribers)
+        )
+
     def _apply_links(self, wanted: dict[str, PeerAddress]) -> None:
         """Open links to the hosts the supervisor named, close those to hosts gone."""
         for name in [n for n, link in self.links.items() if n not in wanted]:
@@ -304,7 +350,9 @@ class EventBus:
             except zmq.ZMQError as exc:
                 log.warning(f"bus: cannot reach host {name} at {address.endpoint}: {exc}")
                 continue
-            link = Subscriber(address.endpoint.encode(), f"host:{name}", (b"",), 0.0, link=sock)
+            link = Subscriber(
+                address.endpoint.encode(), f"host:{name}", _EVERYTHING, 0.0, link=sock, batched=True
+            )
             with self._lock:
                 self.links[name] = link
             log.info(f"bus: this host's events go to host {name} too ({address.endpoint})")
@@ -317,37 +365,56 @@ class EventBus:
         log.info(f"bus: no more events to host {name} ({why})")
 
     def _read_peer_events(self, sock: zmq.Socket[Any]) -> None:
-        """Events another host pushed, ``[topic, envelope, body]`` and the generation's tag
-        when it is not the fleet's first: to this host's subscribers (never to other hosts),
-        through the cut-over when a reshard is under way."""
+        """Events another host pushed, ``[topic, envelope, body]`` or a batch, and the
+        generation's tag when it is not the fleet's first: to this host's subscribers (never
+        to other hosts), through the cut-over when a reshard is under way."""
         for _ in range(1000):
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
             tag = b""
-            if len(frames) == 4:
+            size = 2 if frames[0] == BATCH else 3
+            if len(frames) == size + 1:
                 tag = frames.pop()
-            elif len(frames) != 3:
-                log.warning(f"bus: a {len(frames)}-frame message from another host, not 3; dropped")
+            elif len(frames) != size:
+                log.warning(f"bus: a {len(frames)}-frame message from another host; dropped")
                 continue
-            self.peer_received += 1
+            count = self._count(frames, "another host")
+            if not count:
+                continue
+            self.peer_received += count
             cutover = self.cutover
-            if cutover is None:
-                if tag == self._current or not is_dispatch(frames):
-                    self._fan_out(frames, self._fanout)
+            if cutover is None and tag == self._current:
+                self._fan_out(frames, self._fanout, count)
+                continue
+            for message in unpack_batch(frames[1]) if size == 2 else [frames]:
+                if cutover is None:
+                    if not is_dispatch(message):
+                        self._fan_out(message, self._fanout)
+                    else:
+                        self.other_generation += 1
+                elif tag == self._tags[self._cutover_old]:
+                    if cutover.old(message):
+                        self._fan_out(message, self._fanout)
+                elif tag == self._tags[self._cutover_new]:
+                    for out in cutover.new(message):
+                        self._fan_out(out, self._fanout)
+                elif not is_dispatch(message):
+                    self._fan_out(message, self._fanout)
                 else:
                     self.other_generation += 1
-            elif tag == self._tags[self._cutover_old]:
-                if cutover.old(frames):
-                    self._fan_out(frames, self._fanout)
-            elif tag == self._tags[self._cutover_new]:
-                for out in cutover.new(frames):
-                    self._fan_out(out, self._fanout)
-            elif not is_dispatch(frames):
-                self._fan_out(frames, self._fanout)
-            else:
-                self.other_generation += 1
+
+    @staticmethod
+    def _count(frames: list[Any], origin: str) -> int:
+        """How many events a message carries (a batch: its count); 0 for a broken batch."""
+        if frames[0] != BATCH:
+            return 1
+        try:
+            return batch_count(frames[1]) if len(frames) == 2 else 0
+        except CodecError as exc:
+            log.warning(f"bus: a broken batch from {origin} ({exc}); dropped")
+            return 0
 
     def _read_subscriptions(self) -> None:
         while True:
@@ -356,19 +423,29 @@ class EventBus:
             except zmq.Again:
                 return
             identity, body = frames[0], frames[1:]
-            if len(body) < 2 or body[0] != SUBSCRIBE or len(body) > MAX_PREFIXES + 2:
+            if (
+                len(body) < 2
+                or body[0] not in (SUBSCRIBE, SUBSCRIBE_BATCHED)
+                or len(body) > MAX_PREFIXES + 2
+            ):
                 log.warning(
                     "bus: a message from a subscriber that is not [SUBSCRIBE, name, prefix...]"
                 )
                 continue
             name = body[1][:128].decode(errors="replace")
-            prefixes = tuple(p[:256] for p in body[2:]) or (b"",)
+            prefixes = tuple(p[:256] for p in body[2:]) or _EVERYTHING
+            if b"" in prefixes:
+                prefixes = _EVERYTHING
+            batched = body[0] == SUBSCRIBE_BATCHED
             with self._lock:
                 known = self.subscribers.get(identity)
                 if known is not None:
                     known.prefixes, known.name, known.seen_at = prefixes, name, self.clock()
+                    known.batched = batched
                 elif len(self.subscribers) < MAX_SUBSCRIBERS:
-                    self.subscribers[identity] = Subscriber(identity, name, prefixes, self.clock())
+                    self.subscribers[identity] = Subscriber(
+                        identity, name, prefixes, self.clock(), batched=batched
+                    )
                     self._fanout = tuple(self.subscribers.values())
                     log.info(f"bus: subscriber {name} joined")
                 else:
@@ -382,19 +459,24 @@ class EventBus:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
+            count = self._count(frames, "a worker")
+            if not count:
+                continue
             if self.links:  # other hosts get it as it is: each runs its own cut-over
                 tag = self._tags[name]
-                self._fan_out([*frames, tag] if tag else frames, tuple(self.links.values()))
+                self._fan_out([*frames, tag] if tag else frames, tuple(self.links.values()), count)
             cutover = self.cutover
             if cutover is None:
-                self._fan_out(frames, self._fanout)
-            elif name == self._cutover_old:
-                if cutover.old(frames):
-                    self._fan_out(frames, self._fanout)
+                self._fan_out(frames, self._fanout, count)
             else:
-                for out in cutover.new(frames):
-                    self._fan_out(out, self._fanout)
-            self.received += 1  # counted once handed out: a reader of it sees every drop made
+                for message in unpack_batch(frames[1]) if frames[0] == BATCH else [frames]:
+                    if name == self._cutover_old:
+                        if cutover.old(message):
+                            self._fan_out(message, self._fanout)
+                    else:
+                        for out in cutover.new(message):
+                            self._fan_out(out, self._fanout)
+            self.received += count  # counted once handed out: a reader sees every drop made
 
     # -- a reshard's cut-over (the supervisor's thread asks, the bus thread does) -----------
 
@@ -453,22 +535,58 @@ class EventBus:
                 self.cutover = None
             done.set()
 
-    def _fan_out(self, frames: list[Any], subscribers: tuple[Subscriber, ...]) -> None:
+    def _fan_out(
+        self, frames: list[Any], subscribers: tuple[Subscriber, ...], count: int = 1
+    ) -> None:
+        """Offer a message (``count`` events: a batch, or one) to each subscriber that wants
+        any of it: a batch as it is to one that takes batches and wants all of it, else the
+        part it wants."""
+        if frames[0] == BATCH:
+            self._fan_out_batch(frames, subscribers, count)
+            return
         topic = frames[0]
         for sub in subscribers:
-            if not topic.startswith(sub.prefixes):
-                continue
-            if sub.queue:
-                self._flush(sub)  # what waits goes first: order is kept
-            if not sub.queue and not sub.unreported and self._send(sub, frames):
-                continue  # the usual case: straight through
-            self._enqueue(sub, frames)
+            if topic.startswith(sub.prefixes):
+                self._offer(sub, frames, 1)
 
-    def _enqueue(self, sub: Subscriber, frames: list[Any]) -> None:
-        size = sum(len(f) for f in frames) + MESSAGE_OVERHEAD
+    def _fan_out_batch(
+        self, frames: list[Any], subscribers: tuple[Subscriber, ...], count: int
+    ) -> None:
+        topics: list[bytes] | None = None
+        messages: list[list[bytes]] | None = None
+        for sub in subscribers:
+            if sub.batched and sub.prefixes is _EVERYTHING:
+                self._offer(sub, frames, count)
+                continue
+            if topics is None:
+                topics = batch_topics(frames[1])
+            wanted = [n for n, topic in enumerate(topics) if topic.startswith(sub.prefixes)]
+            if sub.batched and len(wanted) == count:
+                self._offer(sub, frames, count)
+                continue
+            if not wanted:
+                continue
+            if messages is None:
+                messages = unpack_batch(frames[1])
+            if sub.batched and len(wanted) > 1:
+                parts = [frame for n in wanted for frame in messages[n]]
+                self._offer(sub, [BATCH, pack_batch(parts)], len(wanted))
+                continue
+            for n in wanted:
+                self._offer(sub, messages[n], 1)
+
+    def _offer(self, sub: Subscriber, frames: list[Any], count: int) -> None:
+        if sub.queue:
+            self._flush(sub)  # what waits goes first: order is kept
+        if not sub.queue and not sub.unreported and self._send(sub, frames, count):
+            return  # the usual case: straight through
+        self._enqueue(sub, frames, count)
+
+    def _enqueue(self, sub: Subscriber, frames: list[Any], count: int) -> None:
+        size = sum(len(f) for f in frames) + MESSAGE_OVERHEAD * count
         if sub.queued_bytes + size > self.buffer_bytes:
-            sub.dropped += 1
-            sub.unreported += 1
+            sub.dropped += count
+            sub.unreported += count
             sub.dropped_bytes += size
             if not sub.losing:
                 sub.losing = True
@@ -495,17 +613,17 @@ class EventBus:
                 time.time_ns(),
             )
             sub.unreported = 0
-            sub.queue.append(notice)
+            sub.queue.append((notice, 0))  # (not an event the subscriber gets counted for)
             sub.queued_bytes += sum(len(f) for f in notice) + MESSAGE_OVERHEAD
-        sub.queue.append(frames)
+        sub.queue.append((frames, count))
         sub.queued_bytes += size
         sub.backlog_peak = max(sub.backlog_peak, sub.queued_bytes)
 
-    def _send(self, sub: Subscriber, frames: list[Any]) -> bool:
-        """True when ZeroMQ took the message; False when the subscriber's pipe is full.
-        A subscriber that is gone is forgotten."""
+    def _send(self, sub: Subscriber, frames: list[Any], count: int) -> bool:
+        """True when ZeroMQ took the message (``count`` events); False when the
+        subscriber's pipe is full. A subscriber that is gone is forgotten."""
         if sub.link is not None:
-            return self._send_link(sub, frames)
+            return self._send_link(sub, frames, count)
         router = self.router
         try:
             # The identity frame decides: once ZeroMQ takes it, the rest cannot be refused.
@@ -520,10 +638,11 @@ class EventBus:
         last = len(frames) - 1
         for n, frame in enumerate(frames):
             _raw_send(router, frame, _NOBLOCK if n == last else _MORE_NOBLOCK)
-        sub.delivered += 1
+        sub.delivered += count
+        self._took_at = self.clock()
         return True
 
-    def _send_link(self, sub: Subscriber, frames: list[Any]) -> bool:
+    def _send_link(self, sub: Subscriber, frames: list[Any], count: int) -> bool:
         link = sub.link
         last = len(frames) - 1
         try:  # the first frame decides, as for the ROUTER
@@ -532,7 +651,8 @@ class EventBus:
             return False
         for n in range(1, last + 1):
             _raw_send(link, frames[n], _NOBLOCK if n == last else _MORE_NOBLOCK)
-        sub.delivered += 1
+        sub.delivered += count
+        self._took_at = self.clock()
         return True
 
     def _flush_all(self) -> None:
@@ -545,13 +665,13 @@ class EventBus:
         """Send what waits for ``sub``, oldest first, until its pipe is full."""
         if sub.queue:
             while sub.queue:
-                frames = sub.queue[0]
-                if not self._send(sub, frames):
+                frames, count = sub.queue[0]
+                if not self._send(sub, frames, count):
                     break
                 if sub.link is None and sub.identity not in self.subscribers:
                     break
                 sub.queue.popleft()
-                sub.queued_bytes -= sum(len(f) for f in frames) + MESSAGE_OVERHEAD
+                sub.queued_bytes -= sum(len(f) for f in frames) + MESSAGE_OVERHEAD * max(count, 1)
             if sub.losing and not sub.queue:
                 sub.losing = False
                 log.info(

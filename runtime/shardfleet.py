@@ -41,12 +41,12 @@ from ipc.status import (
 )
 from ipc.workerargs import ShardArgs
 from runtime.config import Config
-from runtime.metrics import ShardTotals
 from runtime.procs import end_process
 from runtime.restartpolicy import CrashHistory, Exit, is_hung, sleep_unless
 from runtime.scheduler import IdentifyScheduler, ScheduleView
 from runtime.sessions import SessionStore
 from runtime.spawner import ExecSpawner, Process, ZygoteSpawner
+from runtime.totals import ShardTotals
 
 __all__ = ["IdentifyGate", "ShardFleet", "ShardWorker"]
 

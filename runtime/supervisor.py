@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq.asyncio
-from prometheus_client.registry import CollectorRegistry
 
 from ipc.codec import MAX_GATEWAY_PAYLOAD, CodecError, decode_control, encode_gateway_command
 from ipc.control import GatewayForward
@@ -53,16 +52,11 @@ from ipc.states import ShardState
 from ipc.status import BudgetRecord, BusRecord, FleetStatus, HostRecord, ReshardRecord
 from runtime.apps import AppFleet, AppWorker
 from runtime.cluster.appshare import app_slots, apps_running_elsewhere, my_apps
-from runtime.cluster.identify import ClusterUnavailable
 from runtime.cluster.peers import Peer, advertised, peer_info, read_peers
-from runtime.clusterhost import ClusterHost
-from runtime.clusterreshard import FleetResharding
 from runtime.commands import CommandDesk, Options
 from runtime.config import Config, parse_listen
 from runtime.curveauth import ClientAllowList
 from runtime.discord_rest import RestError, fetch_gateway_bot
-from runtime.metrics import FleetCollector
-from runtime.metricsserver import MetricsServer
 from runtime.peercommands import PeerCommands
 from runtime.reshard import (
     ReshardTarget,
@@ -89,6 +83,11 @@ from runtime.voicefleet import VoiceFleet
 from runtime.wiring import Endpoints, StartupError, Wiring
 
 __all__ = ["Endpoints", "FleetPlan", "StartupError", "Supervisor"]
+
+if TYPE_CHECKING:  # imported when configured: a single host needs neither Redis nor Prometheus
+    from runtime.clusterhost import ClusterHost
+    from runtime.clusterreshard import FleetResharding
+    from runtime.metricsserver import MetricsServer
 
 log = logging.getLogger("shardline.supervisor")
 SHARDING_REQUIRED = 4011
@@ -202,6 +201,9 @@ class Supervisor:
         self._served_by: dict[str, str] = {}  # custom command type -> a host serving it
         self._voice_at: dict[int, str] = {}  # guild -> the other host running its voice
         if clustered:
+            from runtime.clusterhost import ClusterHost
+            from runtime.clusterreshard import FleetResharding
+
             self.peer_commands = PeerCommands(
                 self.wiring.ctx, config.cluster.host_name(), self.wiring.secure_client
             )
@@ -349,6 +351,11 @@ class Supervisor:
         """Serve /metrics, /healthz and /readyz on ``[metrics] listen``, when set."""
         if not self.config.metrics.listen:
             return
+        from prometheus_client.registry import CollectorRegistry
+
+        from runtime.metrics import FleetCollector
+        from runtime.metricsserver import MetricsServer
+
         host, port = parse_listen(self.config.metrics.listen)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(
@@ -593,6 +600,8 @@ class Supervisor:
     ) -> None:
         """Hand ``request`` to the host that runs its shard now (asked of Redis: the view of
         the last turn may be a turn old), and its reply back to whoever asked."""
+        from runtime.cluster.identify import ClusterUnavailable
+
         assert self.peer_commands is not None and self.cluster is not None
         coordinator = self.cluster.coordinator
         why = f"{request.type_name} is answered on host {host}"
@@ -1079,6 +1088,7 @@ class Supervisor:
             shard_drops=sum(s.dropped for s in local_records),
             subscriber_drops=sum(s.dropped for s in subscribers),
             subscribers=subscribers,
+            paused=self.wiring.bus is not None and self.wiring.bus.paused,
         )
         return FleetStatus(
             bus=bus,

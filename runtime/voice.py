@@ -20,8 +20,8 @@ from ipc.states import VoiceOutcome, VoiceState
 from ipc.status import VoiceSessionRecord, reported_count, reported_number
 from ipc.workerargs import VoiceArgs
 from runtime.config import VoiceConfig
-from runtime.metrics import VoiceTotals
 from runtime.procs import end_process
+from runtime.totals import VoiceTotals
 
 __all__ = ["VoiceWorker"]
 

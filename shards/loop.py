@@ -55,9 +55,10 @@ __all__ = ["LocalIdentifyBucket", "ShardRunner"]
 log = logging.getLogger("shardline.shard")
 
 IDENTIFY_INTERVAL = 5.0  # seconds between identifies of one bucket (Discord's rule)
-# When the bus does not take a dispatch (its queue is full), the shard holds it and what
-# follows, in order, and stops reading the gateway: the burst waits in Discord's TCP stream,
-# not in memory. It retries every HOLD_RETRY seconds; when the bus took none for HOLD_LIMIT
+# Dispatches go to the bus in batches, one per read of the gateway (ipc/links.py). When the
+# bus does not take a batch (its queue is full), the shard holds it and what follows, in
+# order, and stops reading the gateway: the burst waits in Discord's TCP stream, not in
+# memory. It retries every HOLD_RETRY seconds; when the bus took none for HOLD_LIMIT
 # it drops what it holds (counted, as before) and reads on, so that heartbeat ACKs keep
 # arriving and a stuck bus never costs the session.
 HOLD_RETRY = 0.001
@@ -65,7 +66,7 @@ HOLD_LIMIT = 2.0
 # Gateway bytes read but not yet handled, past which reading pauses until the loop has
 # handled them: the event loop may read many times before the shard's turn (libuv reads
 # while data keeps coming), and a burst would otherwise pile up here.
-INBOX_LIMIT = 1 << 20
+INBOX_LIMIT = 1 << 18
 
 
 class _ResumePermit:
@@ -144,9 +145,10 @@ class ShardRunner:
         self._quiet_ticks = 0
         self.errors: list[ErrorEvent] = []  # recent error events, for tests and status
         # Dispatches (and the checkpoints after them) the bus did not take yet, in order,
-        # and since when: the gateway is not read meanwhile (HOLD_LIMIT above).
+        # after the publisher's pending batch; and since when the bus took nothing (None:
+        # not holding). The gateway is not read meanwhile (HOLD_LIMIT above).
         self._held: deque[Publish | Checkpoint] = deque()
-        self._held_since = 0.0
+        self._holding_since: float | None = None
         self._unread = 0  # bytes of gateway messages in the inbox (INBOX_LIMIT)
         self._reading_paused = False
         self.on_status: Callable[[dict[str, Any]], None] | None = None
@@ -207,13 +209,14 @@ class ShardRunner:
         while True:
             now = self.clock()
             if proto.state in (ShardState.FATAL, ShardState.STOPPED):
-                if self._held:  # what the bus has yet to take, the final checkpoint with it
-                    self._flush_held()
+                if self._holding_since is not None:  # what the bus has yet to take
+                    self._flush_held()  # (the final checkpoint with it)
+                holding = self._holding_since is not None
                 # Let a closing connection finish its close handshake, briefly.
-                if (self.ws is None and not self._held) or now >= self._stop_deadline:
+                if (self.ws is None and not holding) or now >= self._stop_deadline:
                     return
                 wake = self._stop_deadline
-                if self._held:
+                if holding:
                     wake = min(wake, now + HOLD_RETRY)
                 await self._wait(wake)
                 self._drain_inbox()
@@ -227,11 +230,11 @@ class ShardRunner:
                 await self._open()
                 continue
             deadline = proto.next_deadline()
-            if self._held:  # retry the bus soon
+            if self._holding_since is not None:  # retry the bus soon
                 retry = now + HOLD_RETRY
                 deadline = retry if deadline is None else min(deadline, retry)
             await self._wait(deadline)
-            if self._held:
+            if self._holding_since is not None:
                 self._flush_held()
             self._drain_inbox()
             if self.ws is not None:
@@ -257,7 +260,7 @@ class ShardRunner:
             self._execute(proto.on_connect_failed(self.clock(), str(exc)))
             return
         self.ws = ws
-        if self._held:  # the bus is still behind: this connection waits too
+        if self._holding_since is not None:  # the bus is still behind: this one waits too
             ws.pause_reading()
         proto.on_connected(self.clock())
 
@@ -308,10 +311,12 @@ class ShardRunner:
                 self._execute(proto.on_resume_permit(self.clock()))
             elif isinstance(item, _Stop):
                 self._begin_stop()
+        if self._holding_since is None and not self.publisher.flush():
+            self._begin_hold()  # the batch of this read waits for the bus
         if self._reading_paused:
             self._reading_paused = False
             self._unread = 0  # (a closed connection's frames are not counted on)
-            if self.ws is not None and not self._held:  # a full bus keeps it paused
+            if self.ws is not None and self._holding_since is None:  # a full bus keeps it paused
                 self.ws.resume_reading()
 
     def _begin_stop(self) -> None:
@@ -337,8 +342,8 @@ class ShardRunner:
                     self.protocol.session_id,
                 ):
                     self._hold(action)  # type: ignore[arg-type]
-            elif cls is Checkpoint and self._held:
-                self._held.append(action)  # type: ignore[arg-type]  # after what it covers
+            elif cls is Checkpoint and (self._held or not self.publisher.flush()):
+                self._hold(action)  # type: ignore[arg-type]  # after what it covers
             elif cls is Send:
                 self._send(action)  # type: ignore[arg-type]
             elif cls is Emit:
@@ -358,44 +363,55 @@ class ShardRunner:
             elif cls is Forward:
                 self._forward(action)  # type: ignore[arg-type]
 
-    def _hold(self, action: Publish) -> None:
-        """The bus is full: keep ``action`` (and what follows) and stop reading the gateway."""
-        if not self._held:
-            self._held_since = self.clock()
+    def _begin_hold(self) -> None:
+        """The bus is full: stop reading the gateway until it takes what waits."""
+        if self._holding_since is None:
+            self._holding_since = self.clock()
             if self.ws is not None:
                 self.ws.pause_reading()
+
+    def _hold(self, action: Publish | Checkpoint) -> None:
+        """Keep ``action`` (and what follows) until the bus takes what waits before it."""
+        self._begin_hold()
         self._held.append(action)
 
     def _flush_held(self) -> None:
-        """Publish what is held, in order, as the bus takes it; read again once it all went.
-        When the bus took none for HOLD_LIMIT: drop the rest (counted) rather than starve
-        the heartbeat."""
+        """Publish the pending batch and what is held, in order, as the bus takes them; read
+        again once it all went. When the bus took none for HOLD_LIMIT: drop the rest
+        (counted) rather than starve the heartbeat."""
         held, publisher, session = self._held, self.publisher, self.protocol.session_id
-        before = len(held)
-        while held:
-            action = held[0]
-            if action.__class__ is Checkpoint:
-                self._checkpoint(action)
-            elif not publisher.dispatch(action.t, action.raw, action.seq, session):  # type: ignore[union-attr]
-                break
-            held.popleft()
+        published = publisher.published
+        if publisher.flush():
+            while held:
+                action = held[0]
+                if action.__class__ is Checkpoint:
+                    if not publisher.flush():  # it goes only after the dispatches it covers
+                        break
+                    self._checkpoint(action)
+                elif not publisher.dispatch(action.t, action.raw, action.seq, session):  # type: ignore[union-attr]
+                    break
+                held.popleft()
+            publisher.flush()  # the last batch (refused: it waits, still held)
         now = self.clock()
-        if len(held) < before:
-            self._held_since = now  # the bus takes them: the limit counts from its last take
-        elif held and now - self._held_since >= HOLD_LIMIT:
-            dropped = [a for a in held if a.__class__ is Publish]
-            publisher.dropped += len(dropped)
+        if publisher.published != published:
+            self._holding_since = now  # the bus takes them: the limit counts from its last take
+        elif self._holding_since is not None and now - self._holding_since >= HOLD_LIMIT:
+            held_dispatches = sum(1 for a in held if a.__class__ is Publish)
+            publisher.dropped += held_dispatches
+            dropped = publisher.discard() + held_dispatches
             log.warning(
-                f"the bus took no event for {HOLD_LIMIT:.0f}s: {len(dropped)} dropped (counted); "
+                f"the bus took no event for {HOLD_LIMIT:.0f}s: {dropped} dropped (counted); "
                 "reading the gateway again",
-                extra={"fields": {"dropped": len(dropped)}},
+                extra={"fields": {"dropped": dropped}},
             )
             for action in held:
                 if action.__class__ is Checkpoint:
                     self._checkpoint(action)
             held.clear()
-        if not held and self.ws is not None:
-            self.ws.resume_reading()
+        if not held and not publisher.pending:
+            self._holding_since = None
+            if self.ws is not None:
+                self.ws.resume_reading()
 
     def _send(self, action: Send) -> None:
         ws = self.ws

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,25 @@ def test_runtime_imports_the_emulator_only_for_the_demo_and_the_emulator_command
         if any(m.split(".")[0] == "emulator" for m in imports(path))
     }
     assert users <= {"runtime/cli.py", "runtime/demo.py"}
+
+
+def test_a_single_host_supervisor_loads_neither_redis_nor_prometheus() -> None:
+    """They are loaded when ``[cluster]`` or ``[metrics]`` is configured: a supervisor
+    without them is ~6 MB smaller (the event path's memory goal, docs/benchmarks.md)."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, runtime.cli, runtime.supervisor; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'redis', 'prometheus_client'}))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_no_import_cycle_in_runtime() -> None:

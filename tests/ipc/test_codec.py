@@ -8,9 +8,12 @@ import pytest
 import ipc
 from ipc import events
 from ipc.codec import (
+    MAX_BATCH,
     CodecError,
     Envelope,
     UnknownMessageError,
+    batch_count,
+    batch_topics,
     decode_bus,
     decode_command,
     decode_gateway,
@@ -19,7 +22,9 @@ from ipc.codec import (
     encode_bus_event,
     encode_command,
     encode_gateway_command,
+    pack_batch,
     topic_for,
+    unpack_batch,
 )
 from ipc.commands import Heartbeat, Identify, RequestGuildMembers, UpdatePresence, UpdateVoiceState
 from ipc.errors import DecodeError, ErrorEvent, FatalClose
@@ -249,6 +254,37 @@ def test_bad_bus_messages_raise_codec_errors() -> None:
         decode_bus([b"a", b"b"])
     with pytest.raises(CodecError, match="envelope"):
         decode_bus([b"X shard:0", b"not json", b"{}"])
+
+
+def test_a_batch_holds_its_messages_whole_and_in_order() -> None:
+    messages = [
+        [b"MESSAGE_CREATE shard:0", b'{"seq":1}', b'{"op":0,"d":{"content":"\xc3\xa9"}}'],
+        [b"TYPING_START shard:0", b'{"seq":2}', b""],  # an empty frame is a frame
+        [b"shardline.duplicate", b"{}", b"x" * 70_000],
+    ]
+    packed = pack_batch([frame for message in messages for frame in message])
+    assert unpack_batch(packed) == messages
+    assert batch_count(packed) == 3
+    assert batch_topics(packed) == [m[0] for m in messages]
+
+
+@pytest.mark.parametrize(
+    ("packed", "why"),
+    [
+        (b"", "no count"),
+        (b"\x00\x00\x00\x00", "cannot hold"),  # none
+        ((MAX_BATCH + 1).to_bytes(4, "little"), "cannot hold"),
+        ((1000).to_bytes(4, "little") + b"\x00" * 100, "cannot hold"),  # lengths cut off
+        (pack_batch([b"t", b"e", b"body"])[:-1], "do not add up"),  # truncated
+        (pack_batch([b"t", b"e", b"body"]) + b"!", "do not add up"),  # a byte too many
+        (b"\x01\x00\x00\x00" + b"\xff" * 12, "do not add up"),  # lengths past the end
+    ],
+)
+def test_a_broken_batch_raises_a_codec_error_that_says_why(packed: bytes, why: str) -> None:
+    with pytest.raises(CodecError, match=why):
+        unpack_batch(packed)
+    with pytest.raises(CodecError, match=why):
+        batch_count(packed)
 
 
 def test_a_fresh_process_decodes_without_importing_the_event_modules() -> None:

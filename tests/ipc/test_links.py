@@ -11,7 +11,7 @@ import orjson
 import pytest
 import zmq
 
-from ipc.codec import CodecError, Envelope, control_to, decode_bus
+from ipc.codec import BATCH, CodecError, Envelope, control_to, decode_bus, unpack_batch
 from ipc.control import Shutdown, WorkerHello
 from ipc.errors import DecodeError
 from ipc.links import ControlLink, EventPublisher, context
@@ -68,19 +68,27 @@ async def test_nobody_subscribing_is_reported_not_waited_for_forever(tmp_path: P
 
 
 async def test_a_full_pipe_refuses_instead_of_blocking(bus: Any) -> None:
-    """Nobody reads: once the pipe is full, a dispatch is refused at once (the shard holds
-    it and what follows, shards/loop.py); what was taken arrives whole and in order."""
+    """Nobody reads: once the pipe is full, a batch is refused at once, and a dispatch once
+    the batch is full too (the shard holds it and what follows, shards/loop.py); what was
+    taken arrives whole and in order, in batches."""
     sub, endpoint = bus
     publisher = EventPublisher(endpoint, "shard:0", hwm=10)
     try:
         sub.setsockopt(zmq.RCVHWM, 10)
         assert await subscribed(sub, publisher)
-        taken = [n for n in range(5000) if publisher.dispatch("TYPING_START", b"{}", n, "s")]
-        assert 0 < len(taken) < 5000 and publisher.published == len(taken)
+        body = b'{"pad":"%s"}' % (b"x" * 4000)
+        taken = [n for n in range(5000) if publisher.dispatch("TYPING_START", body, n, "s")]
+        assert 0 < len(taken) < 5000
+        assert publisher.published + publisher.pending == len(taken)
         assert publisher.dropped == 0  # refusing is not dropping: the caller decides
-        for n in taken:
+        seqs: list[int] = []
+        while len(seqs) < publisher.published:
             frames = sub.recv_multipart()
-            assert frames[0].startswith(b"TYPING_START") and b'"seq":%d' % n in frames[1]
+            assert frames[0] == BATCH
+            for topic, envelope, raw in unpack_batch(frames[1]):
+                assert topic.startswith(b"TYPING_START") and raw == body
+                seqs.append(Envelope.decode(envelope).seq or 0)
+        assert seqs == taken[: publisher.published]
     finally:
         publisher.close(linger=0)
 

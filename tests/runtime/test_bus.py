@@ -3,16 +3,28 @@ one that stops reading is held to its byte budget and its drops are counted."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
-from ipc.codec import DUPLICATE, SUBSCRIBE
-from runtime.bus import EventBus, PeerAddress
+from ipc.codec import (
+    BATCH,
+    DUPLICATE,
+    SUBSCRIBE,
+    SUBSCRIBE_BATCHED,
+    Envelope,
+    bus_messages,
+    pack_batch,
+    unpack_batch,
+)
+from ipc.links import EventPublisher
+from runtime.bus import PAUSE_BYTES, EventBus, PeerAddress
 
 
 @contextmanager
@@ -43,12 +55,12 @@ def socket(ctx: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
 
 
 def subscriber(
-    ctx: zmq.Context[Any], tmp_path: Path, name: bytes, *prefixes: bytes
+    ctx: zmq.Context[Any], tmp_path: Path, name: bytes, *prefixes: bytes, batched: bool = False
 ) -> zmq.Socket[Any]:
     sock = socket(ctx, zmq.DEALER)
     sock.setsockopt(zmq.RCVHWM, 10)
     sock.connect(f"ipc://{tmp_path}/ev.sock")
-    sock.send_multipart([SUBSCRIBE, name, *prefixes])
+    sock.send_multipart([SUBSCRIBE_BATCHED if batched else SUBSCRIBE, name, *prefixes])
     return sock
 
 
@@ -107,6 +119,101 @@ def test_subscribers_get_their_prefixes_and_a_stalled_one_is_bounded(tmp_path: P
         assert seen == sorted(seen)
 
 
+def test_a_batch_goes_whole_to_who_takes_batches_and_one_by_one_to_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_bus(tmp_path, buffer_bytes=1 << 20) as (bus, ctx):
+        subs = {
+            "all-batched": subscriber(ctx, tmp_path, b"all-batched", batched=True),
+            "typing-batched": subscriber(
+                ctx, tmp_path, b"typing-batched", b"T", b"MARK", batched=True
+            ),
+            "one-typing": subscriber(ctx, tmp_path, b"one-typing", b"TYPING_START 7", b"MARK"),
+            "all": subscriber(ctx, tmp_path, b"all"),
+        }
+        until(lambda: len(bus.stats()) == len(subs))
+        pub = socket(ctx, zmq.PUB)
+        pub.connect(f"ipc://{tmp_path}/in.sock")
+        until(lambda: (pub.send_multipart(message(b"PROBE", 0)), bus.received > 0)[1])
+        sent = [
+            message(b"TYPING_START %d" % (n % 8) if n % 3 else b"MESSAGE_CREATE x", n, n)
+            for n in range(12)
+        ]
+        pub.send_multipart([BATCH, b"\x05\x00\x00\x00broken"])  # dropped, with a log line
+        batch = [BATCH, pack_batch([frame for frames in sent for frame in frames])]
+        pub.send_multipart(batch)
+        pub.send_multipart(message(b"MARK", 0))
+
+        def until_mark(sock: zmq.Socket[Any]) -> list[list[bytes]]:
+            got = []
+            while (frames := receive(sock))[0] != b"MARK":
+                if frames[0] != b"PROBE":
+                    got.append(frames)
+            return got
+
+        assert until_mark(subs["all-batched"]) == [batch]  # as it came
+        [typing_batch] = until_mark(subs["typing-batched"])  # the part it wants, one batch
+        assert typing_batch[0] == BATCH
+        assert unpack_batch(typing_batch[1]) == [f for f in sent if f[0].startswith(b"T")]
+        assert until_mark(subs["one-typing"]) == [sent[7]]  # one message: as it always was
+        assert until_mark(subs["all"]) == sent  # one by one, in order
+        delivered = {s.name: s.delivered for s in bus.stats()}  # events, not messages
+        assert delivered["all-batched"] == delivered["all"]
+        assert delivered["typing-batched"] == len(unpack_batch(typing_batch[1])) + 1  # MARK
+        assert "broken batch from a worker" in caplog.text
+
+
+def test_a_burst_every_subscriber_is_behind_on_waits_in_the_publisher_not_in_the_bus(
+    tmp_path: Path,
+) -> None:
+    """One subscriber, reading slower than the shard publishes: the bus stops reading once
+    PAUSE_BYTES wait for it, so the publisher is refused (a shard holds and stops reading
+    the gateway) instead of the bus queueing up to its buffer and dropping."""
+    body = b'{"pad":"%s"}' % (b"x" * 40_000)
+    total = 300  # 12 MB: three times the subscriber's buffer
+    with running_bus(tmp_path, buffer_bytes=4_000_000) as (bus, ctx):
+        app = subscriber(ctx, tmp_path, b"app", batched=True)
+        until(lambda: len(bus.stats()) == 1)
+        publisher = EventPublisher(f"ipc://{tmp_path}/in.sock", "shard:0", hwm=10)
+        sent = [0]
+        try:
+            assert asyncio.run(publisher.wait_subscribed(10))
+
+            def publish() -> bool:
+                """Publish the next one (each sent alone); False when refused."""
+                if not publisher.dispatch("MESSAGE_CREATE", body, sent[0], "s"):
+                    return False
+                sent[0] += 1
+                return publisher.flush()
+
+            # Nobody reads: the bus takes what comes until the app is PAUSE_BYTES behind.
+            until(lambda: bus.paused or (publish() and False))
+            while publish():  # the pipes on the way fill, then the publisher is refused
+                pass
+            assert bus.paused and sent[0] < total
+            queued = bus.stats()[0].queued_bytes
+            assert PAUSE_BYTES <= queued < 4_000_000
+            seqs: list[int] = []
+
+            def read_on() -> bool:
+                """The app reads what came; the publisher goes on as it can (as a shard
+                retries a held batch)."""
+                if sent[0] < total:
+                    publish()
+                else:
+                    publisher.flush()
+                while app.poll(0):
+                    for frames in bus_messages(app.recv_multipart()):
+                        seqs.append(Envelope.decode(frames[1]).seq or 0)
+                return len(seqs) >= total
+
+            until(read_on, timeout=60)
+            assert seqs == list(range(total))  # every one, in order
+            assert bus.stats()[0].dropped == 0 and not bus.paused
+        finally:
+            publisher.close(linger=0)
+
+
 def test_a_message_that_is_not_a_subscription_is_refused_with_a_log(tmp_path: Path) -> None:
     with running_bus(tmp_path, buffer_bytes=1 << 20) as (bus, ctx):
         odd = socket(ctx, zmq.DEALER)
@@ -136,8 +243,15 @@ def test_a_filtered_subscriber_is_told_exactly_what_it_lost(tmp_path: Path) -> N
         assert receive(marks)[0] == b"MARK"  # the bus handles in order: every drop is counted
         dropped = {s.name: s.dropped for s in bus.stats()}["typing"]
         assert dropped > 0
-        pub.send_multipart(message(b"TYPING_START x", 9999, 10))  # after the loss
         got: list[list[bytes]] = []
+
+        def drained() -> bool:  # read what came; true once the bus holds nothing for it
+            while typing.poll(0):
+                got.append(typing.recv_multipart())
+            return {s.name: s.queued_bytes for s in bus.stats()}["typing"] == 0
+
+        until(drained)
+        pub.send_multipart(message(b"TYPING_START x", 9999, 10))  # after the loss
         while not got or got[-1][1] != b"envelope-9999":
             got.append(receive(typing))
         notices = [n for n, frames in enumerate(got) if frames[0].startswith(b"shardline.")]

@@ -18,7 +18,7 @@ import zmq.asyncio
 
 from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig
 from ipc.checkpoint import Checkpoint
-from ipc.codec import decode_bus
+from ipc.codec import bus_messages, decode_bus
 from ipc.control import SessionCheckpoint
 from ipc.workerargs import ShardArgs
 
@@ -41,14 +41,14 @@ class Bus:
 
     async def _read(self) -> None:
         while True:
-            frames = await self.sock.recv_multipart()
-            envelope, event = decode_bus(list(frames))
-            if isinstance(event, SessionCheckpoint):
-                self.checkpoints.append(event)
-            elif envelope.kind == "dispatch":
-                assert envelope.seq is not None
-                self.seqs.append(envelope.seq)
-                self.types.append(event.type_name)
+            for message in bus_messages(list(await self.sock.recv_multipart())):
+                envelope, event = decode_bus(message)
+                if isinstance(event, SessionCheckpoint):
+                    self.checkpoints.append(event)
+                elif envelope.kind == "dispatch":
+                    assert envelope.seq is not None
+                    self.seqs.append(envelope.seq)
+                    self.types.append(event.type_name)
             self.changed.set()
 
     async def wait_for(self, predicate: object, timeout: float = 20.0) -> None:
