@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness import EmulatorProcess, SupervisorProcess, cpu_seconds  # noqa: E402
+from harness import FEED, EmulatorProcess, SupervisorProcess, cpu_seconds  # noqa: E402
 from shard_throughput import feed_emulator, run_consumer  # noqa: E402
 from zmq_floor import measure as measure_floor  # noqa: E402
 from zmq_floor import summary  # noqa: E402
@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--blast", type=int, default=100_000, help="messages for the rate test")
     parser.add_argument("--no-libs", action="store_true", help="skip discord.py and hikari")
     args = parser.parse_args()
+    print(FEED, flush=True)
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds must be at least 1 and --seconds above 0")
     asyncio.run(run(args))

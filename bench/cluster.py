@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import redis.asyncio as aioredis  # noqa: E402
+from harness import FEED  # noqa: E402
 
 from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig  # noqa: E402
 from ipc.checkpoint import Checkpoint  # noqa: E402
@@ -295,6 +296,7 @@ def main() -> int:
     parser.add_argument("--bus-messages", type=int, default=20_000, help="per burst, part 5")
     parser.add_argument("--bus-rounds", type=int, default=3, help="bursts per side, part 5")
     args = parser.parse_args()
+    print(FEED, flush=True)
     if args.hosts < 2 or min(args.shards, args.repeats, args.concurrency, args.interval) <= 0:
         parser.error(
             "--hosts must be at least 2; --shards, --repeats, --concurrency, --interval positive"

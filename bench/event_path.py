@@ -13,9 +13,14 @@ delivered event costs, shardline beside discord.py and hikari, on the same feed,
   is left out) over the blast; each process's peak RSS during it; events lost, if any.
 - on two cores, then on one (every process, the emulator's too, pinned to core 0), each
   round running the clients in turn.
+- then, on two cores, ``--guilds`` newly joined large guilds (GUILD_CREATEs of ~165 KB, the
+  members online and their presences) delivered to a typed ``GuildCreate`` handler, beside
+  the floor (a bare websockets + zlib + orjson reader that handles nothing: what any client
+  must at least spend) and discord.py's ``on_guild_available``.
 
     .venv/bin/python bench/event_path.py [--count 100000] [--rounds 1] [--feed discord]
                                          [--only shardline,discord.py,hikari] [--cores 2,1]
+                                         [--guilds 1000]
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,8 @@ from harness import EmulatorProcess, SupervisorProcess, cpu_seconds, rss_mb  # n
 from shard_throughput import read_result  # noqa: E402
 
 GUILDS = 20
+# Large guilds for the GUILD_CREATE burst: their members and presences make ~165 KB each.
+LARGE_MEMBERS = 760
 
 
 class PeakRss(threading.Thread):
@@ -61,22 +70,49 @@ class PeakRss(threading.Thread):
         return self.peak
 
 
+def emulator(kind: str) -> EmulatorProcess:
+    if kind == "guild":  # every guild large: the burst repeats their GUILD_CREATEs
+        return EmulatorProcess(
+            guilds=GUILDS, shards=1, large_share=1.0, large_members=LARGE_MEMBERS
+        )
+    return EmulatorProcess(guilds=GUILDS, shards=1)
+
+
 def blast_and_measure(
-    emu: EmulatorProcess, stdout: Any, pids: dict[str, int], count: int, feed: str
+    emu: EmulatorProcess,
+    stdout: Any,
+    pids: dict[str, int],
+    count: int,
+    feed: str,
+    kind: str = "message",
 ) -> dict[str, Any]:
-    """Blast ``count`` messages; the client's result line, its CPU and peak RSS per process."""
+    """Blast ``count`` messages (or GUILD_CREATEs); the client's result line, its CPU and
+    peak RSS per process."""
     peaks = PeakRss(pids)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     peaks.start()
-    emu.post("blast", {"shard": 0, "count": count, "kind": "message", "feed": feed})
+    blast = emu.post("blast", {"shard": 0, "count": count, "kind": kind, "feed": feed})
     result = read_result(stdout)
     cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     rate = result["count"] / result["seconds"] if result["seconds"] else 0.0
-    return {"rate": rate, "cpu": cpu, "rss": peaks.stop(), "lost": count - result["count"]}
+    return {
+        "rate": rate,
+        "cpu": cpu,
+        "rss": peaks.stop(),
+        "lost": count - result["count"],
+        "size": blast["bytes"] / max(blast["count"], 1),
+    }
 
 
-def shardline(count: int, feed: str) -> dict[str, Any]:
-    emu = EmulatorProcess(guilds=GUILDS, shards=1)
+def shardline(
+    count: int,
+    feed: str,
+    kind: str = "message",
+    watch: Callable[[dict[str, int]], AbstractContextManager[Any]] = lambda pids: nullcontext(),
+) -> dict[str, Any]:
+    """The fleet's run; ``watch(pids)`` is entered around the blast (bench/event_profile.py
+    profiles the processes with it)."""
+    emu = emulator(kind)
     sup = SupervisorProcess(
         emu, shards='count = 1\nintents = ["guilds", "guild_messages", "message_content"]'
     )
@@ -86,7 +122,7 @@ def shardline(count: int, feed: str) -> dict[str, Any]:
         app = subprocess.Popen(
             [
                 *(sys.executable, str(ROOT / "bench" / "event_app.py")),
-                *(sup.events, sup.commands, "--count", str(count)),
+                *(sup.events, sup.commands, "--count", str(count), "--kind", kind),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -108,7 +144,12 @@ def shardline(count: int, feed: str) -> dict[str, Any]:
             "supervisor": sup.proc.pid,
             "app": app.pid,
         }
-        out = blast_and_measure(emu, app.stdout, pids, count, feed)
+        if kind == "guild":  # the app counts GUILD_CREATEs from the next one on
+            emu.post("blast", {"shard": 0, "count": 1, "kind": "message"})
+            while (line := app.stdout.readline()) and line.strip() != "armed":
+                pass
+        with watch(pids):
+            out = blast_and_measure(emu, app.stdout, pids, count, feed, kind)
         status = sup.status() or {}
         subs = ((status.get("bus") or {}).get("subscribers")) or []
         out["where"] = (
@@ -124,9 +165,14 @@ def shardline(count: int, feed: str) -> dict[str, Any]:
         emu.close()
 
 
-def library(name: str, count: int, feed: str) -> dict[str, Any]:
-    emu = EmulatorProcess(guilds=GUILDS, shards=1)
-    expect = json.dumps({"MESSAGE_CREATE": count, "GUILD_CREATE": 10**9})
+def library(name: str, count: int, feed: str, kind: str = "message") -> dict[str, Any]:
+    emu = emulator(kind)
+    # (the consumers count GUILD_CREATEs only once their MESSAGE_CREATEs are all counted:
+    # for the guild burst, one message arms them)
+    if kind == "guild":
+        expect = json.dumps({"MESSAGE_CREATE": 1, "GUILD_CREATE": count})
+    else:
+        expect = json.dumps({"MESSAGE_CREATE": count, "GUILD_CREATE": 10**9})
     proc = subprocess.Popen(
         [
             *(sys.executable, str(ROOT / "bench" / "shard_throughput.py"), "--consumer", name),
@@ -145,15 +191,20 @@ def library(name: str, count: int, feed: str) -> dict[str, Any]:
         if not line:
             raise RuntimeError(f"{name} exited before it was ready")
         time.sleep(2.0)  # the login's GUILD_CREATEs handled
-        return blast_and_measure(emu, proc.stdout, {name: proc.pid}, count, feed)
+        if kind == "guild":
+            emu.post("blast", {"shard": 0, "count": 1, "kind": "message"})
+            read_result(proc.stdout)
+        return blast_and_measure(emu, proc.stdout, {name: proc.pid}, count, feed, kind)
     finally:
         proc.kill()
         proc.wait(10)
         emu.close()
 
 
-def run(name: str, count: int, feed: str) -> dict[str, Any]:
-    return shardline(count, feed) if name == "shardline" else library(name, count, feed)
+def run(name: str, count: int, feed: str, kind: str = "message") -> dict[str, Any]:
+    if name == "shardline":
+        return shardline(count, feed, kind)
+    return library(name, count, feed, kind)
 
 
 def main() -> int:
@@ -163,6 +214,9 @@ def main() -> int:
     parser.add_argument("--feed", choices=["discord", "padded"], default="discord")
     parser.add_argument("--only", default="shardline,discord.py,hikari")
     parser.add_argument("--cores", default="2,1", help="core counts to run on, in turn")
+    parser.add_argument(
+        "--guilds", type=int, default=1000, help="GUILD_CREATEs in the large-guild burst (0: none)"
+    )
     args = parser.parse_args()
     names = args.only.split(",")
     every_core = os.sched_getaffinity(0)
@@ -174,33 +228,57 @@ def main() -> int:
     for cores in [int(c) for c in args.cores.split(",")]:
         # children inherit the affinity: on one core, every process shares core 0
         os.sched_setaffinity(0, set(sorted(every_core)[:cores]))
-        results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         try:
-            for _ in range(args.rounds):
-                for name in names:
-                    results[name].append(run(name, args.count, args.feed))
+            results = run_rounds(names, args.rounds, args.count, args.feed, "message")
         finally:
             os.sched_setaffinity(0, every_core)
         print(f"\n{cores} core(s):")
-        print(f"  {'client':<12}{'events/s':>10}{'CPU s per 1,000 events':>26}   peak RSS (MB)")
-        rates = {n: statistics.median(r["rate"] for r in rs) for n, rs in results.items()}
-        per_k: dict[str, float] = {}
-        for name, rs in results.items():
-            cpu = {p: statistics.median(r["cpu"][p] for r in rs) for p in rs[0]["cpu"]}
-            total = sum(cpu.values()) / args.count * 1000
-            per_k[name] = total
-            split = ", ".join(f"{p} {v / args.count * 1000:.4f}" for p, v in cpu.items())
-            rss = ", ".join(f"{p} {max(r['rss'][p] for r in rs):.0f}" for p in rs[0]["rss"])
-            lost = max(r["lost"] for r in rs)
-            note = f"   LOST {lost:,} ({rs[-1].get('where', '')})" if lost else ""
-            print(f"  {name:<12}{rates[name]:>10,.0f}{total:>12.4f}  ({split})   {rss}{note}")
-        if "shardline" in rates:
-            for other in (n for n in names if n != "shardline"):
-                print(
-                    f"  shardline / {other}: {rates['shardline'] / rates[other]:.2f}x the rate, "
-                    f"{per_k['shardline'] / per_k[other]:.2f}x the CPU per event"
-                )
+        show(results, args.count, "events/s")
+    if args.guilds:
+        names = ["shardline", "floor", *(n for n in names if n != "shardline")]
+        results = run_rounds(names, args.rounds, args.guilds, args.feed, "guild")
+        size = results["shardline"][0]["size"] / 1000
+        print(f"\n{args.guilds:,} GUILD_CREATEs of {size:.0f} KB to a typed handler, 2 core(s):")
+        show(results, args.guilds, "guilds/s")
     return 0
+
+
+def run_rounds(
+    names: list[str], rounds: int, count: int, feed: str, kind: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Each round runs every client in turn (alternating, so drift hits them alike)."""
+    results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for name in names:
+            results[name].append(run(name, count, feed, kind))
+    return results
+
+
+def show(results: dict[str, list[dict[str, Any]]], count: int, unit: str) -> None:
+    """The table: rate, CPU per 1,000 events (and per process), peak RSS; the ratios."""
+    print(f"  {'client':<12}{unit:>10}{'CPU s per 1,000 events':>26}   peak RSS (MB)")
+    rates = {n: statistics.median(r["rate"] for r in rs) for n, rs in results.items()}
+    per_k: dict[str, float] = {}
+    rss_total: dict[str, float] = {}
+    for name, rs in results.items():
+        cpu = {p: statistics.median(r["cpu"][p] for r in rs) for p in rs[0]["cpu"]}
+        total = sum(cpu.values()) / count * 1000
+        per_k[name] = total
+        split = ", ".join(f"{p} {v / count * 1000:.4f}" for p, v in cpu.items())
+        peaks = {p: max(r["rss"][p] for r in rs) for p in rs[0]["rss"]}
+        rss_total[name] = sum(peaks.values())
+        rss = ", ".join(f"{p} {v:.0f}" for p, v in peaks.items())
+        lost = max(r["lost"] for r in rs)
+        note = f"   LOST {lost:,} ({rs[-1].get('where', '')})" if lost else ""
+        print(f"  {name:<12}{rates[name]:>10,.0f}{total:>12.4f}  ({split})   {rss}{note}")
+    if "shardline" not in rates:
+        return
+    for other in (n for n in results if n != "shardline"):
+        print(
+            f"  shardline / {other}: {rates['shardline'] / rates[other]:.2f}x the rate, "
+            f"{per_k['shardline'] / per_k[other]:.2f}x the CPU per event, "
+            f"{rss_total['shardline'] / rss_total[other]:.2f}x the memory (sum of peaks)"
+        )
 
 
 if __name__ == "__main__":

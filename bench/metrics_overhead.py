@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bus_latency import Recorder, measure_latency, wait_ready  # noqa: E402
-from harness import EmulatorProcess, SupervisorProcess, cpu_seconds  # noqa: E402
+from harness import FEED, EmulatorProcess, SupervisorProcess, cpu_seconds  # noqa: E402
 from shard_throughput import feed_emulator  # noqa: E402
 from zmq_floor import summary  # noqa: E402
 
@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--blast", type=int, default=100_000, help="messages for the rate")
     parser.add_argument("--scrape-every", type=float, default=1.0, help="seconds, when on")
     args = parser.parse_args()
+    print(FEED, flush=True)
     if args.rounds < 1 or args.seconds <= 0 or args.blast < 1 or args.scrape_every <= 0:
         parser.error("--rounds, --seconds, --blast and --scrape-every must be positive")
     asyncio.run(run(args))

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 import zmq  # noqa: E402
+from harness import FEED  # noqa: E402
 
 from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig  # noqa: E402
 from ipc.client import request_sync  # noqa: E402
@@ -269,6 +270,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="chatter, messages/s")
     parser.add_argument("--hosts", type=int, default=1, help="hosts (>1: a [cluster] fleet)")
     args = parser.parse_args()
+    print(FEED, flush=True)
     if min(args.source, args.target, args.concurrency, args.guilds) < 1 or args.rate <= 0:
         parser.error("counts must be positive")
     asyncio.run(main_async(args))

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, EmulatorProcess
+from harness import FEED, ROOT, EmulatorProcess
 
 from ipc.codec import bus_messages
 from ipc.workerargs import ShardArgs
@@ -363,6 +363,7 @@ def main() -> None:
             consumer_hikari(args.gateway, args.rest, args.token, expect)
         return
 
+    print(FEED, flush=True)
     names = (args.only or "shardline,floor,discord.py,hikari").split(",")
     results: dict[str, dict[str, Any]] = {}
     for name in names:

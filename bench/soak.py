@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from harness import ROOT, EmulatorProcess, SupervisorProcess, rss_mb
+from harness import FEED, ROOT, EmulatorProcess, SupervisorProcess, rss_mb
 
 
 class App:
@@ -77,6 +77,7 @@ def main() -> int:
     args = p.parse_args()
     if args.minutes <= 0 or args.shards <= 0 or args.rate <= 0:
         p.error("--minutes, --shards and --rate must be positive")
+    print(FEED, flush=True)
     seconds = args.minutes * 60
     print(
         f"soak: {args.shards} shards x {args.rate:g} dispatches/s for {args.minutes:g} min; "

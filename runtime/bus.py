@@ -68,14 +68,14 @@ MAX_SUBSCRIBERS = 1024
 MAX_PREFIXES = 64
 # Messages ZeroMQ itself may hold per subscriber on its way out, beyond the byte-counted
 # queue: enough to keep a reading subscriber fed while the bus reads its input (a batch is
-# up to ~32 KB, so a few MB).
-PIPE_HWM = 50
+# up to ~32 KB, so well under 1 MB; the burst itself waits in the queue or in the shards).
+PIPE_HWM = 20
 _EVERYTHING = (b"",)
 # What a queued message costs beyond its bytes (its list and bytes objects), counted in the
 # budget so that it bounds memory, not just payload.
 MESSAGE_OVERHEAD = 200
 TRIM_AFTER_BACKLOG = 1 << 20  # a drained backlog this large is handed back to the system
-PAUSE_BYTES = 1 << 20  # queued for every subscriber: the bus stops reading its inputs...
+PAUSE_BYTES = 1 << 19  # queued for every subscriber: the bus stops reading its inputs...
 PAUSE_LIMIT = 1.0  # ...while one of them took something within this many seconds
 # Messages (batches of up to ~32 KB, or single events) ZeroMQ may hold on their way in from
 # the workers while the bus reads or pauses: a few MB.

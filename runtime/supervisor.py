@@ -29,6 +29,7 @@ import zmq.asyncio
 
 from ipc.codec import MAX_GATEWAY_PAYLOAD, CodecError, decode_control, encode_gateway_command
 from ipc.control import GatewayForward
+from ipc.eventloop import one_malloc_arena
 from ipc.events import Resharded
 from ipc.messages import Accepted, ErrorCode, ErrorReply, GatewayCommand, Reply, Routed
 from ipc.requests import (
@@ -129,6 +130,7 @@ class Supervisor:
         progress: Callable[[str], None] | None = None,
         python: str = sys.executable,
     ) -> None:
+        one_malloc_arena()  # before the bus thread: a burst's memory comes back as one heap
         self.config = config
         self.plan = plan
         self.token = token

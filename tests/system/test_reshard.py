@@ -230,6 +230,7 @@ async def test_a_4011_with_auto_reshard_ends_in_a_larger_fleet_with_nothing_lost
                     timeout=60,
                 )
                 assert sup.plan.shard_count == 8 and all_ready(sup)
+                await eventually(lambda: len(counter.resharded) == 1, timeout=10)  # (the bus)
                 assert counter.resharded[0].raw == {"old_count": 4, "new_count": 8}
                 await counter.hears_every_guild(emu.world.guild_ids)
             assert not sup.fatal_message  # the 4011 did not stop the fleet
