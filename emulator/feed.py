@@ -21,6 +21,7 @@ __all__ = [
     "SHAPES",
     "avatar_hash",
     "chat_text",
+    "message_update",
     "presence_update",
     "reaction_add",
     "shape_message",
@@ -38,7 +39,7 @@ SHAPES = (
     ("components", 0.01),
 )
 # A mixed feed's event types and their shares (a bot with the message, reaction, typing
-# and presence intents): what `mixed_feed` draws from.
+# and presence intents): what the emulator's ``mixed`` blast draws from (World.mixed).
 MIX = (
     ("MESSAGE_CREATE", 0.45),
     ("TYPING_START", 0.22),
@@ -269,6 +270,17 @@ def shape_message(
     elif extras == "components":
         d["components"] = _components(rng)
     return d
+
+
+def message_update(rng: random.Random, message: dict[str, Any], now_ms_iso: str) -> dict[str, Any]:
+    """A MESSAGE_UPDATE ``d`` for an edit of ``message``: API v10 sends the whole message
+    again, its content changed and ``edited_timestamp`` set (a link's embed arriving later
+    comes the same way)."""
+    edited = dict(message)
+    edited["content"] = chat_text(rng)
+    edited["edited_timestamp"] = now_ms_iso
+    edited.pop("nonce", None)  # only the author's own client ever sees it
+    return edited
 
 
 def typing_start(

@@ -235,8 +235,11 @@ class Emulator:
                 await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
         return sent
 
-    async def blast(self, shard: int, payloads: list[bytes], t: str = "MESSAGE_CREATE") -> float:
-        """Send every body in ``payloads`` as a ``t`` dispatch to the shard's live connection
+    async def blast(
+        self, shard: int, payloads: list[bytes], t: str | list[str] = "MESSAGE_CREATE"
+    ) -> float:
+        """Send every body in ``payloads`` as a ``t`` dispatch (or each as its own type, ``t``
+        a list as long as ``payloads``) to the shard's live connection
         as fast as the socket takes them, for benchmarks. Frames are compressed and framed
         before the clock starts, so the emulator is not what limits the rate. Returns the
         seconds the sending took. The dispatches are kept for replay like any other."""
@@ -248,8 +251,9 @@ class Emulator:
         assert conn is not None
         async with session.lock, conn.lock:
             frames = []
-            for body in payloads:
-                frames.append(conn.frame(session.record_encoded(t, body)))
+            types = [t] * len(payloads) if isinstance(t, str) else t
+            for body, kind in zip(payloads, types, strict=True):
+                frames.append(conn.frame(session.record_encoded(kind, body)))
             transport = conn.ws.transport
             start = time.perf_counter()
             batch: list[bytes] = []
@@ -509,9 +513,11 @@ class Emulator:
         return json_response(200, result)
 
     async def _control_blast(self, shard: int, body: dict[str, Any]) -> dict[str, Any]:
-        """``{"shard", "count", "kind": "message"|"guild", "feed"?, "size"?}``: benchmark
-        feed. Messages are shaped like Discord's (``feed: "discord"``, the default), or
-        plain text padded to ``size`` bytes (``feed: "padded"``, the old uniform feed)."""
+        """``{"shard", "count", "kind": "message"|"mixed"|"guild", "feed"?, "size"?}``:
+        benchmark feed. Messages are shaped like Discord's (``feed: "discord"``, the
+        default), or plain text padded to ``size`` bytes (``feed: "padded"``, the old uniform
+        feed); ``mixed``: messages, typing, reactions, presences and edits in Discord's
+        proportions (emulator/feed.py MIX)."""
         count = int(body["count"])
         kind = body.get("kind", "message")
         feed = body.get("feed", "discord")
@@ -525,6 +531,12 @@ class Emulator:
                 for i in range(min(count, 2000))
             ]
             t = "MESSAGE_CREATE"
+        elif kind == "mixed":  # messages, typing, reactions, presences, edits (feed.MIX)
+            guilds = self.world.guild_ids
+            mixed = [self.world.mixed(guilds[i % len(guilds)]) for i in range(min(count, 2000))]
+            types = [t for t, _ in mixed]
+            pool = [orjson.dumps(d) for _, d in mixed]
+            t = ""
         elif kind == "guild":
             large = sorted(self.world.large_guilds) or self.world.guild_ids
             pool = [
@@ -533,15 +545,17 @@ class Emulator:
             ]
             t = "GUILD_CREATE"
         else:
-            raise ValueError(f"kind must be 'message' or 'guild', not {kind!r}")
+            raise ValueError(f"kind must be 'message', 'mixed' or 'guild', not {kind!r}")
+        if t:
+            types = [t] * len(pool)
         payloads = [pool[i % len(pool)] for i in range(count)]
-        seconds = await self.blast(shard, payloads, t)
+        seconds = await self.blast(shard, payloads, [types[i % len(pool)] for i in range(count)])
         return {
             "count": count,
             "seconds": seconds,
             "bytes": sum(len(p) for p in payloads),
             "distinct": len(set(pool)),
-            "t": t,
+            "t": t or "mixed",
         }
 
     async def _control_action(self, action: str, body: dict[str, Any]) -> dict[str, Any] | None:

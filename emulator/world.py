@@ -18,7 +18,15 @@ from typing import Any
 
 import orjson
 
-from emulator.feed import avatar_hash, shape_message
+from emulator.feed import (
+    MIX,
+    avatar_hash,
+    message_update,
+    presence_update,
+    reaction_add,
+    shape_message,
+    typing_start,
+)
 
 __all__ = [
     "DEFAULT_BOT_ID",
@@ -474,6 +482,36 @@ class World:
         seq = self._guild_seq[guild_id] = self._guild_seq.get(guild_id, 0) + 1
         data["shardline_guild_seq"] = seq
         return data
+
+    def mixed(self, guild_id: int) -> tuple[str, dict[str, Any]]:
+        """One dispatch of a mixed feed, ``(t, d)``: its type drawn from feed.MIX
+        (messages, typing, reactions, presences, edits), each shaped like Discord's."""
+        self._message_counter += 1
+        rng = random.Random(self._message_counter * 7919)
+        t = rng.choices([t for t, _ in MIX], weights=[share for _, share in MIX])[0]
+        if t == "MESSAGE_CREATE":
+            return t, self.message(guild_id)
+        user = self.user(
+            self.user_id(guild_id, 1 + rng.randrange(self._member_counts[guild_id] - 1))
+        )
+        member = self.member(guild_id, user, [str(self._role_id(guild_id, 1))])
+        channel = self.text_channel_id(guild_id)
+        now_ms = _BASE_MS + 500_000_000 + self._message_counter
+        if t == "TYPING_START":
+            return t, typing_start(rng, guild_id, channel, user, member, now_ms // 1000)
+        if t == "MESSAGE_REACTION_ADD":
+            message_id = make_snowflake(now_ms - 60_000, 4, 0, self._message_counter)
+            return t, reaction_add(rng, guild_id, channel, message_id, user["id"], member)
+        if t == "PRESENCE_UPDATE":
+            return t, presence_update(rng, guild_id, user["id"])
+        recent = self._recent.get(guild_id)
+        if not recent:  # nothing to edit yet
+            return "MESSAGE_CREATE", self.message(guild_id)
+        message = recent[rng.randrange(len(recent))]
+        author_member = self.member(guild_id, message["author"], [str(self._role_id(guild_id, 1))])
+        del author_member["user"]
+        whole = {**message, "guild_id": str(guild_id), "member": author_member}
+        return t, message_update(rng, whole, _iso(now_ms))
 
     def _next_counter(self) -> int:
         self._message_counter += 1

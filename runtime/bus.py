@@ -98,6 +98,7 @@ class PeerAddress:
 
     endpoint: str
     server_key: str = ""  # empty: an ipc:// endpoint, no CURVE
+    batches: bool = False  # its bus takes batches (a host of an older version does not)
 
 
 def dial(
@@ -341,17 +342,26 @@ class EventBus:
             self._close_link(name, "it left the fleet")
         for name, address in wanted.items():
             known = self.links.get(name)
-            if known is not None and known.identity == address.endpoint.encode():
+            if (
+                known is not None
+                and known.identity == address.endpoint.encode()
+                and known.batched == address.batches
+            ):
                 continue
             if known is not None:
-                self._close_link(name, "it moved")
+                self._close_link(name, "it moved, or took another version")
             try:
                 sock = dial(self.context, zmq.PUSH, address, self.secure_link)
             except zmq.ZMQError as exc:
                 log.warning(f"bus: cannot reach host {name} at {address.endpoint}: {exc}")
                 continue
             link = Subscriber(
-                address.endpoint.encode(), f"host:{name}", _EVERYTHING, 0.0, link=sock, batched=True
+                address.endpoint.encode(),
+                f"host:{name}",
+                _EVERYTHING,
+                0.0,
+                link=sock,
+                batched=address.batches,
             )
             with self._lock:
                 self.links[name] = link
@@ -554,6 +564,7 @@ class EventBus:
     ) -> None:
         topics: list[bytes] | None = None
         messages: list[list[bytes]] | None = None
+        tag = frames[2:]  # to another host: the generation's tag, on each part of it too
         for sub in subscribers:
             if sub.batched and sub.prefixes is _EVERYTHING:
                 self._offer(sub, frames, count)
@@ -570,10 +581,10 @@ class EventBus:
                 messages = unpack_batch(frames[1])
             if sub.batched and len(wanted) > 1:
                 parts = [frame for n in wanted for frame in messages[n]]
-                self._offer(sub, [BATCH, pack_batch(parts)], len(wanted))
+                self._offer(sub, [BATCH, pack_batch(parts), *tag], len(wanted))
                 continue
             for n in wanted:
-                self._offer(sub, messages[n], 1)
+                self._offer(sub, [*messages[n], *tag] if tag else messages[n], 1)
 
     def _offer(self, sub: Subscriber, frames: list[Any], count: int) -> None:
         if sub.queue:

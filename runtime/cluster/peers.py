@@ -40,8 +40,14 @@ def advertised(endpoint: str, advertise_as: str) -> str:
 
 
 def peer_info(peer_in: str, commands: str, public_key: str) -> dict[str, Any]:
-    """What this host publishes about itself (``peer_in`` and ``commands`` as advertised)."""
-    return {"peer_in": peer_in, "commands": commands, "curve_public_key": public_key}
+    """What this host publishes about itself (``peer_in`` and ``commands`` as advertised;
+    ``batches``: its bus takes batched events, docs/wire.md)."""
+    return {
+        "peer_in": peer_in,
+        "commands": commands,
+        "curve_public_key": public_key,
+        "batches": True,
+    }
 
 
 def read_peers(live: dict[str, dict[str, Any]], me: str) -> dict[str, Peer]:
@@ -61,8 +67,8 @@ def read_peers(live: dict[str, dict[str, Any]], me: str) -> dict[str, Peer]:
         tcp = [e.startswith("tcp://") for e in (events, commands)]
         if any(tcp) and not key:
             continue  # a tcp:// endpoint without CURVE is never dialled
-        peers[name] = Peer(
-            PeerAddress(events, key if tcp[0] else ""),
+        peers[name] = Peer(  # a host of an older version gets single events only
+            PeerAddress(events, key if tcp[0] else "", batches=entry.get("batches") is True),
             PeerAddress(commands, key if tcp[1] else ""),
         )
     return peers

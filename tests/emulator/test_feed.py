@@ -8,8 +8,11 @@ import statistics
 
 import orjson
 
-from emulator.feed import SHAPES, presence_update, reaction_add, typing_start
+from emulator.feed import MIX, SHAPES, presence_update, reaction_add, typing_start
 from emulator.world import World, WorldConfig
+from ipc.codec import decode_gateway_event
+from ipc.events import MessageCreate, MessageUpdate, PresenceUpdate, TypingStart
+from ipc.messages import UnknownDispatch
 
 
 def feed(count: int, seed: int = 0) -> list[dict]:  # type: ignore[type-arg]
@@ -89,3 +92,30 @@ def test_the_other_hot_dispatches() -> None:
     presences = [presence_update(rng, guild, user["id"]) for _ in range(50)]
     assert {p["status"] for p in presences} >= {"online", "idle", "offline"}
     assert any(p["activities"] for p in presences)
+
+
+def test_a_mixed_feed_has_discords_proportions_and_decodes_typed() -> None:
+    """The ``mixed`` blast's dispatches: each type in its share (feed.MIX), each read by
+    its typed class (a reaction, which no class declares, kept whole)."""
+    world = World(WorldConfig(guilds=8, large_share=0.0))
+    events = [world.mixed(world.guild_ids[i % 8]) for i in range(4000)]
+    counts: dict[str, int] = {}
+    for t, _ in events:
+        counts[t] = counts.get(t, 0) + 1
+    for t, share in MIX:
+        assert abs(counts[t] / len(events) - share) < 0.03, (t, counts[t])
+    typed = {
+        "MESSAGE_CREATE": MessageCreate,
+        "MESSAGE_UPDATE": MessageUpdate,
+        "TYPING_START": TypingStart,
+        "PRESENCE_UPDATE": PresenceUpdate,
+        "MESSAGE_REACTION_ADD": UnknownDispatch,
+    }
+    for t, d in events[:400]:
+        event = decode_gateway_event(orjson.dumps({"op": 0, "t": t, "s": 1, "d": d}))
+        assert isinstance(event, typed[t])
+        if isinstance(event, MessageUpdate):  # an edit: the whole message, edited now
+            assert event.content and event.raw["edited_timestamp"] and event.author.id
+            assert event.raw["guild_id"] and event.raw["member"]
+        elif isinstance(event, TypingStart):
+            assert event.user_id and event.member is not None

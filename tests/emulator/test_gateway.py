@@ -439,6 +439,9 @@ async def test_blast_sends_prepared_dispatches_in_order_and_keeps_them_for_repla
         assert [p["s"] for p in got] == list(range(2, 302))
         assert [p["d"]["content"] for p in got] == ["x" * i for i in range(300)]
         assert emu.sessions(0)[0].buffer[-1][0] == 301
+        types = ["TYPING_START", "MESSAGE_UPDATE", "PRESENCE_UPDATE"]  # each its own type
+        await emu.blast(0, bodies[:3], types)
+        assert [(await client.recv())["t"] for _ in range(3)] == types
 
 
 async def test_several_sessions_of_one_shard_run_at_once_and_each_gets_its_guilds_events() -> None:

@@ -284,7 +284,9 @@ def host_buses(
     try:
         for name, bus in buses.items():
             others = {
-                o: PeerAddress(f"ipc://{tmp_path}/{o}/peers.sock") for o in names if o != name
+                o: PeerAddress(f"ipc://{tmp_path}/{o}/peers.sock", batches=True)
+                for o in names
+                if o != name
             }
             assert bus.set_peers(others).wait(5)
             assert set(bus.links) == set(others)
@@ -301,8 +303,8 @@ def host_buses(
 def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
     tmp_path: Path,
 ) -> None:
-    """Three buses as three hosts: what one publishes reaches every host's subscribers
-    once; what a host receives from another is never passed on to a third."""
+    """Three buses as three hosts: what one publishes (in batches) reaches every host's
+    subscribers once; what a host receives from another is never passed on to a third."""
     names = ("a", "b", "c")
     with host_buses(tmp_path, names) as (ctx, buses):
         subs = {}
@@ -315,8 +317,9 @@ def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
         publisher = socket(ctx, zmq.PUB)
         publisher.connect(f"ipc://{tmp_path}/b/in.sock")
         until(lambda: (publisher.send_multipart(message(b"PROBE", 0)), buses["b"].received)[1])
-        for n in range(100):
-            publisher.send_multipart(message(b"MESSAGE_CREATE ", n))
+        for start in range(0, 100, 10):
+            batch = [f for n in range(start, start + 10) for f in message(b"MESSAGE_CREATE ", n)]
+            publisher.send_multipart([BATCH, pack_batch(batch)])
         for name, sock in subs.items():
             got = [receive(sock)[1] for _ in range(100)]
             assert got == [b"envelope-%d" % n for n in range(100)], name
@@ -329,6 +332,28 @@ def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
         publisher.send_multipart(message(b"MESSAGE_CREATE ", 100))
         assert receive(subs["a"])[1] == b"envelope-100"
         assert not subs["c"].poll(300)
+
+
+def test_a_host_of_an_older_version_gets_single_events_not_batches(tmp_path: Path) -> None:
+    """A host whose entry does not say it takes batches (a rolling upgrade of the fleet) is
+    sent each event of a batch as its own message, in order, with the generation's tag."""
+    with host_buses(tmp_path, ("a",)) as (ctx, buses):
+        old_host = socket(ctx, zmq.PULL)
+        old_host.bind(f"ipc://{tmp_path}/old-peers.sock")
+        older = PeerAddress(f"ipc://{tmp_path}/old-peers.sock")  # (batches=False)
+        assert buses["a"].set_peers({"old": older}).wait(5)
+        assert buses["a"].set_generation(b"g1").wait(5)  # a fleet resharded once
+        publisher = socket(ctx, zmq.PUB)
+        publisher.connect(f"ipc://{tmp_path}/a/in.sock")
+        until(lambda: (publisher.send_multipart(message(b"PROBE", 0)), buses["a"].received)[1])
+        batch = [f for n in range(5) for f in message(b"MESSAGE_CREATE ", n)]
+        publisher.send_multipart([BATCH, pack_batch(batch)])
+        got = []
+        while len(got) < 5:
+            frames = receive(old_host)
+            if frames[0] != b"PROBE":
+                got.append(frames)
+        assert got == [[*message(b"MESSAGE_CREATE ", n), b"g1"] for n in range(5)]
 
 
 def dispatch(n: int) -> list[bytes]:

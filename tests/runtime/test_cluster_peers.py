@@ -30,13 +30,22 @@ def test_usable_entries_become_peers_and_hostile_ones_are_left_out() -> None:
         "bad-endpoint": peer_info("http://evil/", "tcp://10.0.0.5:1", KEY),
         "injected": peer_info("tcp://10.0.0.6:1\x00", "tcp://10.0.0.6:2", KEY),
         "old": {"shards": []},  # a host from before peer endpoints
+        "older": {  # a host from before batches: it gets single events
+            "peer_in": "ipc:///run/c/peers.sock",
+            "commands": "ipc:///run/c/commands.sock",
+        },
         "junk": "not an object",
     }
     assert read_peers(live, "me") == {
         "tcp": Peer(
-            PeerAddress("tcp://10.0.0.2:5557", KEY), PeerAddress("tcp://10.0.0.2:5556", KEY)
+            PeerAddress("tcp://10.0.0.2:5557", KEY, batches=True),
+            PeerAddress("tcp://10.0.0.2:5556", KEY),
         ),
         "local": Peer(
-            PeerAddress("ipc:///run/b/peers.sock"), PeerAddress("ipc:///run/b/commands.sock")
+            PeerAddress("ipc:///run/b/peers.sock", batches=True),
+            PeerAddress("ipc:///run/b/commands.sock"),
+        ),
+        "older": Peer(
+            PeerAddress("ipc:///run/c/peers.sock"), PeerAddress("ipc:///run/c/commands.sock")
         ),
     }
