@@ -13,10 +13,11 @@ delivered event costs, shardline beside discord.py and hikari, on the same feed,
   is left out) over the blast; each process's peak RSS during it; events lost, if any.
 - on two cores, then on one (every process, the emulator's too, pinned to core 0), each
   round running the clients in turn.
-- then, on two cores, ``--guilds`` newly joined large guilds (GUILD_CREATEs of ~165 KB, the
+- then, on two cores, ``--guilds`` newly joined large guilds (GUILD_CREATEs of ~170 KB, the
   members online and their presences) delivered to a typed ``GuildCreate`` handler, beside
   the floor (a bare websockets + zlib + orjson reader that handles nothing: what any client
-  must at least spend) and discord.py's ``on_guild_available``.
+  must at least spend) and the libraries (discord.py's ``on_guild_available``, hikari's
+  ``GuildAvailableEvent``).
 
     .venv/bin/python bench/event_path.py [--count 100000] [--rounds 1] [--feed discord]
                                          [--only shardline,discord.py,hikari] [--cores 2,1]
@@ -46,7 +47,7 @@ from harness import EmulatorProcess, SupervisorProcess, cpu_seconds, rss_mb  # n
 from shard_throughput import read_result  # noqa: E402
 
 GUILDS = 20
-# Large guilds for the GUILD_CREATE burst: their members and presences make ~165 KB each.
+# Large guilds for the GUILD_CREATE burst: their members and presences make ~170 KB each.
 LARGE_MEMBERS = 760
 
 

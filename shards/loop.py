@@ -395,7 +395,7 @@ class ShardRunner:
         now = self.clock()
         if publisher.published != published:
             self._holding_since = now  # the bus takes them: the limit counts from its last take
-        elif self._holding_since is not None and now - self._holding_since >= HOLD_LIMIT:
+        elif (held or publisher.pending) and now - (self._holding_since or now) >= HOLD_LIMIT:
             held_dispatches = sum(1 for a in held if a.__class__ is Publish)
             publisher.dropped += held_dispatches
             dropped = publisher.discard() + held_dispatches
