@@ -530,24 +530,21 @@ class Emulator:
                 orjson.dumps(self.world.message(guilds[i % len(guilds)], size=size))
                 for i in range(min(count, 2000))
             ]
-            t = "MESSAGE_CREATE"
+            types = ["MESSAGE_CREATE"] * len(pool)
         elif kind == "mixed":  # messages, typing, reactions, presences, edits (feed.MIX)
             guilds = self.world.guild_ids
             mixed = [self.world.mixed(guilds[i % len(guilds)]) for i in range(min(count, 2000))]
             types = [t for t, _ in mixed]
             pool = [orjson.dumps(d) for _, d in mixed]
-            t = ""
         elif kind == "guild":
             large = sorted(self.world.large_guilds) or self.world.guild_ids
             pool = [
                 orjson.dumps(self.world.guild_create(g, large_threshold=250, presences=True))
                 for g in large[:20]
             ]
-            t = "GUILD_CREATE"
+            types = ["GUILD_CREATE"] * len(pool)
         else:
             raise ValueError(f"kind must be 'message', 'mixed' or 'guild', not {kind!r}")
-        if t:
-            types = [t] * len(pool)
         payloads = [pool[i % len(pool)] for i in range(count)]
         seconds = await self.blast(shard, payloads, [types[i % len(pool)] for i in range(count)])
         return {
@@ -555,7 +552,7 @@ class Emulator:
             "seconds": seconds,
             "bytes": sum(len(p) for p in payloads),
             "distinct": len(set(pool)),
-            "t": t or "mixed",
+            "t": "mixed" if kind == "mixed" else types[0],
         }
 
     async def _control_action(self, action: str, body: dict[str, Any]) -> dict[str, Any] | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 import zlib
 
 import orjson
@@ -10,6 +12,7 @@ import pytest
 from backports.zstd import ZstdDecompressor
 
 from emulator import Emulator, EmulatorConfig, GatewayRules, WorldConfig, shard_for
+from emulator.feed import MIX
 from tests.emulator.client import TOKEN, PlainClient
 
 GUILDS = 1 << 0
@@ -442,6 +445,22 @@ async def test_blast_sends_prepared_dispatches_in_order_and_keeps_them_for_repla
         types = ["TYPING_START", "MESSAGE_UPDATE", "PRESENCE_UPDATE"]  # each its own type
         await emu.blast(0, bodies[:3], types)
         assert [(await client.recv())["t"] for _ in range(3)] == types
+
+
+async def test_a_mixed_blast_sends_each_dispatch_as_its_own_type() -> None:
+    """``POST /_emulator/blast {"kind": "mixed"}``: messages, typing, reactions, presences and
+    edits, in order, each as the type it was drawn as (emulator/feed.py MIX)."""
+    async with Emulator(config(guilds=2)) as emu:
+        client = await PlainClient.open(emu.gateway_url, compress="zlib-stream")
+        await client.hello_and_ready(intents=0)
+        control = emu.rest_url.removesuffix("/api/v10") + "/_emulator/blast"
+        body = json.dumps({"shard": 0, "count": 200, "kind": "mixed"}).encode()
+        request = urllib.request.Request(control, data=body, method="POST")
+        reply = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(request)))
+        got = [await client.recv() for _ in range(200)]
+        assert reply["count"] == 200 and reply["t"] == "mixed"
+        assert {p["t"] for p in got} == {t for t, _ in MIX}
+        assert all(p["t"] != "MESSAGE_UPDATE" or p["d"]["edited_timestamp"] for p in got)
 
 
 async def test_several_sessions_of_one_shard_run_at_once_and_each_gets_its_guilds_events() -> None:
