@@ -37,14 +37,20 @@ def running_bus(tmp_path: Path, buffer_bytes: int) -> Iterator[tuple[EventBus, z
     try:
         yield bus, ctx
     finally:
-        for sock in list(_open):
-            sock.close(linger=0)
-        _open.clear()
-        ctx.term()
-        bus.join()
+        close_all(ctx, [bus])
 
 
 _open: list[zmq.Socket[Any]] = []
+
+
+def close_all(ctx: zmq.Context[Any], buses: list[EventBus]) -> None:
+    """Close the test's sockets, end the context, and wait for the buses' threads."""
+    for sock in list(_open):
+        sock.close(linger=0)
+    _open.clear()
+    ctx.term()
+    for bus in buses:
+        bus.join()
 
 
 def socket(ctx: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
@@ -292,12 +298,7 @@ def host_buses(
             assert set(bus.links) == set(others)
         yield ctx, buses
     finally:
-        for sock in list(_open):
-            sock.close(linger=0)
-        _open.clear()
-        ctx.term()
-        for bus in buses.values():
-            bus.join()
+        close_all(ctx, list(buses.values()))
 
 
 def test_a_hosts_events_reach_the_other_hosts_subscribers_and_go_no_further(
