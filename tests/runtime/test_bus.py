@@ -260,10 +260,12 @@ def test_a_filtered_subscriber_is_told_exactly_what_it_lost(tmp_path: Path) -> N
         pub.send_multipart(message(b"TYPING_START x", 9999, 10))  # after the loss
         while not got or got[-1][1] != b"envelope-9999":
             got.append(receive(typing))
+        # One notice per loss, each just before the first event after it: one loss, unless
+        # the kernel's socket buffer took a few messages mid-burst and split it in two.
         notices = [n for n, frames in enumerate(got) if frames[0].startswith(b"shardline.")]
-        assert len(notices) == 1 and notices[0] == len(got) - 2  # just before the next event
-        _, notice = decode_bus(got[notices[0]])
-        assert isinstance(notice, EventsDropped) and notice.dropped == dropped
+        assert notices and all(got[n + 1][0] == b"TYPING_START x" for n in notices)
+        told = [e for e in (decode_bus(got[n])[1] for n in notices) if isinstance(e, EventsDropped)]
+        assert len(told) == len(notices) and sum(e.dropped for e in told) == dropped
         typing_events = [f for f in got if f[0] == b"TYPING_START x"]
         assert len(typing_events) - 1 + dropped == 2000  # nothing lost without a word
 
