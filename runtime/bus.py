@@ -190,12 +190,17 @@ class EventBus:
         self.cutover: CutOver | None = None
         self._cutover_old = ""  # the input of the generation being replaced
         self._cutover_new = ""  # and of the one replacing it
+        # The input of the generation a finished cut-over retired (the old one, or the new
+        # one of an aborted reshard): its shards' last dispatches, still on their way, are
+        # not delivered (the applications had them from the other generation).
+        self._retired = ""
         # In a fleet, which generation of shards each input carries (its key space, "" for
         # the fleet's first): events go to other hosts tagged with it, so that each host
         # runs its own cut-over on the whole fleet's events (docs/resharding.md).
         self._tags = {"a": b"", "b": b""}
         self._current = b""  # the generation the applications get, outside a cut-over
-        self.other_generation = 0  # another host's dispatches of a generation not staged here
+        self.other_generation = 0  # dispatches of a generation not delivered here (a retired
+        # one's late ones, or another host's of a generation not staged here)
         # What the supervisor's thread asks of the bus thread (set_peers, reshard), in order
         self._actions: list[tuple[str, Any, threading.Event]] = []
         self.router = context.socket(zmq.ROUTER)
@@ -476,11 +481,16 @@ class EventBus:
                 tag = self._tags[name]
                 self._fan_out([*frames, tag] if tag else frames, tuple(self.links.values()), count)
             cutover = self.cutover
-            if cutover is None:
+            if cutover is None and name != self._retired:
                 self._fan_out(frames, self._fanout, count)
             else:
                 for message in unpack_batch(frames[1]) if frames[0] == BATCH else [frames]:
-                    if name == self._cutover_old:
+                    if cutover is None:  # a retired generation: its own events only
+                        if is_dispatch(message):
+                            self.other_generation += 1
+                        else:
+                            self._fan_out(message, self._fanout)
+                    elif name == self._cutover_old:
                         if cutover.old(message):
                             self._fan_out(message, self._fanout)
                     else:
@@ -532,6 +542,7 @@ class EventBus:
                 self.cutover = CutOver(limit_bytes)
                 self._cutover_old = old_input
                 self._cutover_new = "b" if old_input == "a" else "a"
+                self._retired = ""  # the new generation starts on it
                 self._tags[old_input], self._tags[self._cutover_new] = old_tag, new_tag
                 self._current = old_tag
             elif action == "switch" and self.cutover is not None:
@@ -542,6 +553,9 @@ class EventBus:
             elif action == "finish" and self.cutover is not None:
                 if self.cutover.switched:
                     self._current = self._tags[self._cutover_new]
+                    self._retired = self._cutover_old
+                else:
+                    self._retired = self._cutover_new
                 self.cutover = None
             done.set()
 
